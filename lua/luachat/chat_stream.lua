@@ -1,0 +1,261 @@
+-- luachat.chat_stream: streamed chat completions (the luachat.Stream object).
+--
+-- Owns: starting a streaming request (retried only until the first event
+-- arrives), turning SSE events into decoded chunks, in-band errors, the end
+-- of a stream ([DONE], a clean close, a cut), and handing back one
+-- accumulated final message beside any error, so nothing that arrived is lost.
+-- Accumulation itself is luachat.stream's.
+-- Never: retries once data has been delivered, or lets a callback error
+-- leave a transfer running.
+local core = require "luachat.core"
+local json = require "luachat.json"
+local sched = require "luachat.sched"
+local accumulate = require "luachat.stream"
+local client_mod = require "luachat.client"
+local log = require "luachat.log"
+
+local M = {}
+
+local Stream = {}
+Stream.__index = Stream
+Stream.__name = "luachat.Stream"
+
+local decode = json.decode
+local is_done_data = accumulate.is_done_data
+local AFTER_DONE_GRACE = 1.0 -- seconds to let the body end cleanly after [DONE], for keep-alive
+
+local function one_line(s)
+  return (tostring(s):gsub("[\r\n]+", " "))
+end
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return setmetatable(c, getmetatable(t))
+end
+
+-- The JSON body of a streaming request: stream=true, usage included by default.
+local function stream_body(req)
+  local body = copy(req)
+  body.stream = true
+  if body.stream_options == nil then
+    body.stream_options = { include_usage = true }
+  elseif body.stream_options == false then
+    body.stream_options = nil -- for servers that reject the field
+  end
+  return json.encode(body)
+end
+
+function Stream:fail(kind, message, extra)
+  local e = { kind = kind, message = one_line(self.client:redact(self.what .. ": " .. message)) }
+  for k, v in pairs(extra or {}) do e[k] = v end
+  self:finish(core.error(e))
+end
+
+-- End the stream (err may be nil), releasing the transfer.
+function Stream:finish(err)
+  if self.finished then return end
+  self.finished = true
+  self.err = err
+  local t = self.transfer
+  if t then
+    if self.done_seen and not t:done() then
+      -- Let the body end so the connection can be reused; bounded.
+      local deadline = core.now() + AFTER_DONE_GRACE
+      while not t:done() and core.now() < deadline do
+        if t:take() == nil then sched.wait_transfer(t, deadline - core.now()) end
+      end
+    end
+    t:close()
+  end
+  log.debug("%s: stream ended after %d events%s", self.what, self.nevents,
+    err and (": " .. err.message) or "")
+end
+
+local function api_error_text(data)
+  local msg = client_mod.server_message(data)
+  return msg or "error event without a message"
+end
+
+-- One SSE event: returns a decoded chunk, or nil (skipped, or the stream ended).
+function Stream:handle(ev)
+  local n = self.nevents + 1
+  self.nevents = n
+  local data = ev
+  if type(ev) == "table" then
+    data = ev.data
+    if ev.event == "error" then
+      self:fail("api", "error event in the stream: " .. api_error_text(data), { body = self.client:redact(data) })
+      return nil
+    end
+  end
+  if is_done_data(data) then
+    self.done_seen = true
+    self:finish(nil)
+    return nil
+  end
+  local chunk, derr = decode(data)
+  if type(chunk) ~= "table" then
+    if type(ev) == "table" then return nil end -- an unknown named event we cannot read: skip it
+    self:fail("deserialise", string.format("invalid JSON in event %d: %s", n,
+      derr or ("expected an object, got " .. type(chunk))), { body = self.client:redact(data:sub(1, 65536)) })
+    return nil
+  end
+  local api_err = self.acc:add(chunk)
+  if api_err then
+    self:fail("api", "error in the stream: " .. tostring(api_err.message),
+      { body = self.client:redact(data), code = api_err.code })
+    return nil
+  end
+  return chunk
+end
+
+-- The transfer ended before [DONE]: a clean end completes the stream; a cut keeps what arrived.
+function Stream:on_transfer_done()
+  local r = self.transfer:result()
+  if r.failure then
+    local e = self.client:error_for(r, "stream")
+    local msg = string.format("stream cut short after %d events: %s", self.nevents, r.message)
+    self:fail(e.kind, msg, { status = r.status, request_id = r.request_id })
+    return
+  end
+  if not r.sse then
+    local err = self.client:error_for(r, "stream")
+    if err then
+      err.message = one_line(self.what .. ": " .. err.message:gsub("^stream: ", ""))
+      self:finish(err)
+      return
+    end
+    -- A 2xx JSON body: the server ignored stream=true and sent the whole completion.
+    local doc, derr = decode(r.body)
+    if type(doc) == "table" and doc.choices then
+      self.full = doc
+      self:finish(nil)
+    elseif type(doc) == "table" and doc.error then
+      self:fail("api", api_error_text(r.body), { status = r.status, body = self.client:redact(r.body) })
+    else
+      self:fail("deserialise", "expected an event stream, got " .. (r.content_type or "no content-type")
+        .. (derr and (" (" .. derr .. ")") or ""), { status = r.status, body = self.client:redact(r.body) })
+    end
+    return
+  end
+  if self.nevents == 0 then
+    self:fail("deserialise", "the stream ended without any event (content-type "
+      .. (r.content_type or "none") .. ")", { status = r.status })
+    return
+  end
+  self:finish(nil) -- ended cleanly without [DONE]: complete
+end
+
+-- The next decoded chunk, or nil at the end (see :result() for the outcome).
+function Stream:next()
+  while not self.finished do
+    local evs = self.pending
+    if evs then
+      local i = self.pi
+      if i <= #evs then
+        self.pi = i + 1
+        local chunk = self:handle(evs[i])
+        if chunk then return chunk end
+      else
+        self.pending, self.pi = nil, 1
+      end
+    else
+      local t = self.transfer
+      local nxt = t:take()
+      if nxt then
+        self.pending, self.pi = nxt, 1
+      elseif t:done() then
+        self:on_transfer_done()
+      else
+        sched.wait_transfer(t)
+      end
+    end
+  end
+  return nil
+end
+
+function Stream:chunks()
+  return function() return self:next() end
+end
+
+-- Drain what is left; return the accumulated final (always) and the error, if any.
+function Stream:result()
+  while self:next() do end
+  return self.full or self.acc:result(), self.err
+end
+
+-- Stop early: the transfer is cancelled; result() keeps what arrived, err kind "cancelled".
+function Stream:close()
+  if not self.finished then
+    self:fail("cancelled", string.format("stream closed by the script after %d events", self.nevents))
+  end
+end
+Stream.__close = Stream.close
+Stream.__gc = Stream.close
+
+function Stream:__tostring()
+  return string.format("luachat.Stream (%s, %d events)", self.finished and "finished" or "open", self.nevents)
+end
+
+-- client:open_stream(req) -> stream | nil, err (nothing arrived).
+function M.open(client, req, opts)
+  client_mod.check_chat_request(req, "open_stream")
+  local spec = client:transfer_spec("POST", "chat/completions", stream_body(req), opts, true,
+    "luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)))
+  local what = client_mod.describe(spec)
+  local first
+  local t, err = client:with_retries(spec, function()
+    local tr, serr = core.start(spec)
+    if not tr then return nil, nil, serr end
+    local evs = tr:take()
+    while not evs and not tr:done() do
+      sched.wait_transfer(tr)
+      evs = tr:take()
+    end
+    if evs then
+      first = evs
+      return tr
+    end
+    local r = tr:result()
+    local e = client:error_for(r, what)
+    if e then
+      tr:close()
+      return nil, r, e
+    end
+    return tr
+  end)
+  if not t then return nil, err end
+  return setmetatable({
+    client = client, transfer = t, what = what, acc = accumulate.accumulator(),
+    pending = first, pi = 1, nevents = 0, finished = false, done_seen = false,
+  }, Stream)
+end
+
+-- client:stream(req, fn) -> final, err. fn(chunk) per chunk; return false to stop.
+function M.stream(client, req, on_chunk, opts)
+  if on_chunk ~= nil and type(on_chunk) ~= "function" then
+    error("bad argument #2 to 'stream' (function expected, got " .. type(on_chunk) .. ")", 3)
+  end
+  local s, err = M.open(client, req, opts)
+  if not s then return nil, err end
+  if on_chunk then
+    while true do
+      local chunk = s:next()
+      if not chunk then break end
+      local ok, ret = xpcall(on_chunk, debug.traceback, chunk)
+      if not ok then
+        s:close()
+        error(ret, 0)
+      end
+      if ret == false then
+        s:fail("cancelled", string.format("stream cancelled by the callback after %d events", s.nevents))
+        break
+      end
+    end
+  end
+  return s:result()
+end
+
+M.Stream = Stream
+return M

@@ -1,0 +1,362 @@
+-- luachat.client: clients of an OpenAI-compatible API.
+--
+-- Owns: configuration (explicit or from the environment), the wire contract
+-- (URL, headers, JSON body), retry policy, turning transfer outcomes into
+-- luachat errors, and the blocking calls chat/get/post. Streaming calls are
+-- in luachat.chat_stream; both share `attempt` below.
+-- Never: stores the API key where pairs() or tostring() can reach it, puts
+-- it in an error or a log line, or follows a redirect.
+local core = require "luachat.core"
+local json = require "luachat.json"
+local sched = require "luachat.sched"
+local log = require "luachat.log"
+
+local M = {}
+
+local Client = {}
+Client.__index = Client
+Client.__name = "luachat.Client"
+
+-- Secrets live here, keyed by client, so no field of the client holds them.
+local secrets = setmetatable({}, { __mode = "k" })
+
+local USER_AGENT = string.format("luachat/%s (%s; libcurl %s)", core.version, _VERSION, core.curl_version)
+
+local DEFAULTS = {
+  timeout = 600, connect_timeout = 10, idle_timeout = 120, max_retries = 2,
+}
+
+local function argerror(fname, msg, level)
+  error(string.format("bad argument #1 to '%s' (%s)", fname, msg), (level or 2) + 1)
+end
+
+local function check_opt(opts, name, kind, fname)
+  local v = opts[name]
+  if v ~= nil and type(v) ~= kind then
+    argerror(fname, string.format("field '%s' must be a %s, got %s", name, kind, type(v)), 3)
+  end
+end
+
+local function getenv(name)
+  local v = os.getenv(name)
+  if v == nil or v == "" then return nil end
+  return v
+end
+
+-- luachat.client{...}: every field optional (see README).
+function M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then argerror("client", "table expected, got " .. type(opts)) end
+  for _, f in ipairs { "base_url", "api_key", "ca_file" } do check_opt(opts, f, "string", "client") end
+  for _, f in ipairs { "headers", "query" } do check_opt(opts, f, "table", "client") end
+  for _, f in ipairs { "timeout", "connect_timeout", "idle_timeout", "max_retries", "max_body", "max_event" } do
+    check_opt(opts, f, "number", "client")
+  end
+  local base_url = opts.base_url or getenv("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+  if not base_url:match("^https?://[^/]") then
+    argerror("client", "base_url must start with http:// or https://, got '" .. base_url .. "'")
+  end
+  local c = setmetatable({
+    base_url = base_url:gsub("/+$", ""),
+    headers = opts.headers or {},
+    query = opts.query or {},
+    timeout = opts.timeout or DEFAULTS.timeout,
+    connect_timeout = opts.connect_timeout or DEFAULTS.connect_timeout,
+    idle_timeout = opts.idle_timeout or DEFAULTS.idle_timeout,
+    max_retries = math.floor(opts.max_retries or DEFAULTS.max_retries),
+    max_body = opts.max_body,
+    max_event = opts.max_event,
+    ca_file = opts.ca_file,
+    organization = opts.organization or getenv("OPENAI_ORG_ID"),
+    project = opts.project or getenv("OPENAI_PROJECT_ID"),
+  }, Client)
+  secrets[c] = opts.api_key or getenv("OPENAI_API_KEY")
+  return c
+end
+
+function Client:__tostring()
+  return string.format("luachat.Client (%s, key %s)", self.base_url, secrets[self] and "set" or "not set")
+end
+
+-- Replace every occurrence of the key in s (error bodies may echo it).
+function Client:redact(s)
+  local key = secrets[self]
+  if type(s) ~= "string" or not key or #key < 4 then return s end
+  local out = s
+  local i = 1
+  while true do
+    local a, b = out:find(key, i, true)
+    if not a then break end
+    out = out:sub(1, a - 1) .. "[REDACTED]" .. out:sub(b + 1)
+    i = a + 10
+  end
+  return out
+end
+
+local function urlencode(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+local function query_string(...)
+  local parts = {}
+  for i = 1, select("#", ...) do
+    local q = select(i, ...)
+    if q then
+      local keys = {}
+      for k in pairs(q) do keys[#keys + 1] = tostring(k) end
+      table.sort(keys)
+      for _, k in ipairs(keys) do parts[#parts + 1] = urlencode(k) .. "=" .. urlencode(q[k]) end
+    end
+  end
+  return #parts > 0 and ("?" .. table.concat(parts, "&")) or ""
+end
+
+function Client:url(path, query)
+  path = tostring(path):gsub("^/+", "")
+  return self.base_url .. "/" .. path .. query_string(self.query, query)
+end
+
+local function random_hex(n)
+  local t = {}
+  for i = 1, n do t[i] = string.format("%02x", math.random(0, 255)) end
+  return table.concat(t)
+end
+
+function Client:header_lines(accept, has_body, idempotency_key, extra)
+  local h = {
+    "User-Agent: " .. USER_AGENT,
+    "Accept: " .. accept,
+  }
+  if has_body then h[#h + 1] = "Content-Type: application/json" end
+  local key = secrets[self]
+  if key then h[#h + 1] = "Authorization: Bearer " .. key end
+  if self.organization then h[#h + 1] = "OpenAI-Organization: " .. self.organization end
+  if self.project then h[#h + 1] = "OpenAI-Project: " .. self.project end
+  if idempotency_key then h[#h + 1] = "Idempotency-Key: " .. idempotency_key end
+  for _, src in ipairs { self.headers, extra or {} } do
+    local names = {}
+    for k in pairs(src) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do
+      local v = tostring(src[k])
+      if v:find("[\r\n]") then error("header '" .. k .. "' contains a line break", 4) end
+      h[#h + 1] = k .. ": " .. v
+    end
+  end
+  return h
+end
+
+-- Where a response says the server's error message: {"error": {"message": ...}} and kin.
+local function server_message(body)
+  if type(body) ~= "string" or body == "" then return nil end
+  local doc = json.decode(body)
+  if type(doc) == "table" then
+    local e = doc.error
+    if type(e) == "table" and type(e.message) == "string" then return e.message end
+    if type(e) == "string" then return e end
+    if type(doc.message) == "string" then return doc.message end
+    if type(doc.detail) == "string" then return doc.detail end
+  end
+  local first = body:match("^%s*([^\r\n]*)")
+  if first and #first > 200 then first = first:sub(1, 200) .. "..." end
+  return first
+end
+M.server_message = server_message
+
+local function one_line(s)
+  return (tostring(s):gsub("[\r\n]+", " "))
+end
+
+-- Build a luachat error for a finished transfer's result `r` (nil when it succeeded).
+function Client:error_for(r, what)
+  local f = r.failure
+  if f then
+    local kind = ({ timeout = "timeout", idle = "timeout", cancelled = "cancelled",
+      too_large = "deserialise", no_memory = "environment" })[f] or "network"
+    local msg = r.message or f
+    if f == "tls" then
+      msg = msg .. " (TLS verification failed: pass ca_file for a private CA)"
+    end
+    return core.error {
+      kind = kind,
+      message = one_line(self:redact(what .. ": " .. msg)),
+      status = r.status ~= 0 and r.status or nil,
+      request_id = r.request_id,
+      body = r.body ~= "" and self:redact(r.body) or nil,
+      retryable = (f == "network" or f == "timeout" or f == "idle"),
+    }
+  end
+  local status = r.status
+  if status >= 200 and status < 300 then return nil end
+  local smsg = server_message(r.body)
+  local kind = status == 401 and "invalid_api_key" or "api"
+  local msg = string.format("%s: HTTP %d%s", what, status, smsg and (": " .. smsg) or "")
+  if status == 401 and not secrets[self] then msg = msg .. " (no API key: set OPENAI_API_KEY)" end
+  local retryable = status == 408 or status == 409 or status == 429 or status >= 500
+  return core.error {
+    kind = kind,
+    message = one_line(self:redact(msg)),
+    status = status,
+    request_id = r.request_id,
+    body = self:redact(r.body),
+    retryable = retryable,
+  }
+end
+
+local RETRY_CAP = 60
+
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8,
+  Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
+
+-- Seconds from now until an HTTP date ("Wed, 21 Oct 2015 07:28:00 GMT"), or nil.
+local function http_date_delay(s)
+  local d, mon, y, hh, mm, ss = s:match("^%a+, (%d+) (%a+) (%d+) (%d+):(%d+):(%d+) GMT$")
+  if not d or not MONTHS[mon] then return nil end
+  local t = os.time { year = tonumber(y), month = MONTHS[mon], day = tonumber(d),
+    hour = tonumber(hh), min = tonumber(mm), sec = tonumber(ss) }
+  -- os.time read the fields as local time: correct by this zone's offset from UTC.
+  local now = os.time()
+  local offset = os.difftime(now, os.time(os.date("!*t", now)))
+  return os.difftime(t + offset, now)
+end
+M.http_date_delay = http_date_delay
+
+-- Seconds to wait before retry number n (0-based), honouring the server's word.
+local function retry_delay(r, n)
+  if r then
+    local ms = tonumber(r.retry_after_ms or "")
+    if ms and ms >= 0 and ms / 1000 <= RETRY_CAP then return ms / 1000 end
+    local ra = r.retry_after
+    if ra then
+      local secs = tonumber(ra)
+      if not secs then secs = http_date_delay(ra) end
+      if secs and secs >= 0 and secs <= RETRY_CAP then return secs end
+    end
+  end
+  local base = math.min(0.5 * 2 ^ n, 8)
+  return base * (1 - 0.25 * math.random())
+end
+
+function Client:should_retry(r, err, n)
+  if n >= self.max_retries then return false end
+  local sr = r and r.should_retry
+  if sr == "true" then return true end
+  if sr == "false" then return false end
+  return err.retryable and err.kind ~= "cancelled"
+end
+
+function Client:transfer_spec(method, path, body, opts, stream, idempotency_key)
+  opts = opts or {}
+  return {
+    method = method,
+    url = self:url(path, opts.query),
+    headers = self:header_lines(stream and "text/event-stream" or "application/json", body ~= nil,
+      idempotency_key, opts.headers),
+    body = body,
+    stream = stream,
+    timeout = opts.timeout or self.timeout,
+    connect_timeout = self.connect_timeout,
+    idle_timeout = opts.idle_timeout or self.idle_timeout,
+    max_body = self.max_body,
+    max_event = self.max_event,
+    ca_file = self.ca_file,
+  }
+end
+
+-- Where a request goes, for messages and logs: method and URL without the query.
+local function describe(spec)
+  return spec.method .. " " .. spec.url:gsub("%?.*$", "")
+end
+M.describe = describe
+
+-- Run attempts of one call until success, a final error, or retries run out.
+-- `start_once(attempt_no)` starts a transfer and waits; it returns
+-- (value, result, err): value on success, else the result and the error.
+function Client:with_retries(spec, start_once)
+  local n = 0
+  while true do
+    local value, r, err = start_once(n)
+    if value ~= nil or not err then return value, nil end
+    err.retries = n
+    if not self:should_retry(r, err, n) then
+      log.debug("%s: %s; not retrying", describe(spec), err.message)
+      return nil, err
+    end
+    local delay = retry_delay(r, n)
+    log.debug("%s: %s; retry %d of %d in %.2fs", describe(spec), err.message, n + 1, self.max_retries, delay)
+    sched.sleep(delay)
+    n = n + 1
+  end
+end
+
+-- One blocking request with retries. Returns the decoded JSON body | nil, err.
+function Client:request(method, path, body_value, opts)
+  local body
+  if body_value ~= nil then
+    body = type(body_value) == "string" and body_value or json.encode(body_value)
+  end
+  local idem = (method ~= "GET" and method ~= "HEAD") and ("luachat-" .. random_hex(16)) or nil
+  local spec = self:transfer_spec(method, path, body, opts, false, idem)
+  local what = describe(spec)
+  return self:with_retries(spec, function(attempt)
+    local t, serr = core.start(spec)
+    if not t then return nil, nil, serr end
+    while not t:done() do sched.wait_transfer(t) end
+    local r = t:result()
+    t:close()
+    log.debug("%s -> %s in %.3fs%s%s", what, r.failure or r.status, r.seconds,
+      r.request_id and (" (request " .. r.request_id .. ")") or "", attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
+    local err = self:error_for(r, what)
+    if err then return nil, r, err end
+    if r.body == "" and method == "HEAD" then return {}, r end
+    local doc, derr = json.decode(r.body)
+    if doc == nil then
+      return nil, r, core.error {
+        kind = "deserialise",
+        message = one_line(self:redact(string.format("%s: response is not valid JSON (%s, content-type %s)",
+          what, derr, r.content_type or "none"))),
+        status = r.status, request_id = r.request_id,
+        body = self:redact(r.body:sub(1, 65536)),
+      }
+    end
+    return doc, r
+  end)
+end
+
+function Client:get(path, opts)
+  return self:request("GET", path, nil, opts)
+end
+
+function Client:post(path, body, opts)
+  return self:request("POST", path, body, opts)
+end
+
+-- Programming errors in a chat request raise, naming the function.
+function M.check_chat_request(req, fname)
+  if type(req) ~= "table" then argerror(fname, "request table expected, got " .. type(req), 2) end
+  if type(req.model) ~= "string" or req.model == "" then
+    argerror(fname, "field 'model' must be a non-empty string", 2)
+  end
+  if type(req.messages) ~= "table" then
+    argerror(fname, "field 'messages' must be a list of messages", 2)
+  end
+end
+
+-- client:chat{model=, messages=, ...} -> chat.completion | nil, err.
+-- Every field given is sent as is; `stream = true` gives a streamed call's final result.
+function Client:chat(req, opts)
+  M.check_chat_request(req, "chat")
+  if req.stream == true then return self:stream(req, nil, opts) end
+  return self:request("POST", "chat/completions", req, opts)
+end
+
+function Client:stream(req, on_chunk, opts)
+  return require("luachat.chat_stream").stream(self, req, on_chunk, opts)
+end
+
+function Client:open_stream(req, opts)
+  return require("luachat.chat_stream").open(self, req, opts)
+end
+
+M.Client = Client
+return M

@@ -1,0 +1,48 @@
+-- luachat: chat agents in Lua against any OpenAI-compatible API.
+--
+-- Owns: the public API table (`require "luachat"`), gathered from the
+-- modules that implement it. Policy lives in those Lua modules; the C core
+-- (luachat.core) supplies mechanisms only.
+local core = require "luachat.core"
+local sched = require "luachat.sched"
+local client = require "luachat.client"
+local stream = require "luachat.stream"
+
+local M = {
+  _VERSION = "luachat " .. core.version,
+  version = core.version,
+  curl_version = core.curl_version,
+  json = require "luachat.json",
+
+  client = client.new,
+
+  spawn = sched.spawn,
+  gather = sched.gather,
+  sleep = sched.sleep,
+  step = sched.step,
+  run = sched.run,
+  now = core.now,
+
+  delta_text = stream.delta_text,
+  error = core.error,
+}
+
+-- For applications with their own event loop: what to wait on, and for how long.
+function M.fds() return core.fds() end
+function M.next_timeout() return core.next_timeout() end
+function M.live() return core.live() end
+
+-- The agent layer loads on first use, so scripts that only chat stay light.
+setmetatable(M, {
+  __index = function(t, k)
+    if k == "agent" or k == "tool" then
+      local agent = require "luachat.agent"
+      rawset(t, "agent", agent)
+      rawset(t, "tool", agent.tool)
+      return rawget(t, k)
+    end
+    return nil
+  end,
+})
+
+return M

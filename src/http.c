@@ -1,0 +1,697 @@
+/*
+ * http.c: transfers on one libcurl multi handle.
+ *
+ * Owns: the CURLM, the easy handles, header lists and request bodies, the
+ * response buffers, each streaming transfer's SSE parser and event queue,
+ * and the idle-timeout bookkeeping. libcurl callbacks here only append to
+ * C buffers and set flags; handles are removed and cleaned up only in the
+ * drain loop (or by an explicit cancel/free from the owner).
+ * Never: includes lua.h, calls into a script, or prints anything.
+ */
+#include "http.h"
+
+#include <curl/curl.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+struct http_transfer {
+	struct http_engine *engine;       /* NULL once the engine is gone */
+	CURL *easy;                       /* NULL once finished or cancelled */
+	struct curl_slist *headers;
+	char *body;                       /* our copy of the request body */
+	char errbuf[CURL_ERROR_SIZE];
+	enum http_state state;
+	struct http_result result;
+	struct buf body_buf;              /* non-SSE response body */
+	struct buf events;                /* queued SSE event records */
+	struct sse_parser sse;
+	int want_stream;                  /* the request asked for SSE parsing */
+	int decided;                      /* the body's destination is chosen */
+	int is_sse;
+	int is_error_body;                /* non-2xx: keep the first bytes only */
+	int paused;                       /* we returned CURL_WRITEFUNC_PAUSE */
+	int in_ready;
+	size_t max_body;
+	long idle_timeout_ms;
+	double started, last_rx;          /* monotonic seconds */
+	enum http_failure abort_reason;   /* why a callback stopped the transfer */
+	char abort_msg[160];
+	struct http_transfer *prev, *next;             /* engine->all */
+	struct http_transfer *ready_prev, *ready_next; /* engine ready queue */
+	void *owner;
+};
+
+struct http_engine {
+	CURLM *multi;
+	struct http_transfer *all;        /* every transfer not yet freed */
+	struct http_transfer *ready_head, *ready_tail;
+	size_t live;
+	int wakeup_fd;
+};
+
+static double now_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Copy at most dstlen-1 bytes of a header value, trimming CR/LF and blanks. */
+static void copy_trimmed(char *dst, size_t dstlen, const char *src, size_t n)
+{
+	while (n > 0 && (*src == ' ' || *src == '\t')) {
+		src++;
+		n--;
+	}
+	while (n > 0 && (src[n - 1] == '\r' || src[n - 1] == '\n' || src[n - 1] == ' ' ||
+	                 src[n - 1] == '\t'))
+		n--;
+	if (n >= dstlen)
+		n = dstlen - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static void ready_push(struct http_transfer *t)
+{
+	struct http_engine *e = t->engine;
+	if (t->in_ready || e == NULL)
+		return;
+	t->in_ready = 1;
+	t->ready_next = NULL;
+	t->ready_prev = e->ready_tail;
+	if (e->ready_tail)
+		e->ready_tail->ready_next = t;
+	else
+		e->ready_head = t;
+	e->ready_tail = t;
+}
+
+static void ready_unlink(struct http_transfer *t)
+{
+	struct http_engine *e = t->engine;
+	if (!t->in_ready || e == NULL)
+		return;
+	if (t->ready_prev)
+		t->ready_prev->ready_next = t->ready_next;
+	else
+		e->ready_head = t->ready_next;
+	if (t->ready_next)
+		t->ready_next->ready_prev = t->ready_prev;
+	else
+		e->ready_tail = t->ready_prev;
+	t->in_ready = 0;
+	t->ready_prev = t->ready_next = NULL;
+}
+
+static void fail_in_callback(struct http_transfer *t, enum http_failure f, const char *msg)
+{
+	t->abort_reason = f;
+	snprintf(t->abort_msg, sizeof t->abort_msg, "%s", msg);
+}
+
+/* Append one event record to the queue: u32 type_len, type, u32 data_len, data. */
+static int queue_event(void *ud, const struct sse_event *ev)
+{
+	struct http_transfer *t = ud;
+	uint32_t tl = 0, dl = (uint32_t)ev->data_len;
+	int is_message = ev->type_len == 7 && memcmp(ev->type, "message", 7) == 0;
+	if (!is_message)
+		tl = (uint32_t)ev->type_len;
+	if (buf_reserve(&t->events, 8 + tl + dl) != BUF_OK) {
+		fail_in_callback(t, HTTP_FAIL_NO_MEMORY, "out of memory queueing a stream event");
+		return 1;
+	}
+	buf_append(&t->events, &tl, 4);
+	if (tl)
+		buf_append(&t->events, ev->type, tl);
+	buf_append(&t->events, &dl, 4);
+	buf_append(&t->events, ev->data, dl);
+	return 0;
+}
+
+/* Choose where the body goes, once the status and Content-Type are known. */
+static void decide_destination(struct http_transfer *t)
+{
+	long s = t->result.status;
+	int ok = s >= 200 && s < 300;
+	t->decided = 1;
+	t->is_error_body = !ok;
+	/* A 2xx JSON body on a streaming request: the server ignored stream=true. */
+	t->is_sse = t->want_stream && ok && strstr(t->result.content_type, "json") == NULL;
+	t->body_buf.limit = t->is_error_body ? HTTP_DEFAULT_MAX_ERROR_BODY : t->max_body;
+}
+
+/* CURLOPT_WRITEFUNCTION */
+static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
+{
+	struct http_transfer *t = ud;
+	size_t n = size * nmemb;
+	if (!t->decided)
+		decide_destination(t);
+	if (t->is_sse) {
+		/* Bound memory for slow consumers: curl keeps these bytes and redelivers. */
+		if (t->events.len >= HTTP_QUEUE_HIGH_WATER) {
+			t->paused = 1;
+			return CURL_WRITEFUNC_PAUSE;
+		}
+	}
+	t->last_rx = now_seconds();
+	t->result.body_started = 1;
+	t->result.bytes_received += n;
+	if (t->is_sse) {
+		size_t before = t->events.len;
+		enum sse_status st = sse_feed(&t->sse, data, n, queue_event, t);
+		if (st == SSE_TOO_LARGE) {
+			char msg[160];
+			snprintf(msg, sizeof msg, "stream event %zu over the %zu-byte limit (at byte %zu)",
+			         t->sse.events + 1, t->sse.max_event, t->sse.offset);
+			fail_in_callback(t, HTTP_FAIL_TOO_LARGE, msg);
+			return CURL_WRITEFUNC_ERROR;
+		}
+		if (st != SSE_OK) {
+			if (t->abort_reason == HTTP_OK)
+				fail_in_callback(t, HTTP_FAIL_NO_MEMORY, "out of memory parsing the stream");
+			return CURL_WRITEFUNC_ERROR;
+		}
+		if (t->events.len > before)
+			ready_push(t);
+		return n;
+	}
+	if (t->is_error_body) {
+		/* Keep the first bytes of an error body; the rest is dropped, not fatal. */
+		size_t room = t->body_buf.limit > t->body_buf.len ? t->body_buf.limit - t->body_buf.len : 0;
+		if (buf_append(&t->body_buf, data, n < room ? n : room) == BUF_NO_MEMORY) {
+			fail_in_callback(t, HTTP_FAIL_NO_MEMORY, "out of memory reading the response");
+			return CURL_WRITEFUNC_ERROR;
+		}
+		return n;
+	}
+	switch (buf_append(&t->body_buf, data, n)) {
+	case BUF_OK:
+		return n;
+	case BUF_TOO_LARGE: {
+		char msg[160];
+		snprintf(msg, sizeof msg, "response body over the %zu-byte limit", t->max_body);
+		fail_in_callback(t, HTTP_FAIL_TOO_LARGE, msg);
+		return CURL_WRITEFUNC_ERROR;
+	}
+	default:
+		fail_in_callback(t, HTTP_FAIL_NO_MEMORY, "out of memory reading the response");
+		return CURL_WRITEFUNC_ERROR;
+	}
+}
+
+static int header_is(const char *line, size_t n, const char *name, const char **value, size_t *vlen)
+{
+	size_t k = strlen(name);
+	if (n <= k || line[k] != ':' || strncasecmp(line, name, k) != 0)
+		return 0;
+	*value = line + k + 1;
+	*vlen = n - k - 1;
+	return 1;
+}
+
+/* CURLOPT_HEADERFUNCTION: one header line at a time, status lines included. */
+static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
+{
+	struct http_transfer *t = ud;
+	size_t n = size * nmemb;
+	const char *v;
+	size_t vl;
+	struct http_result *r = &t->result;
+	t->last_rx = now_seconds();
+	if (n > 5 && memcmp(line, "HTTP/", 5) == 0) {
+		/* A new response (after 100-continue, say): forget the last one's headers. */
+		const char *sp = memchr(line, ' ', n);
+		r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+		r->request_id[0] = r->content_type[0] = r->retry_after[0] = '\0';
+		r->retry_after_ms[0] = r->should_retry[0] = '\0';
+		t->decided = 0;
+		return n;
+	}
+	if (header_is(line, n, "x-request-id", &v, &vl) ||
+	    (r->request_id[0] == '\0' && (header_is(line, n, "request-id", &v, &vl) ||
+	                                  header_is(line, n, "apim-request-id", &v, &vl))))
+		copy_trimmed(r->request_id, sizeof r->request_id, v, vl);
+	else if (header_is(line, n, "content-type", &v, &vl))
+		copy_trimmed(r->content_type, sizeof r->content_type, v, vl);
+	else if (header_is(line, n, "retry-after", &v, &vl))
+		copy_trimmed(r->retry_after, sizeof r->retry_after, v, vl);
+	else if (header_is(line, n, "retry-after-ms", &v, &vl))
+		copy_trimmed(r->retry_after_ms, sizeof r->retry_after_ms, v, vl);
+	else if (header_is(line, n, "x-should-retry", &v, &vl))
+		copy_trimmed(r->should_retry, sizeof r->should_retry, v, vl);
+	return n;
+}
+
+struct http_engine *http_engine_new(char *err, size_t errlen)
+{
+	struct http_engine *e = calloc(1, sizeof *e);
+	if (e == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	/* Idempotent after the first call; not thread-safe, like the rest of the engine. */
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		snprintf(err, errlen, "curl_global_init failed");
+		free(e);
+		return NULL;
+	}
+	e->multi = curl_multi_init();
+	if (e->multi == NULL) {
+		snprintf(err, errlen, "curl_multi_init failed");
+		free(e);
+		return NULL;
+	}
+	curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	e->wakeup_fd = -1;
+	return e;
+}
+
+/* Release a transfer's curl state (not its result or buffers). */
+static void release_curl(struct http_transfer *t)
+{
+	if (t->easy) {
+		if (t->engine && t->state == HTTP_RUNNING)
+			curl_multi_remove_handle(t->engine->multi, t->easy);
+		curl_easy_cleanup(t->easy);
+		t->easy = NULL;
+	}
+	curl_slist_free_all(t->headers);
+	t->headers = NULL;
+	free(t->body);
+	t->body = NULL;
+	if (t->state == HTTP_RUNNING && t->engine)
+		t->engine->live--;
+}
+
+void http_engine_free(struct http_engine *e)
+{
+	struct http_transfer *t, *next;
+	if (e == NULL)
+		return;
+	for (t = e->all; t; t = next) {
+		next = t->next;
+		ready_unlink(t);
+		if (t->state == HTTP_RUNNING) {
+			t->result.failure = HTTP_FAIL_CANCELLED;
+			snprintf(t->result.message, sizeof t->result.message, "cancelled: the engine was closed");
+		}
+		release_curl(t);
+		if (t->state == HTTP_RUNNING)
+			t->state = HTTP_DONE;
+		t->engine = NULL;
+		t->prev = t->next = NULL;
+	}
+	curl_multi_cleanup(e->multi);
+	free(e);
+}
+
+void http_engine_set_wakeup_fd(struct http_engine *e, int fd)
+{
+	e->wakeup_fd = fd;
+}
+
+size_t http_engine_live(const struct http_engine *e)
+{
+	return e->live;
+}
+
+static int add_header(struct http_transfer *t, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(t->headers, line);
+	if (l == NULL)
+		return -1;
+	t->headers = l;
+	return 0;
+}
+
+struct http_transfer *http_start(struct http_engine *e, const struct http_request *req,
+                                 char *err, size_t errlen)
+{
+	struct http_transfer *t = calloc(1, sizeof *t);
+	size_t i;
+	if (t == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	t->engine = e;
+	t->want_stream = req->stream;
+	t->max_body = req->max_body ? req->max_body : HTTP_DEFAULT_MAX_BODY;
+	t->idle_timeout_ms = req->idle_timeout_ms;
+	buf_init(&t->body_buf, t->max_body);
+	buf_init(&t->events, 0);
+	sse_init(&t->sse, req->max_event);
+	t->state = HTTP_DONE; /* until it is in the multi handle */
+	t->easy = curl_easy_init();
+	if (t->easy == NULL) {
+		snprintf(err, errlen, "curl_easy_init failed");
+		goto fail;
+	}
+	for (i = 0; i < req->nheaders; i++)
+		if (add_header(t, req->headers[i]) != 0)
+			goto nomem;
+	/* curl adds "Expect: 100-continue" to large POSTs: a wasted round trip here. */
+	if (add_header(t, "Expect:") != 0)
+		goto nomem;
+	if (req->body) {
+		t->body = malloc(req->body_len ? req->body_len : 1);
+		if (t->body == NULL)
+			goto nomem;
+		memcpy(t->body, req->body, req->body_len);
+		curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+		curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+	}
+	curl_easy_setopt(t->easy, CURLOPT_URL, req->url);
+	curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, req->method ? req->method : "GET");
+	if (req->method && strcmp(req->method, "HEAD") == 0)
+		curl_easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+	curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+	curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L); /* never carry a key elsewhere */
+	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(t->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_BUFFERSIZE, 65536L);
+	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (req->ca_file)
+		curl_easy_setopt(t->easy, CURLOPT_CAINFO, req->ca_file);
+	if (req->timeout_ms > 0)
+		curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+	if (req->connect_timeout_ms > 0)
+		curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
+	if (curl_multi_add_handle(e->multi, t->easy) != CURLM_OK) {
+		snprintf(err, errlen, "curl_multi_add_handle failed");
+		goto fail;
+	}
+	t->state = HTTP_RUNNING;
+	t->started = t->last_rx = now_seconds();
+	e->live++;
+	t->next = e->all;
+	if (e->all)
+		e->all->prev = t;
+	e->all = t;
+	return t;
+nomem:
+	snprintf(err, errlen, "out of memory");
+fail:
+	release_curl(t);
+	buf_free(&t->body_buf);
+	buf_free(&t->events);
+	sse_free(&t->sse);
+	free(t);
+	return NULL;
+}
+
+static enum http_failure failure_of(CURLcode code)
+{
+	switch (code) {
+	case CURLE_OK:
+		return HTTP_OK;
+	case CURLE_OPERATION_TIMEDOUT:
+		return HTTP_FAIL_TIMEOUT;
+	case CURLE_OUT_OF_MEMORY:
+		return HTTP_FAIL_NO_MEMORY;
+	case CURLE_FILESIZE_EXCEEDED:
+		return HTTP_FAIL_TOO_LARGE;
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_SSL_ISSUER_ERROR:
+		return HTTP_FAIL_TLS;
+	default:
+		return HTTP_FAIL_NETWORK;
+	}
+}
+
+/* Move a transfer out of the multi handle with its outcome, and report it ready. */
+static void finish(struct http_transfer *t, CURLcode code, enum http_failure forced, const char *msg)
+{
+	struct http_result *r = &t->result;
+	r->seconds = now_seconds() - t->started;
+	if (forced != HTTP_OK) {
+		r->failure = forced;
+		snprintf(r->message, sizeof r->message, "%s", msg);
+	} else if (code != CURLE_OK && t->abort_reason != HTTP_OK) {
+		r->failure = t->abort_reason;
+		snprintf(r->message, sizeof r->message, "%s", t->abort_msg);
+	} else if (code != CURLE_OK) {
+		r->failure = failure_of(code);
+		/* errbuf names host and port but never headers, so no key can leak here. */
+		snprintf(r->message, sizeof r->message, "%.100s%s%.150s", curl_easy_strerror(code),
+		         t->errbuf[0] ? ": " : "", t->errbuf);
+	} else {
+		r->failure = HTTP_OK;
+		if (t->is_sse && sse_finish(&t->sse, queue_event, t) != SSE_OK) {
+			r->failure = t->abort_reason != HTTP_OK ? t->abort_reason : HTTP_FAIL_TOO_LARGE;
+			snprintf(r->message, sizeof r->message, "%s",
+			         t->abort_msg[0] ? t->abort_msg : "the last stream event is over the limit");
+		}
+	}
+	release_curl(t);
+	t->state = HTTP_DONE;
+	ready_push(t);
+}
+
+static void drain_finished(struct http_engine *e)
+{
+	CURLMsg *m;
+	int left;
+	while ((m = curl_multi_info_read(e->multi, &left)) != NULL) {
+		struct http_transfer *t = NULL;
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+		if (t)
+			finish(t, m->data.result, HTTP_OK, NULL);
+	}
+}
+
+/* Fail transfers that received nothing for their idle timeout; return ms to the next deadline. */
+static long check_idle(struct http_engine *e)
+{
+	double now = now_seconds();
+	long next = -1;
+	struct http_transfer *t, *after;
+	for (t = e->all; t; t = after) {
+		double deadline;
+		after = t->next;
+		if (t->state != HTTP_RUNNING || t->idle_timeout_ms <= 0 || t->paused)
+			continue;
+		deadline = t->last_rx + (double)t->idle_timeout_ms / 1000.0;
+		if (now >= deadline) {
+			char msg[96];
+			snprintf(msg, sizeof msg, "no data received for %.3g s (idle timeout)",
+			         (double)t->idle_timeout_ms / 1000.0);
+			finish(t, CURLE_OK, HTTP_FAIL_IDLE, msg);
+		} else {
+			long ms = (long)((deadline - now) * 1000.0) + 1;
+			if (next < 0 || ms < next)
+				next = ms;
+		}
+	}
+	return next;
+}
+
+int http_poll(struct http_engine *e, int timeout_ms, char *err, size_t errlen)
+{
+	int running = 0, nfds = 0, count = 0;
+	long idle_ms;
+	struct http_transfer *t;
+	CURLMcode mc = curl_multi_perform(e->multi, &running);
+	if (mc != CURLM_OK)
+		goto multi_error;
+	drain_finished(e);
+	idle_ms = check_idle(e);
+	if (e->ready_head == NULL && timeout_ms > 0 && e->live > 0) {
+		struct curl_waitfd extra = { e->wakeup_fd, CURL_WAIT_POLLIN, 0 };
+		int wait = timeout_ms;
+		if (idle_ms >= 0 && idle_ms < wait)
+			wait = (int)idle_ms;
+		mc = curl_multi_poll(e->multi, e->wakeup_fd >= 0 ? &extra : NULL,
+		                     e->wakeup_fd >= 0 ? 1u : 0u, wait, &nfds);
+		if (mc != CURLM_OK)
+			goto multi_error;
+		mc = curl_multi_perform(e->multi, &running);
+		if (mc != CURLM_OK)
+			goto multi_error;
+		drain_finished(e);
+		check_idle(e);
+	} else if (e->ready_head == NULL && timeout_ms > 0 && e->wakeup_fd >= 0) {
+		/* Nothing to transfer: just sleep, still waking on the wakeup fd. */
+		struct pollfd p = { e->wakeup_fd, POLLIN, 0 };
+		poll(&p, 1, timeout_ms);
+	} else if (e->ready_head == NULL && timeout_ms > 0) {
+		poll(NULL, 0, timeout_ms);
+	}
+	for (t = e->ready_head; t; t = t->ready_next)
+		count++;
+	return count;
+multi_error:
+	snprintf(err, errlen, "curl multi error: %s", curl_multi_strerror(mc));
+	return -1;
+}
+
+struct http_transfer *http_next_ready(struct http_engine *e)
+{
+	struct http_transfer *t = e->ready_head;
+	if (t)
+		ready_unlink(t);
+	return t;
+}
+
+long http_next_timeout(struct http_engine *e)
+{
+	long ms = -1, idle = -1;
+	double now = now_seconds();
+	struct http_transfer *t;
+	if (e->ready_head)
+		return 0;
+	curl_multi_timeout(e->multi, &ms);
+	for (t = e->all; t; t = t->next) {
+		long left;
+		if (t->state != HTTP_RUNNING || t->idle_timeout_ms <= 0 || t->paused)
+			continue;
+		left = (long)((t->last_rx + (double)t->idle_timeout_ms / 1000.0 - now) * 1000.0) + 1;
+		if (left < 0)
+			left = 0;
+		if (idle < 0 || left < idle)
+			idle = left;
+	}
+	if (idle >= 0 && (ms < 0 || idle < ms))
+		ms = idle;
+	return ms;
+}
+
+int http_fds(struct http_engine *e, int *fds, short *events, int max)
+{
+	fd_set r, w, x;
+	int maxfd = -1, fd, n = 0;
+	FD_ZERO(&r);
+	FD_ZERO(&w);
+	FD_ZERO(&x);
+	if (curl_multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK)
+		return 0;
+	for (fd = 0; fd <= maxfd && n < max; fd++) {
+		short ev = 0;
+		if (FD_ISSET(fd, &r))
+			ev |= POLLIN;
+		if (FD_ISSET(fd, &w))
+			ev |= POLLOUT;
+		if (ev) {
+			fds[n] = fd;
+			events[n++] = ev;
+		}
+	}
+	return n;
+}
+
+enum http_state http_state(const struct http_transfer *t)
+{
+	return t->state;
+}
+
+const struct http_result *http_result(const struct http_transfer *t)
+{
+	return &t->result;
+}
+
+const struct buf *http_body(const struct http_transfer *t)
+{
+	return &t->body_buf;
+}
+
+int http_is_sse(const struct http_transfer *t)
+{
+	return t->is_sse;
+}
+
+const struct buf *http_events(const struct http_transfer *t)
+{
+	return &t->events;
+}
+
+void http_events_consumed(struct http_transfer *t)
+{
+	buf_reset(&t->events);
+	if (t->paused && t->easy && t->state == HTTP_RUNNING) {
+		t->paused = 0;
+		t->last_rx = now_seconds(); /* time spent paused by us is not idle time */
+		/* May deliver the held data right here, through on_body. */
+		curl_easy_pause(t->easy, CURLPAUSE_CONT);
+	}
+}
+
+void http_cancel(struct http_transfer *t)
+{
+	if (t->state != HTTP_RUNNING)
+		return;
+	ready_unlink(t);
+	t->result.failure = HTTP_FAIL_CANCELLED;
+	t->result.seconds = now_seconds() - t->started;
+	snprintf(t->result.message, sizeof t->result.message, "cancelled");
+	release_curl(t);
+	t->state = HTTP_DONE;
+}
+
+void http_free(struct http_transfer *t)
+{
+	if (t == NULL)
+		return;
+	http_cancel(t);
+	ready_unlink(t);
+	if (t->engine) {
+		if (t->prev)
+			t->prev->next = t->next;
+		else
+			t->engine->all = t->next;
+		if (t->next)
+			t->next->prev = t->prev;
+	}
+	buf_free(&t->body_buf);
+	buf_free(&t->events);
+	sse_free(&t->sse);
+	free(t);
+}
+
+void http_set_owner(struct http_transfer *t, void *owner)
+{
+	t->owner = owner;
+}
+
+void *http_owner(const struct http_transfer *t)
+{
+	return t->owner;
+}
+
+const char *http_failure_name(enum http_failure f)
+{
+	switch (f) {
+	case HTTP_OK: return "ok";
+	case HTTP_FAIL_NETWORK: return "network";
+	case HTTP_FAIL_TIMEOUT: return "timeout";
+	case HTTP_FAIL_IDLE: return "idle";
+	case HTTP_FAIL_TOO_LARGE: return "too_large";
+	case HTTP_FAIL_NO_MEMORY: return "no_memory";
+	case HTTP_FAIL_CANCELLED: return "cancelled";
+	case HTTP_FAIL_TLS: return "tls";
+	}
+	return "unknown";
+}

@@ -1,0 +1,129 @@
+/*
+ * http.h: transfers on one libcurl multi handle, with timeouts and limits.
+ *
+ * Owns: the CURLM, every easy handle and header list, the response buffers
+ * and, for streaming transfers, the SSE parser and the queue of parsed
+ * events. Callbacks only append to C buffers and set flags.
+ * Never: includes lua.h, calls back into a script, blocks without a bound,
+ * or frees a transfer the caller still holds (the caller frees).
+ */
+#ifndef LCHAT_HTTP_H
+#define LCHAT_HTTP_H
+
+#include <stddef.h>
+#include "buf.h"
+#include "sse.h"
+
+#define HTTP_DEFAULT_MAX_BODY ((size_t)64 << 20)      /* 64 MiB */
+#define HTTP_DEFAULT_MAX_ERROR_BODY ((size_t)64 << 10) /* 64 KiB kept on errors */
+#define HTTP_QUEUE_HIGH_WATER ((size_t)1 << 20)       /* pause reading above this */
+
+enum http_state {
+	HTTP_RUNNING = 0,
+	HTTP_DONE = 1,      /* finished: look at http_result */
+	HTTP_CLOSED = 2     /* cancelled or freed by the caller */
+};
+
+/* Why a transfer failed; HTTP_OK even for 4xx/5xx (those are the caller's call). */
+enum http_failure {
+	HTTP_OK = 0,
+	HTTP_FAIL_NETWORK,     /* connect, DNS, reset, dropped mid-body, TLS */
+	HTTP_FAIL_TIMEOUT,     /* connect or total timeout */
+	HTTP_FAIL_IDLE,        /* no byte received for idle_timeout_ms */
+	HTTP_FAIL_TOO_LARGE,   /* body over max_body, or an SSE event over max_event */
+	HTTP_FAIL_NO_MEMORY,
+	HTTP_FAIL_CANCELLED,   /* http_cancel, or an interrupt */
+	HTTP_FAIL_TLS          /* certificate verification */
+};
+
+struct http_request {
+	const char *method;          /* "GET", "POST", ... */
+	const char *url;
+	const char *const *headers;  /* "Name: value" lines */
+	size_t nheaders;
+	const char *body;            /* may be NULL; copied by http_start */
+	size_t body_len;
+	int stream;                  /* parse a 2xx non-JSON body as SSE into the event queue */
+	long timeout_ms;             /* total, 0 = none */
+	long connect_timeout_ms;     /* 0 = curl's default */
+	long idle_timeout_ms;        /* no byte for this long fails the transfer, 0 = none */
+	size_t max_body;             /* 0 = HTTP_DEFAULT_MAX_BODY */
+	size_t max_event;            /* 0 = SSE_DEFAULT_MAX_EVENT */
+	const char *ca_file;         /* NULL = system CAs */
+};
+
+/* A response header the caller may want; names compared case-insensitively. */
+struct http_result {
+	enum http_failure failure;
+	long status;                 /* last HTTP status seen, 0 if none */
+	char request_id[128];        /* x-request-id (or similar), "" if none */
+	char content_type[128];
+	char retry_after[64];        /* raw Retry-After value, "" if none */
+	char retry_after_ms[32];     /* raw retry-after-ms value, "" if none */
+	char should_retry[16];       /* raw x-should-retry value, "" if none */
+	char message[256];           /* one line: what failed and where, never a key */
+	size_t bytes_received;       /* body bytes received */
+	double seconds;              /* wall time from start to done */
+	int body_started;            /* at least one body byte arrived */
+};
+
+struct http_engine;
+struct http_transfer;
+
+/* A new engine with its own CURLM; NULL on failure (message in err). */
+struct http_engine *http_engine_new(char *err, size_t errlen);
+/* Cancel and free every live transfer's curl state, then the engine. */
+void http_engine_free(struct http_engine *e);
+/* An fd that, when readable, wakes http_poll early (e.g. a self-pipe for SIGINT); -1 for none. */
+void http_engine_set_wakeup_fd(struct http_engine *e, int fd);
+/* How many transfers are running. */
+size_t http_engine_live(const struct http_engine *e);
+
+/*
+ * Start a transfer. The request is copied; the transfer is running until
+ * http_poll reports it done. NULL on failure (message in err).
+ */
+struct http_transfer *http_start(struct http_engine *e, const struct http_request *req,
+                                 char *err, size_t errlen);
+
+/*
+ * Run curl once: perform, wait up to timeout_ms for activity (0 = do not
+ * wait), perform again, collect finished transfers and those with new
+ * events. Returns how many transfers are ready (see http_next_ready), or -1
+ * with a message in err on a multi-level failure.
+ */
+int http_poll(struct http_engine *e, int timeout_ms, char *err, size_t errlen);
+/* Pop the next ready transfer (finished or with new events); NULL when none. */
+struct http_transfer *http_next_ready(struct http_engine *e);
+/* Milliseconds until the engine needs attention (curl timer, idle deadlines); -1 none. */
+long http_next_timeout(struct http_engine *e);
+/* File descriptors for an external loop; returns how many were written (<= max). */
+int http_fds(struct http_engine *e, int *fds, short *events, int max);
+
+enum http_state http_state(const struct http_transfer *t);
+const struct http_result *http_result(const struct http_transfer *t);
+/* The response body (non-stream, or an error/JSON body of a stream transfer). */
+const struct buf *http_body(const struct http_transfer *t);
+/* Whether the body went to the SSE parser (2xx, not JSON). */
+int http_is_sse(const struct http_transfer *t);
+
+/*
+ * Queued SSE events, each record: u32 type_len, type bytes, u32 data_len,
+ * data bytes (host byte order); type_len 0 means the default "message". The caller reads them then calls
+ * http_events_consumed, which also resumes a transfer paused at the
+ * high-water mark.
+ */
+const struct buf *http_events(const struct http_transfer *t);
+void http_events_consumed(struct http_transfer *t);
+
+/* Stop a running transfer: it becomes DONE with HTTP_FAIL_CANCELLED (never reported ready). */
+void http_cancel(struct http_transfer *t);
+/* Cancel if running and free everything; t is invalid afterwards. */
+void http_free(struct http_transfer *t);
+/* Opaque pointer for the binding (the Lua object's registry ref, say). */
+void http_set_owner(struct http_transfer *t, void *owner);
+void *http_owner(const struct http_transfer *t);
+
+const char *http_failure_name(enum http_failure f);
+
+#endif

@@ -1,0 +1,318 @@
+/*
+ * lchat_transfer.c: the luachat.Transfer userdata (one HTTP request).
+ *
+ * Owns: the Lua face of an http_transfer: starting it from a request table,
+ * handing queued SSE events to Lua, its result table, cancel/close. A
+ * running transfer is pinned in the engine's pin table (a user value of the
+ * engine) so the GC cannot take it while curl writes into it.
+ * Never: calls Lua from a curl callback (all curl work is in http.c), or
+ * keeps malloc'ed memory live across a call that can raise.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "lchat.h"
+
+struct lchat_transfer {
+	struct http_transfer *t;  /* NULL when closed */
+	int ref;                  /* pin in the engine's pin table, LUA_NOREF if none */
+};
+
+/* User values of a transfer: 1 = the engine userdata. */
+#define UV_ENGINE 1
+/* User values of the engine: 1 = the pin table. */
+#define UV_PINS 1
+
+static struct lchat_transfer *check_transfer(lua_State *L, int i)
+{
+	return luaL_checkudata(L, i, LCHAT_TRANSFER_MT);
+}
+
+static struct lchat_transfer *check_open(lua_State *L, int i)
+{
+	struct lchat_transfer *lt = check_transfer(L, i);
+	if (lt->t == NULL)
+		luaL_error(L, "attempt to use a closed transfer");
+	return lt;
+}
+
+/* Drop the pin of the transfer at index i (no-op if not pinned). */
+static void unpin(lua_State *L, int i, struct lchat_transfer *lt)
+{
+	if (lt->ref == LUA_NOREF)
+		return;
+	i = lua_absindex(L, i);
+	lua_getiuservalue(L, i, UV_ENGINE);
+	if (lua_getiuservalue(L, -1, UV_PINS) == LUA_TTABLE)
+		luaL_unref(L, -1, lt->ref);
+	lua_pop(L, 2);
+	lt->ref = LUA_NOREF;
+}
+
+static long field_ms(lua_State *L, int t, const char *name)
+{
+	lua_Number s;
+	lua_getfield(L, t, name);
+	s = luaL_optnumber(L, -1, 0);
+	lua_pop(L, 1);
+	if (s < 0)
+		luaL_error(L, "field '%s' must not be negative", name);
+	return (long)(s * 1000.0);
+}
+
+static size_t field_size(lua_State *L, int t, const char *name)
+{
+	lua_Integer n;
+	lua_getfield(L, t, name);
+	n = luaL_optinteger(L, -1, 0);
+	lua_pop(L, 1);
+	if (n < 0)
+		luaL_error(L, "field '%s' must not be negative", name);
+	return (size_t)n;
+}
+
+static const char *field_string(lua_State *L, int t, const char *name, int required)
+{
+	const char *s;
+	int ty = lua_getfield(L, t, name);
+	if (ty == LUA_TNIL && !required) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	if (ty != LUA_TSTRING)
+		luaL_error(L, "field '%s' must be a string", name);
+	s = lua_tostring(L, -1);
+	lua_pop(L, 1); /* the request table keeps the string alive */
+	return s;
+}
+
+/*
+ * core.start(req) -> transfer | nil, err.  Upvalue 1: the engine.
+ * Headers are gathered in a Lua-owned array so nothing malloc'ed is live
+ * while the table reads below can raise.
+ */
+int lchat_transfer_start(lua_State *L)
+{
+	struct lchat_engine *eng = lua_touserdata(L, lua_upvalueindex(1));
+	struct http_request req;
+	struct lchat_transfer *lt;
+	const char **headers = NULL;
+	char err[256];
+	size_t i, n = 0;
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 1);
+	if (eng->http == NULL)
+		return luaL_error(L, "attempt to use a closed engine");
+	memset(&req, 0, sizeof req);
+	req.method = field_string(L, 1, "method", 0);
+	req.url = field_string(L, 1, "url", 1);
+	req.body = field_string(L, 1, "body", 0);
+	if (req.body) {
+		lua_getfield(L, 1, "body");
+		req.body_len = lua_rawlen(L, -1);
+		lua_pop(L, 1);
+	}
+	req.ca_file = field_string(L, 1, "ca_file", 0);
+	lua_getfield(L, 1, "stream");
+	req.stream = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	req.timeout_ms = field_ms(L, 1, "timeout");
+	req.connect_timeout_ms = field_ms(L, 1, "connect_timeout");
+	req.idle_timeout_ms = field_ms(L, 1, "idle_timeout");
+	req.max_body = field_size(L, 1, "max_body");
+	req.max_event = field_size(L, 1, "max_event");
+	if (lua_getfield(L, 1, "headers") == LUA_TTABLE) { /* stack: 2 = headers */
+		n = lua_rawlen(L, 2);
+		headers = lua_newuserdatauv(L, (n ? n : 1) * sizeof *headers, 0); /* 3 */
+		for (i = 0; i < n; i++) {
+			if (lua_rawgeti(L, 2, (lua_Integer)i + 1) != LUA_TSTRING)
+				return luaL_error(L, "header %d must be a string \"Name: value\"", (int)i + 1);
+			headers[i] = lua_tostring(L, -1);
+			lua_pop(L, 1); /* still referenced by the headers table */
+		}
+	} else if (!lua_isnil(L, 2)) {
+		return luaL_error(L, "field 'headers' must be a list of strings");
+	}
+	req.headers = headers;
+	req.nheaders = n;
+
+	/* Create the object closed, then acquire: a memory error leaves nothing half-made. */
+	lt = lua_newuserdatauv(L, sizeof *lt, 1);
+	lt->t = NULL;
+	lt->ref = LUA_NOREF;
+	luaL_setmetatable(L, LCHAT_TRANSFER_MT);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_setiuservalue(L, -2, UV_ENGINE);
+	/* Pin before starting, so a memory error here cannot orphan a running transfer. */
+	lua_getiuservalue(L, lua_upvalueindex(1), UV_PINS);
+	lua_pushvalue(L, -2);
+	lt->ref = luaL_ref(L, -2);
+	lua_pop(L, 1);
+	lt->t = http_start(eng->http, &req, err, sizeof err);
+	if (lt->t == NULL) {
+		unpin(L, -1, lt);
+		lua_pushnil(L);
+		lchat_err_push(L, "network", err, 0);
+		return 2;
+	}
+	http_set_owner(lt->t, lt);
+	return 1;
+}
+
+void lchat_transfer_push_ready(lua_State *L, int engine_idx, struct http_transfer *t)
+{
+	struct lchat_transfer *lt = http_owner(t);
+	engine_idx = lua_absindex(L, engine_idx);
+	lua_getiuservalue(L, engine_idx, UV_PINS);
+	lua_rawgeti(L, -1, lt->ref);
+	lua_remove(L, -2);
+	if (http_state(t) != HTTP_RUNNING)
+		unpin(L, -1, lt);
+}
+
+/* Push one event record as a string (message) or {event=, data=}; return its size. */
+static size_t push_event(lua_State *L, const char *p)
+{
+	uint32_t tl, dl;
+	memcpy(&tl, p, 4);
+	memcpy(&dl, p + 4 + tl, 4);
+	if (tl == 0) {
+		lua_pushlstring(L, p + 8, dl);
+	} else {
+		lua_createtable(L, 0, 2);
+		lua_pushlstring(L, p + 4, tl);
+		lua_setfield(L, -2, "event");
+		lua_pushlstring(L, p + 8 + tl, dl);
+		lua_setfield(L, -2, "data");
+	}
+	return 8 + (size_t)tl + dl;
+}
+
+/* t:take() -> list of events, or nil when none are queued. Resumes a paused transfer. */
+static int l_transfer_take(lua_State *L)
+{
+	struct lchat_transfer *lt = check_open(L, 1);
+	const struct buf *q = http_events(lt->t);
+	size_t off = 0;
+	lua_Integer n = 0;
+	if (q->len == 0) {
+		lua_pushnil(L);
+		return 1;
+	}
+	lua_createtable(L, 16, 0);
+	while (off < q->len) {
+		off += push_event(L, q->data + off);
+		lua_rawseti(L, -2, ++n);
+	}
+	http_events_consumed(lt->t);
+	return 1;
+}
+
+/* t:done() -> boolean */
+static int l_transfer_done(lua_State *L)
+{
+	struct lchat_transfer *lt = check_transfer(L, 1);
+	lua_pushboolean(L, lt->t == NULL || http_state(lt->t) != HTTP_RUNNING);
+	return 1;
+}
+
+static void set_string_field(lua_State *L, const char *name, const char *value)
+{
+	if (value[0] != '\0') {
+		lua_pushstring(L, value);
+		lua_setfield(L, -2, name);
+	}
+}
+
+/* t:result() -> table describing the outcome so far (see docs/DESIGN.md). */
+static int l_transfer_result(lua_State *L)
+{
+	struct lchat_transfer *lt = check_open(L, 1);
+	const struct http_result *r = http_result(lt->t);
+	const struct buf *body = http_body(lt->t);
+	lua_createtable(L, 0, 14);
+	if (http_state(lt->t) != HTTP_RUNNING && r->failure != HTTP_OK) {
+		lua_pushstring(L, http_failure_name(r->failure));
+		lua_setfield(L, -2, "failure");
+		lua_pushstring(L, r->message);
+		lua_setfield(L, -2, "message");
+	}
+	lua_pushboolean(L, http_state(lt->t) != HTTP_RUNNING);
+	lua_setfield(L, -2, "done");
+	lua_pushinteger(L, r->status);
+	lua_setfield(L, -2, "status");
+	set_string_field(L, "request_id", r->request_id);
+	set_string_field(L, "content_type", r->content_type);
+	set_string_field(L, "retry_after", r->retry_after);
+	set_string_field(L, "retry_after_ms", r->retry_after_ms);
+	set_string_field(L, "should_retry", r->should_retry);
+	lua_pushlstring(L, body->data ? body->data : "", body->len);
+	lua_setfield(L, -2, "body");
+	lua_pushboolean(L, http_is_sse(lt->t));
+	lua_setfield(L, -2, "sse");
+	lua_pushboolean(L, r->body_started);
+	lua_setfield(L, -2, "body_started");
+	lua_pushinteger(L, (lua_Integer)r->bytes_received);
+	lua_setfield(L, -2, "bytes");
+	lua_pushnumber(L, r->seconds);
+	lua_setfield(L, -2, "seconds");
+	return 1;
+}
+
+/* t:cancel(): stop a running transfer (kept readable: result() says "cancelled"). */
+static int l_transfer_cancel(lua_State *L)
+{
+	struct lchat_transfer *lt = check_transfer(L, 1);
+	if (lt->t) {
+		http_cancel(lt->t);
+		unpin(L, 1, lt);
+	}
+	return 0;
+}
+
+/* t:close(), __gc, __close: cancel and free; idempotent. */
+static int l_transfer_close(lua_State *L)
+{
+	struct lchat_transfer *lt = check_transfer(L, 1);
+	if (lt->t) {
+		http_free(lt->t);
+		lt->t = NULL;
+	}
+	unpin(L, 1, lt);
+	return 0;
+}
+
+static int l_transfer_tostring(lua_State *L)
+{
+	struct lchat_transfer *lt = check_transfer(L, 1);
+	if (lt->t == NULL)
+		lua_pushliteral(L, "luachat.Transfer (closed)");
+	else
+		lua_pushfstring(L, "luachat.Transfer (%s, %p)",
+		                http_state(lt->t) == HTTP_RUNNING ? "running" : "done", (void *)lt);
+	return 1;
+}
+
+void lchat_transfer_open(lua_State *L)
+{
+	static const luaL_Reg methods[] = {
+		{ "take", l_transfer_take },
+		{ "done", l_transfer_done },
+		{ "result", l_transfer_result },
+		{ "cancel", l_transfer_cancel },
+		{ "close", l_transfer_close },
+		{ NULL, NULL }
+	};
+	static const luaL_Reg meta[] = {
+		{ "__gc", l_transfer_close },
+		{ "__close", l_transfer_close },
+		{ "__tostring", l_transfer_tostring },
+		{ NULL, NULL }
+	};
+	if (luaL_newmetatable(L, LCHAT_TRANSFER_MT)) {
+		luaL_setfuncs(L, meta, 0);
+		luaL_newlib(L, methods);
+		lua_setfield(L, -2, "__index");
+	}
+	lua_pop(L, 1);
+}

@@ -1,0 +1,477 @@
+/*
+ * main.c: the luachat host.
+ *
+ * Owns: command-line options, building the lua_State (standard libraries,
+ * the preloaded engine, the library search path), running a script, -e
+ * chunks, stdin or the interactive prompt, exit codes, and SIGINT.
+ * Never: touches the engine's internals; Lua-side work (the chat command
+ * line) lives in lua/luachat/cli.lua. All Lua calls happen under
+ * lua_pcall, with a traceback handler, so an error never escapes.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <readline/history.h>
+#include <readline/readline.h>
+
+#include "lchat.h"
+#include "luachat.h"
+
+#define PROGNAME "luachat"
+#define EXIT_USAGE 2
+#define EXIT_INTERRUPTED 130
+#define HOOK_COUNT 1000 /* instructions between interrupt checks */
+
+static volatile sig_atomic_t interrupted;
+static int wakeup_pipe[2] = { -1, -1 };
+
+static const char usage_text[] =
+	"usage: " PROGNAME " [options] [script [args...]]\n"
+	"Run a Lua 5.4 script with the luachat chat-completions engine.\n"
+	"\n"
+	"Scripts:\n"
+	"  script [args]     run a Lua file; arg[0] is the script, arg[1..n] and ... the args\n"
+	"  -                 read the script from standard input\n"
+	"  -e CODE           run CODE (repeatable, runs before the script)\n"
+	"  -l NAME           require NAME into the global NAME before the script\n"
+	"  -i                interactive Lua prompt after the script\n"
+	"  (nothing)         interactive Lua prompt on a terminal, else read stdin\n"
+	"\n"
+	"Chat from the command line (see `" PROGNAME " -p --help`):\n"
+	"  -p PROMPT         one-shot answer streamed to stdout (stdin text is appended)\n"
+	"  -c                interactive chat with streaming and slash commands\n"
+	"  -m MODEL, -s SYSTEM, -P PROFILE, --tools FILE, --json, --no-stream\n"
+	"\n"
+	"Other:\n"
+	"  -v, --version     print luachat, Lua and libcurl versions\n"
+	"  -h, --help        print this help\n"
+	"  --                stop handling options\n"
+	"\n"
+	"Environment: OPENAI_BASE_URL, OPENAI_API_KEY, LUACHAT_LOG=debug, LUA_PATH, LUA_CPATH.\n"
+	"Exit status: 0 ok, 1 error, 2 usage, 130 interrupted.\n";
+
+static void print_usage_line(const char *why)
+{
+	fprintf(stderr, "%s: %s\nusage: %s [options] [script [args...]]  (try '%s --help')\n",
+	        PROGNAME, why, PROGNAME, PROGNAME);
+}
+
+/* SIGINT: set the flag and wake a curl_multi_poll; nothing else is safe here. */
+static void on_sigint(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+	if (wakeup_pipe[1] >= 0) {
+		ssize_t w = write(wakeup_pipe[1], "!", 1);
+		(void)w;
+	}
+}
+
+/* Count hook on the main thread (coroutines inherit it): raise once interrupted. */
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	if (interrupted)
+		luaL_error(L, "interrupted");
+}
+
+/* Message handler: a string with a traceback, whatever was raised. */
+static int msghandler(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+	if (msg == NULL) {
+		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+			return 1; /* an error object with its own description */
+		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	}
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+/* Call the function below nargs arguments under msghandler. */
+static int docall(lua_State *L, int nargs, int nres)
+{
+	int base = lua_gettop(L) - nargs;
+	int status;
+	lua_pushcfunction(L, msghandler);
+	lua_insert(L, base);
+	status = lua_pcall(L, nargs, nres, base);
+	lua_remove(L, base);
+	return status;
+}
+
+static int report(lua_State *L, int status)
+{
+	if (status != LUA_OK) {
+		const char *msg = lua_tostring(L, -1);
+		if (interrupted)
+			fprintf(stderr, "%s: interrupted\n", PROGNAME);
+		else
+			fprintf(stderr, "%s: %s\n", PROGNAME, msg ? msg : "(error without message)");
+		fflush(stderr);
+		lua_pop(L, 1);
+	}
+	return status;
+}
+
+struct options {
+	int argc;
+	char **argv;
+	int script;        /* index of the script in argv, 0 if none */
+	int interactive;   /* -i */
+	int stdin_script;  /* "-" */
+	int version;
+	int chat_cli;      /* a chat option (-p, -c, ...) was given: hand argv to luachat.cli */
+};
+
+static int is_chat_option(const char *a)
+{
+	static const char *const opts[] = { "-p", "-c", "-m", "-s", "-P", "--tools", "--json",
+	                                    "--no-stream", "--model", "--system", "--profile",
+	                                    "--prompt", "--chat", NULL };
+	int i;
+	for (i = 0; opts[i]; i++)
+		if (strcmp(a, opts[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* Parse options; returns -1 after printing help/usage (exit code in *code). */
+static int parse_options(struct options *o, int *code)
+{
+	int i;
+	for (i = 1; i < o->argc; i++) {
+		const char *a = o->argv[i];
+		if (is_chat_option(a)) {
+			o->chat_cli = 1;
+			return 0;
+		}
+		if (a[0] != '-') {
+			o->script = i;
+			return 0;
+		}
+		if (strcmp(a, "-") == 0) {
+			o->script = i;
+			o->stdin_script = 1;
+			return 0;
+		}
+		if (strcmp(a, "--") == 0) {
+			if (i + 1 < o->argc)
+				o->script = i + 1;
+			return 0;
+		}
+		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+			fputs(usage_text, stdout);
+			*code = EXIT_SUCCESS;
+			return -1;
+		}
+		if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+			o->version = 1;
+		} else if (strcmp(a, "-i") == 0) {
+			o->interactive = 1;
+		} else if (strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0) {
+			if (++i >= o->argc) {
+				char why[64];
+				snprintf(why, sizeof why, "'%s' needs an argument", a);
+				print_usage_line(why);
+				*code = EXIT_USAGE;
+				return -1;
+			}
+		} else {
+			char why[256];
+			snprintf(why, sizeof why, "unrecognized option '%.200s'", a);
+			print_usage_line(why);
+			*code = EXIT_USAGE;
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* The global `arg`: arg[0] the script, negatives the interpreter and options. */
+static void create_arg_table(lua_State *L, const struct options *o)
+{
+	int base = o->script ? o->script : o->argc;
+	int i;
+	lua_createtable(L, o->argc - base, base + 1);
+	for (i = 0; i < o->argc; i++) {
+		lua_pushstring(L, o->argv[i]);
+		lua_rawseti(L, -2, i - base);
+	}
+	lua_setglobal(L, "arg");
+}
+
+static int file_exists(const char *path)
+{
+	return access(path, R_OK) == 0;
+}
+
+/* Put luachat's own Lua files first on package.path: build tree, then install tree. */
+static void add_library_path(lua_State *L)
+{
+	char exe[PATH_MAX], probe[PATH_MAX + 64];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	char *slash;
+	const char *dirs[2];
+	int i;
+	if (n <= 0)
+		return;
+	exe[n] = '\0';
+	slash = strrchr(exe, '/');
+	if (slash == NULL)
+		return;
+	*slash = '\0';
+	dirs[0] = "%s/lua";                 /* the build tree: ./luachat beside lua/ */
+	dirs[1] = "%s/../share/lua/5.4";    /* after make install: PREFIX/bin/luachat */
+	for (i = 0; i < 2; i++) {
+		char dir[PATH_MAX + 32];
+		snprintf(dir, sizeof dir, dirs[i], exe);
+		snprintf(probe, sizeof probe, "%s/luachat/init.lua", dir);
+		if (!file_exists(probe))
+			continue;
+		lua_getglobal(L, "package");
+		lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+		lua_getfield(L, -2, "path");
+		lua_concat(L, 2);
+		lua_setfield(L, -2, "path");
+		lua_pop(L, 1);
+		return;
+	}
+}
+
+static int run_chunk(lua_State *L, int status)
+{
+	if (status == LUA_OK)
+		status = docall(L, 0, 0);
+	return report(L, status);
+}
+
+static int run_string(lua_State *L, const char *code, const char *name)
+{
+	return run_chunk(L, luaL_loadbuffer(L, code, strlen(code), name));
+}
+
+/* -l NAME: require it and set the global NAME. */
+static int run_require(lua_State *L, const char *name)
+{
+	int status;
+	lua_getglobal(L, "require");
+	lua_pushstring(L, name);
+	status = docall(L, 1, 1);
+	if (status == LUA_OK)
+		lua_setglobal(L, name);
+	return report(L, status);
+}
+
+static int run_script(lua_State *L, const struct options *o)
+{
+	const char *fname = o->stdin_script ? NULL : o->argv[o->script];
+	int status = luaL_loadfile(L, fname), i, n;
+	if (status != LUA_OK)
+		return report(L, status);
+	n = o->argc - o->script - 1;
+	luaL_checkstack(L, n, "too many arguments to script");
+	for (i = 0; i < n; i++)
+		lua_pushstring(L, o->argv[o->script + 1 + i]);
+	return report(L, docall(L, n, 0));
+}
+
+/* The interactive prompt: readline with history, `=`-less expressions printed. */
+static void repl(lua_State *L)
+{
+	char *line;
+	printf("luachat %s (%s, libcurl %s)  Ctrl-D to leave\n", LUACHAT_VERSION, LUA_RELEASE,
+	       curl_version_info(CURLVERSION_NOW)->version);
+	while ((line = readline("> ")) != NULL) {
+		int status;
+		size_t len;
+		if (line[0] != '\0')
+			add_history(line);
+		lua_pushstring(L, line);
+		free(line);
+		/* Expression first, so `1+1` prints 2; then a statement. */
+		lua_pushfstring(L, "return %s;", lua_tostring(L, -1));
+		status = luaL_loadbuffer(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=stdin");
+		lua_remove(L, -2);
+		if (status != LUA_OK) {
+			lua_pop(L, 1);
+			for (;;) { /* a statement, maybe spanning lines */
+				const char *msg;
+				status = luaL_loadbuffer(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=stdin");
+				if (status != LUA_ERRSYNTAX)
+					break;
+				msg = lua_tolstring(L, -1, &len);
+				if (len < 5 || strcmp(msg + len - 5, "<eof>") != 0)
+					break;
+				lua_pop(L, 1);
+				line = readline(">> ");
+				if (line == NULL) {
+					lua_pushliteral(L, "unfinished statement at end of input");
+					break;
+				}
+				lua_pushfstring(L, "\n%s", line);
+				free(line);
+				lua_concat(L, 2);
+			}
+		}
+		lua_remove(L, -2); /* the source text */
+		if (status == LUA_OK) {
+			int base = lua_gettop(L) - 1;
+			status = docall(L, 0, LUA_MULTRET);
+			if (status == LUA_OK && lua_gettop(L) > base) {
+				lua_getglobal(L, "print");
+				lua_insert(L, base + 1);
+				status = docall(L, lua_gettop(L) - base - 1, 0);
+			}
+		}
+		report(L, status);
+		interrupted = 0; /* Ctrl-C ends the evaluation, not the session */
+		lua_settop(L, 0);
+	}
+	putchar('\n');
+}
+
+/* Hand everything to lua/luachat/cli.lua: `luachat -p ...`, `luachat -c`. */
+static int run_chat_cli(lua_State *L, const struct options *o)
+{
+	int i, status;
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "luachat.cli");
+	status = docall(L, 1, 1);
+	if (status != LUA_OK)
+		return report(L, status);
+	lua_getfield(L, -1, "main");
+	lua_remove(L, -2);
+	lua_createtable(L, o->argc, 0);
+	for (i = 1; i < o->argc; i++) {
+		lua_pushstring(L, o->argv[i]);
+		lua_rawseti(L, -2, i);
+	}
+	status = docall(L, 1, 1);
+	if (status != LUA_OK)
+		return report(L, status);
+	return lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0;
+}
+
+struct host {
+	struct options opts;
+	int exit_code;
+};
+
+/* Everything that touches Lua, run under lua_pcall (the pmain pattern). */
+static int pmain(lua_State *L)
+{
+	struct host *h = lua_touserdata(L, 1);
+	struct options *o = &h->opts;
+	int i;
+	luaL_checkversion(L);
+	luaL_openlibs(L);
+	lua_pushlightuserdata(L, (void *)&interrupted);
+	lua_setfield(L, LUA_REGISTRYINDEX, LCHAT_REG_INTERRUPT_FLAG);
+	if (wakeup_pipe[0] >= 0) {
+		lua_pushinteger(L, wakeup_pipe[0]);
+		lua_setfield(L, LUA_REGISTRYINDEX, LCHAT_REG_WAKEUP_FD);
+	}
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+	lua_pushcfunction(L, luaopen_luachat_core);
+	lua_setfield(L, -2, "luachat.core");
+	lua_pop(L, 1);
+	add_library_path(L);
+	create_arg_table(L, o);
+	lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
+	h->exit_code = EXIT_FAILURE;
+	if (o->version) {
+		printf("luachat %s\n%s\nlibcurl %s\n", LUACHAT_VERSION, LUA_RELEASE,
+		       curl_version_info(CURLVERSION_NOW)->version);
+		if (!o->script && !o->interactive && o->argc == 2) {
+			h->exit_code = EXIT_SUCCESS;
+			return 0;
+		}
+	}
+	if (o->chat_cli) {
+		h->exit_code = run_chat_cli(L, o);
+		return 0;
+	}
+	for (i = 1; i < o->argc && (o->script == 0 || i < o->script); i++) {
+		const char *a = o->argv[i];
+		if (strcmp(a, "-e") == 0 && run_string(L, o->argv[++i], "=(command line)") != LUA_OK)
+			return 0;
+		if (strcmp(a, "-l") == 0 && run_require(L, o->argv[++i]) != LUA_OK)
+			return 0;
+	}
+	if (o->script && run_script(L, o) != LUA_OK)
+		return 0;
+	if (o->interactive) {
+		repl(L);
+	} else if (o->script == 0) {
+		int ran_e = 0;
+		for (i = 1; i < o->argc; i++)
+			if (strcmp(o->argv[i], "-e") == 0)
+				ran_e = 1;
+		if (!ran_e && !o->version) {
+			if (isatty(STDIN_FILENO)) {
+				repl(L);
+			} else {
+				o->stdin_script = 1;
+				o->script = o->argc; /* no args */
+				if (run_chunk(L, luaL_loadfile(L, NULL)) != LUA_OK)
+					return 0;
+			}
+		}
+	}
+	h->exit_code = EXIT_SUCCESS;
+	return 0;
+}
+
+static void setup_signals(void)
+{
+	struct sigaction sa;
+	if (pipe(wakeup_pipe) != 0) {
+		wakeup_pipe[0] = wakeup_pipe[1] = -1;
+	}
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_sigint;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error result, not a kill */
+}
+
+int main(int argc, char **argv)
+{
+	struct host h;
+	lua_State *L;
+	int status, code = EXIT_SUCCESS;
+	memset(&h, 0, sizeof h);
+	h.opts.argc = argc;
+	h.opts.argv = argv;
+	if (parse_options(&h.opts, &code) != 0)
+		return code;
+	setup_signals();
+	L = luaL_newstate();
+	if (L == NULL) {
+		fprintf(stderr, "%s: cannot create Lua state: not enough memory\n", PROGNAME);
+		return EXIT_FAILURE;
+	}
+	lua_pushcfunction(L, pmain);
+	lua_pushlightuserdata(L, &h);
+	status = lua_pcall(L, 1, 0, 0);
+	if (status != LUA_OK) {
+		fprintf(stderr, "%s: %s\n", PROGNAME, lua_tostring(L, -1));
+		h.exit_code = EXIT_FAILURE;
+	}
+	lua_close(L);
+	curl_global_cleanup();
+	fflush(stdout);
+	if (interrupted)
+		return EXIT_INTERRUPTED;
+	return h.exit_code;
+}
