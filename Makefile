@@ -23,7 +23,7 @@ ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 BASE_SRC  := src/buf.c src/sse.c
 HTTP_SRC  := src/http.c
 BIND_SRC  := src/lchat_core.c src/lchat_transfer.c src/lchat_err.c src/lchat_json.c
-HOST_SRC  := src/main.c
+HOST_SRC  := src/main.c src/lchat_readline.c
 
 obj = $(patsubst src/%.c,$(BUILD)/%.o,$(1))
 BASE_OBJ := $(call obj,$(BASE_SRC))
@@ -48,12 +48,12 @@ $(BUILD)/%.o: src/%.c
 # The host links the engine in and preloads it; -Wl,-E lets C modules it
 # loads (cjson.so) resolve Lua symbols from the process.
 $(HOST): $(HOST_OBJ) $(ENGINE_OBJ)
-	$(CC) $(ALL_CFLAGS) -Wl,-E -o $@ $^ $(ALL_LDFLAGS) $(PKG_LIBS) -lreadline
+	$(CC) $(ALL_CFLAGS) -Wl,-E -o $@ $^ $(ALL_LDFLAGS) $(PKG_LIBS) -lreadline -lm
 
 # The module for a stock lua5.4: Lua symbols come from the interpreter.
 $(MODULE): $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -shared -o $@ $^ $(ALL_LDFLAGS) $(shell pkg-config --libs $(CURL_PC))
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $^ $(ALL_LDFLAGS) $(shell pkg-config --libs $(CURL_PC)) -lm
 
 $(BUILD)/spec/test_%: spec/c/test_%.c $(BASE_OBJ)
 	@mkdir -p $(dir $@)

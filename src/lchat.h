@@ -22,6 +22,7 @@
 struct lchat_engine {
 	struct http_engine *http;            /* NULL once closed */
 	volatile sig_atomic_t *interrupted;  /* the host's SIGINT flag, or NULL */
+	int wakeup_fd;                       /* the host's self-pipe read end (non-blocking), or -1 */
 };
 
 /* lchat_transfer.c */

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <poll.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lchat.h"
 #include "lchat_json.h"
@@ -112,6 +113,33 @@ static int l_core_fds(lua_State *L)
 	return 1;
 }
 
+/* core.isatty(fd) -> boolean (0 stdin, 1 stdout, 2 stderr). */
+static int l_core_isatty(lua_State *L)
+{
+	lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+	return 1;
+}
+
+/*
+ * core.take_interrupt() -> true if SIGINT arrived since the last call, and
+ * clears it (the chat prompt cancels a reply on Ctrl-C instead of exiting).
+ */
+static int l_core_take_interrupt(lua_State *L)
+{
+	struct lchat_engine *eng = engine_of(L);
+	int was = eng->interrupted && *eng->interrupted;
+	if (was) {
+		char drain[64];
+		*eng->interrupted = 0;
+		/* Empty the self-pipe, or every later poll would wake at once. */
+		if (eng->wakeup_fd >= 0)
+			while (read(eng->wakeup_fd, drain, sizeof drain) > 0)
+				;
+	}
+	lua_pushboolean(L, was);
+	return 1;
+}
+
 /* Engine __gc: close every live transfer first, so lua_close order never matters. */
 static int l_engine_gc(lua_State *L)
 {
@@ -132,6 +160,8 @@ int luaopen_luachat_core(lua_State *L)
 		{ "now", l_core_now },
 		{ "next_timeout", l_core_next_timeout },
 		{ "fds", l_core_fds },
+		{ "isatty", l_core_isatty },
+		{ "take_interrupt", l_core_take_interrupt },
 		{ NULL, NULL }
 	};
 	struct lchat_engine *eng;
@@ -143,6 +173,7 @@ int luaopen_luachat_core(lua_State *L)
 	eng = lua_newuserdatauv(L, sizeof *eng, 1);
 	eng->http = NULL;
 	eng->interrupted = NULL;
+	eng->wakeup_fd = -1;
 	if (luaL_newmetatable(L, LCHAT_ENGINE_MT)) {
 		lua_pushcfunction(L, l_engine_gc);
 		lua_setfield(L, -2, "__gc");
@@ -156,8 +187,10 @@ int luaopen_luachat_core(lua_State *L)
 	if (lua_getfield(L, LUA_REGISTRYINDEX, LCHAT_REG_INTERRUPT_FLAG) == LUA_TLIGHTUSERDATA)
 		eng->interrupted = lua_touserdata(L, -1);
 	lua_pop(L, 1);
-	if (lua_getfield(L, LUA_REGISTRYINDEX, LCHAT_REG_WAKEUP_FD) == LUA_TNUMBER)
-		http_engine_set_wakeup_fd(eng->http, (int)lua_tointeger(L, -1));
+	if (lua_getfield(L, LUA_REGISTRYINDEX, LCHAT_REG_WAKEUP_FD) == LUA_TNUMBER) {
+		eng->wakeup_fd = (int)lua_tointeger(L, -1);
+		http_engine_set_wakeup_fd(eng->http, eng->wakeup_fd);
+	}
 	lua_pop(L, 1);
 
 	luaL_setfuncs(L, fns, 1); /* every function gets the engine as upvalue 1 */

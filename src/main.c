@@ -9,6 +9,7 @@
  * lua_pcall, with a traceback handler, so an error never escapes.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,6 +26,9 @@
 
 #include "lchat.h"
 #include "luachat.h"
+
+/* src/lchat_readline.c: line editing for the prompts (host only). */
+int luaopen_luachat_readline(lua_State *L);
 
 #define PROGNAME "luachat"
 #define EXIT_USAGE 2
@@ -384,6 +388,8 @@ static int pmain(lua_State *L)
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
 	lua_pushcfunction(L, luaopen_luachat_core);
 	lua_setfield(L, -2, "luachat.core");
+	lua_pushcfunction(L, luaopen_luachat_readline);
+	lua_setfield(L, -2, "luachat.readline");
 	lua_pop(L, 1);
 	add_library_path(L);
 	create_arg_table(L, o);
@@ -437,6 +443,10 @@ static void setup_signals(void)
 	struct sigaction sa;
 	if (pipe(wakeup_pipe) != 0) {
 		wakeup_pipe[0] = wakeup_pipe[1] = -1;
+	} else {
+		/* Never block: the handler writes, take_interrupt drains. */
+		fcntl(wakeup_pipe[0], F_SETFL, O_NONBLOCK);
+		fcntl(wakeup_pipe[1], F_SETFL, O_NONBLOCK);
 	}
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_sigint;

@@ -47,7 +47,10 @@ end
 function M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then argerror("client", "table expected, got " .. type(opts)) end
-  for _, f in ipairs { "base_url", "api_key", "ca_file" } do check_opt(opts, f, "string", "client") end
+  for _, f in ipairs { "base_url", "ca_file" } do check_opt(opts, f, "string", "client") end
+  if opts.api_key ~= nil and opts.api_key ~= false and type(opts.api_key) ~= "string" then
+    argerror("client", "field 'api_key' must be a string (or false for none)")
+  end
   for _, f in ipairs { "headers", "query" } do check_opt(opts, f, "table", "client") end
   for _, f in ipairs { "timeout", "connect_timeout", "idle_timeout", "max_retries", "max_body", "max_event" } do
     check_opt(opts, f, "number", "client")
@@ -70,7 +73,11 @@ function M.new(opts)
     organization = opts.organization or getenv("OPENAI_ORG_ID"),
     project = opts.project or getenv("OPENAI_PROJECT_ID"),
   }, Client)
-  secrets[c] = opts.api_key or getenv("OPENAI_API_KEY")
+  if opts.api_key == false then
+    secrets[c] = nil -- explicitly none, whatever the environment says
+  else
+    secrets[c] = opts.api_key or getenv("OPENAI_API_KEY")
+  end
   return c
 end
 

@@ -1,0 +1,169 @@
+-- The luachat host binary, run as a user would: arguments, exit codes,
+-- stdin scripts, error output, SIGINT, the library search path.
+local HOST = os.getenv("LUACHAT_HOST") or "./luachat"
+
+local function abspath(p)
+  if p:sub(1, 1) == "/" then return p end
+  local pwd = os.getenv("PWD") or io.popen("pwd"):read("l")
+  return pwd .. "/" .. p:gsub("^%./", "")
+end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Run a shell command line; return stdout, stderr, exit code.
+local function run(cmdline, stdin)
+  local out, err = os.tmpname(), os.tmpname()
+  local input = "/dev/null"
+  if stdin then
+    input = os.tmpname()
+    local f = assert(io.open(input, "w"))
+    f:write(stdin)
+    f:close()
+  end
+  local _, _, code = os.execute(string.format("%s <%s >%s 2>%s", cmdline, input, out, err))
+  local function slurp(p)
+    local f = assert(io.open(p))
+    local s = f:read("a")
+    f:close()
+    os.remove(p)
+    return s
+  end
+  if stdin then os.remove(input) end
+  return slurp(out), slurp(err), code
+end
+
+local function host(args, stdin)
+  return run(HOST .. " " .. args, stdin)
+end
+
+describe("luachat host", function()
+  it("-e runs code: _VERSION is Lua 5.4", function()
+    local out, _, code = host("-e " .. shell_quote("print(_VERSION)"))
+    assert.equal("Lua 5.4\n", out)
+    assert.equal(0, code)
+  end)
+
+  it("runs a script with arg and ... like lua5.4", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write("#!/usr/bin/env luachat\nprint(arg[0], arg[1], arg[2], #arg, select('#', ...), ...)\n")
+    f:close()
+    local out, err, code = host(shell_quote(path) .. " a 'b c'")
+    os.remove(path)
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal(path .. "\ta\tb c\t2\t2\ta\tb c\n", out)
+  end)
+
+  it("reads the script from stdin with -", function()
+    local out, _, code = host("- x y", "print('stdin', ...)")
+    assert.equal("stdin\tx\ty\n", out)
+    assert.equal(0, code)
+  end)
+
+  it("reads stdin when it is not a terminal and no script is given", function()
+    local out, _, code = host("", "io.write(1 + 1)")
+    assert.equal("2", out)
+    assert.equal(0, code)
+  end)
+
+  it("an uncaught error prints luachat: message and a traceback, exit 1", function()
+    local out, err, code = host("-e " .. shell_quote("local function f() error('kaput') end f()"))
+    assert.equal("", out)
+    assert.equal(1, code)
+    assert.matches("^luachat: %(command line%):1: kaput\n", err)
+    assert.matches("stack traceback:", err, 1, true)
+  end)
+
+  it("an error object with __tostring is described by it", function()
+    local _, err, code = host("-e " .. shell_quote(
+      "error(require('luachat').error{kind='api', message='bad thing', status=400})"))
+    assert.equal(1, code)
+    assert.matches("^luachat: luachat: api error 400: bad thing", err)
+  end)
+
+  it("a syntax error in the script exits 1", function()
+    local _, err, code = host("-e " .. shell_quote("x ="))
+    assert.equal(1, code)
+    assert.matches("unexpected symbol near <eof>", err, 1, true)
+  end)
+
+  it("os.exit(n) exits n", function()
+    local _, _, code = host("-e " .. shell_quote("os.exit(7)"))
+    assert.equal(7, code)
+    _, _, code = host("-e " .. shell_quote("os.exit(true)"))
+    assert.equal(0, code)
+  end)
+
+  it("a bad option exits 2 with a usage line", function()
+    local out, err, code = host("--frobnicate")
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.matches("unrecognized option '%-%-frobnicate'", err)
+    assert.matches("usage: luachat", err, 1, true)
+    _, err, code = host("-e")
+    assert.equal(2, code)
+    assert.matches("'-e' needs an argument", err, 1, true)
+  end)
+
+  it("-v prints luachat's, Lua's and libcurl's versions", function()
+    local out, _, code = host("-v")
+    assert.equal(0, code)
+    assert.matches("^luachat %d+%.%d+%.%d+\nLua 5%.4%.%d+\nlibcurl %d+%.%d+", out)
+  end)
+
+  it("-h prints usage on stdout", function()
+    local out, _, code = host("--help")
+    assert.equal(0, code)
+    assert.matches("^usage: luachat %[options%] %[script %[args%.%.%.%]%]", out)
+    for _, flag in ipairs { "-e CODE", "-p PROMPT", "-c ", "-v, --version", "-h, --help" } do
+      assert.matches(flag, out, 1, true)
+    end
+  end)
+
+  it("-l requires a module into a global", function()
+    local out, _, code = host("-l luachat -e " .. shell_quote("print(type(luachat.client))"))
+    assert.equal(0, code)
+    assert.equal("function\n", out)
+  end)
+
+  it("finds its Lua library from any directory without environment variables", function()
+    local out, err, code = run("cd / && env -u LUA_PATH -u LUA_PATH_5_4 " .. shell_quote(abspath(HOST))
+      .. " -e " .. shell_quote("print(require('luachat').version)"))
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.matches("^%d+%.%d+%.%d+\n$", out)
+  end)
+
+  it("still honours LUA_PATH for the user's own modules", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local f = assert(io.open(dir .. "/mymod.lua", "w"))
+    f:write("return { hello = 'from mymod' }")
+    f:close()
+    local out, _, code = run("cd / && LUA_PATH=" .. shell_quote(dir .. "/?.lua;;") .. " " .. shell_quote(abspath(HOST))
+      .. " -e " .. shell_quote("print(require('mymod').hello, require('luachat').version ~= nil)"))
+    os.execute("rm -rf " .. dir)
+    assert.equal(0, code)
+    assert.equal("from mymod\ttrue\n", out)
+  end)
+
+  it("SIGINT ends a script with status 130", function()
+    -- A script blocked in luachat.sleep (driving the curl loop), interrupted.
+    local out, err, code = run(string.format(
+      "%s -e %s & pid=$!; sleep 0.5; kill -INT $pid; wait $pid",
+      HOST, shell_quote("io.write('started\\n') io.stdout:flush() require('luachat').sleep(20) print('not reached')")))
+    assert.equal(130, code)
+    assert.equal("started\n", out)
+    assert.matches("interrupted", err, 1, true)
+  end)
+
+  it("SIGINT interrupts a pure Lua loop too", function()
+    local _, _, code = run(string.format("%s -e %s & pid=$!; sleep 0.3; kill -INT $pid; wait $pid",
+      HOST, shell_quote("while true do end")))
+    assert.equal(130, code)
+  end)
+end)
