@@ -26,6 +26,12 @@
 #include "buf.h"
 
 #define SSE_DEFAULT_MAX_EVENT ((size_t)16 << 20) /* 16 MiB */
+/*
+ * A single line may hold max_event + SSE_LINE_SLACK bytes (without its line
+ * end), so a "data: " line carrying exactly max_event bytes fits; a longer
+ * line is SSE_TOO_LARGE even when it is a comment.
+ */
+#define SSE_LINE_SLACK 64
 
 struct sse_event {
 	const char *type;  /* "message" unless an event: field said otherwise */
@@ -48,23 +54,32 @@ enum sse_status {
 
 struct sse_parser {
 	struct buf line;   /* the current, incomplete line */
-	struct buf data;   /* the data buffer of the pending event */
+	struct buf data;   /* pending data: each data line plus "\n" (WHATWG) */
 	struct buf type;   /* the event type buffer */
 	struct buf id;     /* last event id */
 	long retry_ms;     /* last valid retry: value, -1 if none */
 	size_t max_event;
 	size_t events;     /* events dispatched so far (for error messages) */
 	size_t offset;     /* bytes fed so far (for error messages) */
-	int bom_checked;   /* the first bytes were checked for a BOM */
-	int last_was_cr;   /* the previous piece ended in CR: skip a leading LF */
-	int has_error_field;
+	int bom_checked;   /* BOM bytes matched so far (0-2); 3 once decided */
+	int last_was_cr;   /* the last line ended in CR: skip one following LF */
+	int has_error_field; /* an error: field was seen: the type is "error" */
+	enum sse_status status; /* sticky: once not SSE_OK, feed/finish return it */
 };
 
 /* Set up a parser; max_event 0 means SSE_DEFAULT_MAX_EVENT. */
 void sse_init(struct sse_parser *p, size_t max_event);
 /* Release the parser's buffers. */
 void sse_free(struct sse_parser *p);
-/* Feed `n` bytes, calling `fn` for each complete event. */
+/*
+ * Feed `n` bytes, calling `fn` (may be NULL) for each complete event. The
+ * event's pointers are valid only during the call. Any status but SSE_OK is
+ * final: the parser then only returns that status, and p->events (events
+ * dispatched) and p->offset (the byte where it stopped) say where; for a
+ * too-large line, offset is the first byte over the limit, otherwise the
+ * byte after the line end of the line that failed or stopped. sse_free is
+ * always safe.
+ */
 enum sse_status sse_feed(struct sse_parser *p, const char *bytes, size_t n,
                          sse_event_fn fn, void *ud);
 /*
@@ -75,5 +90,11 @@ enum sse_status sse_feed(struct sse_parser *p, const char *bytes, size_t n,
 enum sse_status sse_finish(struct sse_parser *p, sse_event_fn fn, void *ud);
 /* A one-line description of a status, for error messages. */
 const char *sse_status_string(enum sse_status s);
+/*
+ * Format p->status with its location, e.g. "stream event 3 over the
+ * 16777216-byte limit at byte 1234", into out (always NUL-terminated when
+ * size > 0). Returns out.
+ */
+const char *sse_describe(const struct sse_parser *p, char *out, size_t size);
 
 #endif
