@@ -169,9 +169,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 		enum sse_status st = sse_feed(&t->sse, data, n, queue_event, t);
 		if (st == SSE_TOO_LARGE) {
 			char msg[160];
-			snprintf(msg, sizeof msg, "stream event %zu over the %zu-byte limit (at byte %zu)",
-			         t->sse.events + 1, t->sse.max_event, t->sse.offset);
-			fail_in_callback(t, HTTP_FAIL_TOO_LARGE, msg);
+			fail_in_callback(t, HTTP_FAIL_TOO_LARGE, sse_describe(&t->sse, msg, sizeof msg));
 			return CURL_WRITEFUNC_ERROR;
 		}
 		if (st != SSE_OK) {
