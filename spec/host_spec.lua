@@ -22,7 +22,7 @@ local function run(cmdline, stdin)
     f:write(stdin)
     f:close()
   end
-  local _, _, code = os.execute(string.format("%s <%s >%s 2>%s", cmdline, input, out, err))
+  local _, _, code = os.execute(string.format("(%s) <%s >%s 2>%s", cmdline, input, out, err))
   local function slurp(p)
     local f = assert(io.open(p))
     local s = f:read("a")

@@ -338,6 +338,33 @@ function Client:post(path, body, opts)
   return self:request("POST", path, body, opts)
 end
 
+local json_array = json.array
+
+-- Mark t as a JSON array if it is an empty, unmarked table (so `{}` is sent as `[]`).
+local function mark_empty(t)
+  if type(t) == "table" and next(t) == nil and getmetatable(t) == nil then json_array(t) end
+end
+
+-- Fields the chat-completions schema defines as arrays: an empty Lua table there means `[]`.
+function M.mark_array_fields(req)
+  mark_empty(req.messages)
+  mark_empty(req.tools)
+  mark_empty(req.stop)
+  for _, m in ipairs(req.messages) do
+    if type(m) == "table" then
+      mark_empty(m.tool_calls)
+      mark_empty(m.content)
+    end
+  end
+  if type(req.tools) == "table" then
+    for _, tool in ipairs(req.tools) do
+      local fn = type(tool) == "table" and tool["function"]
+      local params = type(fn) == "table" and fn.parameters
+      if type(params) == "table" then mark_empty(params.required) end
+    end
+  end
+end
+
 -- Programming errors in a chat request raise, naming the function.
 function M.check_chat_request(req, fname)
   if type(req) ~= "table" then argerror(fname, "request table expected, got " .. type(req), 2) end
@@ -347,6 +374,7 @@ function M.check_chat_request(req, fname)
   if type(req.messages) ~= "table" then
     argerror(fname, "field 'messages' must be a list of messages", 2)
   end
+  M.mark_array_fields(req)
 end
 
 -- client:chat{model=, messages=, ...} -> chat.completion | nil, err.

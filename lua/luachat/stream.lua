@@ -1,0 +1,195 @@
+-- luachat.stream: turns the chunks of a streamed chat completion into one
+-- final message shaped like a non-streamed `chat.completion`.
+--
+-- Owns: accumulation rules that hold across providers (see README
+-- "Streaming"): choices by index, text/refusal/reasoning concatenated,
+-- first non-empty id/type/name, arguments concatenated byte for byte,
+-- last non-null finish_reason and usage, nulls never overwriting values.
+-- Never: re-serialises tool arguments, or fails on a chunk shape it does not know.
+local json = require "luachat.json"
+
+local null = json.null
+local concat = table.concat
+
+local M = {}
+
+local Acc = {}
+Acc.__index = Acc
+
+function M.accumulator()
+  return setmetatable({ by_index = {}, order = {}, cache = nil }, Acc)
+end
+
+local function nonempty(v)
+  return type(v) == "string" and v ~= ""
+end
+
+local function one_line(s)
+  return (s:gsub("[\r\n]+", " "))
+end
+
+-- An in-band error (`{"error": ...}` in a chunk) as {message, code, type, param}.
+local function error_description(e)
+  if type(e) == "string" then
+    return { message = e ~= "" and one_line(e) or "error in the stream" }
+  end
+  if type(e) ~= "table" then return { message = "error in the stream" } end
+  local msg = e.message
+  if not nonempty(msg) then
+    local ok, enc = pcall(json.encode, e)
+    msg = ok and enc or "error in the stream"
+  end
+  local function val(v) if v == null then return nil end return v end
+  return { message = one_line(msg), code = val(e.code), type = val(e.type), param = val(e.param) }
+end
+M.error_description = error_description
+
+local function choice_state(self, index)
+  local st = self.by_index[index]
+  if not st then
+    st = { index = index, content = {}, refusal = {}, reasoning = {}, calls = {}, call_by_index = {} }
+    self.by_index[index] = st
+    self.order[#self.order + 1] = index
+  end
+  return st
+end
+
+local function merge_tool_call(st, tc)
+  if type(tc) ~= "table" then return end
+  local idx = tc.index
+  local id = tc.id
+  if not nonempty(id) then id = nil end
+  local call
+  if type(idx) == "number" then
+    call = st.call_by_index[idx]
+    -- Ollama reuses index 0 for every call: a different id is a new call.
+    if call and id and call.id and id ~= call.id then call = nil end
+  elseif not id then
+    call = st.last_call -- no index, no id: a continuation of the last call
+  end
+  if not call then
+    call = { args = {} }
+    st.calls[#st.calls + 1] = call
+    if type(idx) == "number" then st.call_by_index[idx] = call end
+  end
+  st.last_call = call
+  if id and not call.id then call.id = id end
+  if not call.type and nonempty(tc.type) then call.type = tc.type end
+  local fn = tc["function"]
+  if type(fn) == "table" then
+    if not call.name and nonempty(fn.name) then call.name = fn.name end
+    local a = fn.arguments
+    if type(a) == "string" then
+      if a ~= "" then call.args[#call.args + 1] = a end
+    elseif type(a) == "table" then
+      -- A provider that sends parsed arguments: keep them as JSON text.
+      call.args[#call.args + 1] = json.encode(a)
+    end
+  end
+end
+
+-- Add one decoded chunk. Returns nil, or an error description when the chunk is an error.
+function Acc:add(chunk)
+  if type(chunk) ~= "table" then return nil end
+  local e = chunk.error
+  if e ~= nil and e ~= null then return error_description(e) end
+  self.cache = nil
+  if self.id == nil and nonempty(chunk.id) then self.id = chunk.id end
+  if self.model == nil and nonempty(chunk.model) then self.model = chunk.model end
+  if self.created == nil and type(chunk.created) == "number" then self.created = chunk.created end
+  if self.fingerprint == nil and nonempty(chunk.system_fingerprint) then self.fingerprint = chunk.system_fingerprint end
+  local usage = chunk.usage
+  if type(usage) == "table" then self.usage = usage end
+  local choices = chunk.choices
+  if type(choices) ~= "table" then return nil end
+  for i = 1, #choices do
+    local c = choices[i]
+    if type(c) == "table" then
+      local index = c.index
+      if type(index) ~= "number" then index = 0 end
+      local st = choice_state(self, index)
+      local delta = c.delta
+      if type(delta) ~= "table" then delta = c.message end -- a whole message in a stream
+      if type(delta) == "table" then
+        if not st.role and nonempty(delta.role) then st.role = delta.role end
+        local text = delta.content
+        if type(text) == "string" and text ~= "" then st.content[#st.content + 1] = text end
+        local refusal = delta.refusal
+        if type(refusal) == "string" and refusal ~= "" then st.refusal[#st.refusal + 1] = refusal end
+        -- Some providers send both shapes of the same reasoning: take one per delta.
+        local r = delta.reasoning_content
+        if not nonempty(r) then r = delta.reasoning end
+        if nonempty(r) then st.reasoning[#st.reasoning + 1] = r end
+        local tcs = delta.tool_calls
+        if type(tcs) == "table" then
+          for j = 1, #tcs do merge_tool_call(st, tcs[j]) end
+        end
+      end
+      local fr = c.finish_reason
+      if nonempty(fr) then st.finish_reason = fr end
+      local lp = c.logprobs
+      if type(lp) == "table" and type(lp.content) == "table" then
+        st.logprobs = st.logprobs or {}
+        for j = 1, #lp.content do st.logprobs[#st.logprobs + 1] = lp.content[j] end
+      end
+    end
+  end
+  return nil
+end
+
+local function build_choice(st)
+  local msg = { role = st.role or "assistant" }
+  msg.content = #st.content > 0 and concat(st.content) or null
+  if #st.refusal > 0 then msg.refusal = concat(st.refusal) end
+  if #st.reasoning > 0 then msg.reasoning_content = concat(st.reasoning) end
+  if #st.calls > 0 then
+    local calls = json.array {}
+    for i, call in ipairs(st.calls) do
+      local out = { type = call.type or "function",
+        ["function"] = { name = call.name or "", arguments = concat(call.args) } }
+      out.id = call.id
+      calls[i] = out
+    end
+    msg.tool_calls = calls
+  end
+  local choice = { index = st.index, message = msg, finish_reason = st.finish_reason or null }
+  if st.logprobs then choice.logprobs = { content = json.array(st.logprobs) } end
+  return choice
+end
+
+-- Everything so far as a chat.completion; valid at any time, also after an error.
+function Acc:result()
+  if self.cache then return self.cache end
+  local order = {}
+  for i, idx in ipairs(self.order) do order[i] = idx end
+  table.sort(order)
+  local choices = json.array {}
+  for i, idx in ipairs(order) do choices[i] = build_choice(self.by_index[idx]) end
+  local final = {
+    id = self.id, object = "chat.completion", created = self.created, model = self.model,
+    system_fingerprint = self.fingerprint, choices = choices, usage = self.usage,
+  }
+  self.cache = final
+  return final
+end
+
+-- The text of choice 0's delta, "" when there is none.
+function M.delta_text(chunk)
+  local choices = type(chunk) == "table" and chunk.choices
+  if type(choices) ~= "table" then return "" end
+  local c = choices[1]
+  if type(c) ~= "table" then return "" end
+  local d = c.delta
+  if type(d) ~= "table" then return "" end
+  local t = d.content
+  if type(t) == "string" then return t end
+  return ""
+end
+
+-- Is this SSE data the end marker?
+function M.is_done_data(data)
+  if data == "[DONE]" then return true end
+  return type(data) == "string" and #data < 16 and data:match("^%s*%[DONE%]%s*$") ~= nil
+end
+
+return M
