@@ -56,6 +56,24 @@ function M.start()
   return srv
 end
 
+-- cjson 2.1.0 sends every empty table as {}: tables marked as arrays (a
+-- metatable with __jsontype = "array", as luachat.json.array gives) are
+-- swapped for a sentinel, then the sentinel for [] in the text.
+local EMPTY = "\1luachat-empty-array\1"
+local function prepare(v)
+  if type(v) ~= "table" then return v end
+  local mt = getmetatable(v)
+  if next(v) == nil and mt and mt.__jsontype == "array" then return EMPTY end
+  local c = {}
+  for k, x in pairs(v) do c[k] = prepare(x) end
+  return c
+end
+
+local function encode(v)
+  return (cjson.encode(prepare(v)):gsub('"\\u0001luachat%-empty%-array\\u0001"', "[]"))
+end
+M.encode = encode
+
 -- POST/GET a control path; returns the decoded answer.
 function Server:control(path, value)
   local body = self.dir .. "/control.json"
@@ -63,7 +81,7 @@ function Server:control(path, value)
   if value ~= nil then
     data = "--data-binary @" .. shell_quote(body) .. " -H 'Content-Type: application/json'"
     local f = assert(io.open(body, "wb"))
-    f:write(value == cjson.null and "null" or cjson.encode(value))
+    f:write(value == cjson.null and "null" or encode(value))
     f:close()
   end
   local p = io.popen(string.format("curl -sS --max-time 30 %s %s", data, shell_quote(self.url .. path)))

@@ -1,0 +1,381 @@
+-- luachat.agent: tools and the tool-calling loop.
+--
+-- Owns: tool definitions, the conversation transcript, the loop (post with
+-- tools, run each call, answer with `tool` messages, repeat until a reply
+-- has no calls), turning every model or tool mistake into a tool message the
+-- model can act on, parallel calls as tasks, usage sums, save/load.
+-- Never: lets a handler, a callback or a model's output crash the run;
+-- re-serialises the model's tool calls (they are sent back as received).
+local core = require "luachat.core"
+local json = require "luachat.json"
+local sched = require "luachat.sched"
+local schema = require "luachat.schema"
+local stream = require "luachat.stream"
+
+local null = json.null
+local traceback = debug.traceback
+
+local M = {}
+setmetatable(M, { __call = function(_, opts) return M.new(opts) end })
+
+local Tool = {}
+Tool.__index = Tool
+Tool.__name = "luachat.Tool"
+
+local Agent = {}
+Agent.__index = Agent
+Agent.__name = "luachat.Agent"
+
+local function argerror(fname, msg)
+  error(string.format("bad argument #1 to '%s' (%s)", fname, msg), 3)
+end
+
+-- luachat.tool{name=, description=, parameters=, handler=} -> a tool.
+function M.tool(def)
+  if type(def) ~= "table" then argerror("tool", "table expected, got " .. type(def)) end
+  if type(def.name) ~= "string" or not def.name:match("^[%w_%-]+$") or #def.name > 64 then
+    argerror("tool", "field 'name' must match ^[a-zA-Z0-9_-]{1,64}$")
+  end
+  if type(def.handler) ~= "function" then argerror("tool", "field 'handler' must be a function") end
+  if def.description ~= nil and type(def.description) ~= "string" then
+    argerror("tool", "field 'description' must be a string")
+  end
+  if def.parameters ~= nil and type(def.parameters) ~= "table" then
+    argerror("tool", "field 'parameters' must be a JSON Schema table")
+  end
+  local params = def.parameters or { type = "object", properties = json.object {} }
+  if type(params.required) == "table" and next(params.required) == nil then json.array(params.required) end
+  if params.type == "object" and type(params.properties) == "table" and next(params.properties) == nil then
+    json.object(params.properties)
+  end
+  return setmetatable({ name = def.name, description = def.description, parameters = params,
+    handler = def.handler, strict = def.strict }, Tool)
+end
+
+function Tool:definition()
+  local fn = { name = self.name, description = self.description, parameters = self.parameters }
+  if self.strict ~= nil then fn.strict = self.strict end
+  return { type = "function", ["function"] = fn }
+end
+
+local function error_of(kind, message, extra)
+  local e = { kind = kind, message = message }
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return core.error(e)
+end
+
+-- luachat.agent{client=, model=, system=, tools=, ...} -> an agent.
+function M.new(opts)
+  if type(opts) ~= "table" then argerror("agent", "table expected, got " .. type(opts)) end
+  if type(opts.client) ~= "table" or type(opts.client.chat) ~= "function" then
+    argerror("agent", "field 'client' must be a luachat client")
+  end
+  if type(opts.model) ~= "string" or opts.model == "" then argerror("agent", "field 'model' must be a non-empty string") end
+  for _, cb in ipairs { "on_text", "on_tool_call", "on_tool_result" } do
+    if opts[cb] ~= nil and type(opts[cb]) ~= "function" then argerror("agent", "field '" .. cb .. "' must be a function") end
+  end
+  local self = setmetatable({
+    client = opts.client, model = opts.model, system = opts.system,
+    max_turns = opts.max_turns or 10, stream = opts.stream or false,
+    parallel = opts.parallel ~= false, request = opts.request or {},
+    on_text = opts.on_text, on_tool_call = opts.on_tool_call, on_tool_result = opts.on_tool_result,
+    tools = {}, tools_by_name = {}, messages = json.array {},
+    usage = { prompt_tokens = 0, completion_tokens = 0, total_tokens = 0 },
+  }, Agent)
+  for i, t in ipairs(opts.tools or {}) do
+    if getmetatable(t) ~= Tool then t = M.tool(t) end
+    if self.tools_by_name[t.name] then argerror("agent", "two tools are named '" .. t.name .. "'") end
+    self.tools[i] = t
+    self.tools_by_name[t.name] = t
+  end
+  if self.system then self.messages[1] = { role = "system", content = self.system } end
+  return self
+end
+
+-- Forget the conversation (the system prompt stays).
+function Agent:reset()
+  self.messages = json.array {}
+  if self.system then self.messages[1] = { role = "system", content = self.system } end
+  self.usage = { prompt_tokens = 0, completion_tokens = 0, total_tokens = 0 }
+end
+
+local function add_usage(sum, u)
+  if type(u) ~= "table" then return end
+  for _, k in ipairs { "prompt_tokens", "completion_tokens", "total_tokens" } do
+    if type(u[k]) == "number" then sum[k] = (sum[k] or 0) + u[k] end
+  end
+end
+
+-- The messages as sent: reasoning text stays in the transcript but is not sent back
+-- (DeepSeek, for one, rejects it in input messages).
+local function outgoing(messages)
+  local out = json.array {}
+  for i, m in ipairs(messages) do
+    if type(m) == "table" and (m.reasoning_content ~= nil or m.reasoning ~= nil) then
+      local c = {}
+      for k, v in pairs(m) do c[k] = v end
+      c.reasoning_content, c.reasoning = nil, nil
+      m = c
+    end
+    out[i] = m
+  end
+  return out
+end
+
+function Agent:build_request()
+  local req = {}
+  for k, v in pairs(self.request) do req[k] = v end
+  req.model = self.model
+  req.messages = outgoing(self.messages)
+  if #self.tools > 0 then
+    local defs = json.array {}
+    for i, t in ipairs(self.tools) do defs[i] = t:definition() end
+    req.tools = defs
+  end
+  return req
+end
+
+-- Run a user callback; a failure becomes a "callback" error for the run.
+local function call_back(name, fn, ...)
+  local ok, a, b = xpcall(fn, traceback, ...)
+  if not ok then return nil, error_of("callback", name .. " failed: " .. tostring(a)) end
+  return true, a, b
+end
+
+-- One model call; returns the reply (chat.completion shape) or nil, err.
+function Agent:call_model(req)
+  if not self.stream then
+    local res, err = self.client:chat(req)
+    if res and self.on_text then
+      local msg = res.choices and res.choices[1] and res.choices[1].message
+      if msg and type(msg.content) == "string" and msg.content ~= "" then
+        local ok, cerr = call_back("on_text", self.on_text, msg.content)
+        if not ok then return nil, cerr end
+      end
+    end
+    return res, err
+  end
+  local cb_err
+  local on_text = self.on_text
+  local final, err = self.client:stream(req, function(chunk)
+    if on_text then
+      local text = stream.delta_text(chunk)
+      if text ~= "" then
+        local ok, e = call_back("on_text", on_text, text)
+        if not ok then
+          cb_err = e
+          return false
+        end
+      end
+    end
+  end)
+  if cb_err then return nil, cb_err, final end
+  if err then return nil, err, final end
+  return final
+end
+
+local function result_string(value)
+  local t = type(value)
+  if t == "string" then return value end
+  if t == "nil" then return "" end
+  if t == "table" then
+    local ok, s = pcall(json.encode, value)
+    if ok then return s end
+    return nil, "its result cannot be sent as JSON: " .. tostring(s)
+  end
+  if value == null then return "null" end
+  return tostring(value)
+end
+
+local function first_line(s)
+  s = tostring(s)
+  return s:match("^[^\n]*") or s
+end
+
+-- Run one tool call; returns the tool message content, or nil, fatal_err (a callback failed).
+function Agent:run_call(call)
+  local fn = type(call["function"]) == "table" and call["function"] or {}
+  local info = { id = call.id, name = fn.name, arguments = fn.arguments }
+  local content, err_text
+  local tool = self.tools_by_name[info.name]
+  local allowed = true
+  if self.on_tool_call then
+    local ok, res = call_back("on_tool_call", self.on_tool_call, info)
+    if not ok then return nil, res end
+    allowed = res ~= false
+  end
+  if not tool then
+    local names = {}
+    for i, t in ipairs(self.tools) do names[i] = t.name end
+    err_text = string.format("unknown tool %q; available tools: %s", tostring(info.name),
+      #names > 0 and table.concat(names, ", ") or "none")
+  elseif not allowed then
+    err_text = "the call to " .. tool.name .. " was refused by the user; do not retry it"
+  else
+    local raw = info.arguments
+    local args, derr
+    if raw == nil or raw == null or raw == "" then
+      args = {}
+    elseif type(raw) == "table" then
+      args = raw
+    else
+      args, derr = json.decode(tostring(raw))
+    end
+    if args == nil then
+      err_text = string.format("invalid JSON arguments for %s (%s); send the arguments as one JSON object",
+        tool.name, derr)
+    elseif type(args) ~= "table" or json.is_array(args) then
+      err_text = string.format("arguments for %s must be a JSON object, got %s", tool.name, tostring(raw))
+    else
+      local valid, verr = schema.validate(args, tool.parameters)
+      if not valid then
+        err_text = string.format("invalid arguments for %s: %s", tool.name, verr)
+      else
+        local ok, r1, r2 = xpcall(tool.handler, traceback, args, info)
+        if not ok then
+          err_text = string.format("tool %s failed: %s", tool.name, first_line(r1))
+        elseif r1 == nil and r2 ~= nil then
+          err_text = string.format("tool %s failed: %s", tool.name, tostring(r2))
+        else
+          content, err_text = result_string(r1)
+          if err_text then err_text = "tool " .. tool.name .. " failed: " .. err_text end
+        end
+      end
+    end
+  end
+  if err_text then content = "error: " .. err_text end
+  if self.on_tool_result then
+    local ok, cerr = call_back("on_tool_result", self.on_tool_result, info,
+      not err_text and content or nil, err_text)
+    if not ok then return nil, cerr end
+  end
+  return content
+end
+
+-- Run a turn's calls (concurrently as tasks when parallel); contents in call order.
+function Agent:run_calls(calls)
+  local contents = {}
+  if self.parallel and #calls > 1 then
+    local tasks = {}
+    for i, call in ipairs(calls) do tasks[i] = sched.spawn(self.run_call, self, call) end
+    for i, task in ipairs(tasks) do
+      local content, err = task:wait()
+      if content == nil then return nil, err end
+      contents[i] = content
+    end
+  else
+    for i, call in ipairs(calls) do
+      local content, err = self:run_call(call)
+      if content == nil then return nil, err end
+      contents[i] = content
+    end
+  end
+  return contents
+end
+
+function Agent:snapshot(turns, content, finish_reason)
+  return {
+    content = content or "", messages = self.messages, turns = turns,
+    usage = { prompt_tokens = self.run_usage.prompt_tokens, completion_tokens = self.run_usage.completion_tokens,
+      total_tokens = self.run_usage.total_tokens },
+    finish_reason = finish_reason,
+  }
+end
+
+-- agent:run(text or list of messages) -> result | nil, err (err.result: the transcript so far).
+function Agent:run(input)
+  if type(input) == "string" then
+    self.messages[#self.messages + 1] = { role = "user", content = input }
+  elseif type(input) == "table" then
+    for _, m in ipairs(input) do self.messages[#self.messages + 1] = m end
+  elseif input ~= nil then
+    error("bad argument #1 to 'run' (string or list of messages expected, got " .. type(input) .. ")", 2)
+  end
+  self.run_usage = { prompt_tokens = 0, completion_tokens = 0, total_tokens = 0 }
+  local turns = 0
+  while true do
+    if turns >= self.max_turns then
+      local err = error_of("max_turns", string.format("the model was still calling tools after %d turns", turns))
+      err.result = self:snapshot(turns)
+      return nil, err
+    end
+    local reply, err, partial = self:call_model(self:build_request())
+    if not reply then
+      local content
+      local pm = partial and partial.choices and partial.choices[1] and partial.choices[1].message
+      if pm and type(pm.content) == "string" then content = pm.content end
+      err.result = self:snapshot(turns, content)
+      err.result.partial = partial
+      return nil, err
+    end
+    turns = turns + 1
+    add_usage(self.run_usage, reply.usage)
+    add_usage(self.usage, reply.usage)
+    local choice = type(reply.choices) == "table" and reply.choices[1]
+    local msg = type(choice) == "table" and choice.message
+    if type(msg) ~= "table" then
+      local e = error_of("deserialise", "the reply has no choices[1].message")
+      e.result = self:snapshot(turns)
+      return nil, e
+    end
+    if msg.role == nil then msg.role = "assistant" end
+    local finish = choice.finish_reason ~= null and choice.finish_reason or nil
+    self.messages[#self.messages + 1] = msg
+    local calls = msg.tool_calls
+    -- Tool calls decide, whatever finish_reason says (some providers send "stop").
+    if type(calls) ~= "table" or #calls == 0 then
+      local content = type(msg.content) == "string" and msg.content or ""
+      return self:snapshot(turns, content, finish)
+    end
+    for i, call in ipairs(calls) do
+      if type(call) == "table" and (call.id == nil or call.id == null or call.id == "") then
+        call.id = string.format("call_%d_%d", turns, i) -- some servers omit ids; tool messages need one
+      end
+    end
+    local contents, cerr = self:run_calls(calls)
+    if not contents then
+      cerr.result = self:snapshot(turns)
+      return nil, cerr
+    end
+    for i, call in ipairs(calls) do
+      self.messages[#self.messages + 1] = { role = "tool", tool_call_id = call.id, content = contents[i] }
+    end
+  end
+end
+
+-- Save the conversation as JSON: {version=1, model=, system=, messages=[...]}.
+function Agent:save(path)
+  local ok, text = pcall(json.encode, { version = 1, model = self.model, system = self.system,
+    messages = self.messages }, { sort_keys = true })
+  if not ok then return nil, error_of("environment", "cannot save the transcript: " .. tostring(text)) end
+  local f, ferr = io.open(path, "wb")
+  if not f then return nil, error_of("environment", "cannot save the transcript: " .. tostring(ferr)) end
+  local wok, werr = f:write(text, "\n")
+  f:close()
+  if not wok then return nil, error_of("environment", "cannot save the transcript: " .. tostring(werr)) end
+  return true
+end
+
+-- luachat.agent.load(path, opts) -> an agent continuing the saved conversation | nil, err.
+function M.load(path, opts)
+  local f, ferr = io.open(path, "rb")
+  if not f then return nil, error_of("environment", "cannot load the transcript: " .. tostring(ferr)) end
+  local text = f:read("a")
+  f:close()
+  local data, derr = json.decode(text)
+  if type(data) ~= "table" or type(data.messages) ~= "table" then
+    return nil, error_of("deserialise", string.format("%s is not a luachat transcript: %s", path,
+      derr or "no messages"))
+  end
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.model = o.model or data.model
+  o.system = nil -- the saved messages carry it
+  local agent = M.new(o)
+  agent.system = data.system ~= null and data.system or nil
+  agent.messages = json.array(data.messages)
+  return agent
+end
+
+M.Tool, M.Agent = Tool, Agent
+return M
