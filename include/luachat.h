@@ -1,8 +1,20 @@
 /*
  * luachat.h: the public C API of the luachat engine.
  *
- * Link with `pkg-config --cflags --libs luachat`. The engine is a Lua 5.4
- * module: open it into any lua_State and use the Lua API (`require "luachat"`).
+ * Link with `pkg-config --cflags --libs luachat` (libluachat.so or .a).
+ * The engine is a Lua 5.4 library: open it into any lua_State and use the
+ * Lua API (`require "luachat"`); docs/EMBEDDING.md has the details.
+ *
+ *   lua_State *L = luaL_newstate();
+ *   luaL_openlibs(L);
+ *   luachat_openlibs(L);
+ *   status = luachat_dostring(L, "local luachat = require 'luachat' ...", "=app");
+ *
+ * The Lua files are not embedded in the library: they are found on
+ * package.path (LUA_PATH, or the install tree, see luachat_openlibs).
+ * Every function here takes the lua_State's main thread or a coroutine
+ * that is not running luachat code; none is safe to call from inside a
+ * running luachat.step/poll.
  */
 #ifndef LUACHAT_H
 #define LUACHAT_H
@@ -11,7 +23,48 @@
 
 #define LUACHAT_VERSION "0.1.0"
 
-/* The C half of the engine: `require "luachat.core"`. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The C half of the engine: `require "luachat.core"`. A lua_CFunction. */
 int luaopen_luachat_core(lua_State *L);
+
+/*
+ * The whole library, the table `require "luachat"` returns; a
+ * lua_CFunction: luaL_requiref(L, "luachat", luaopen_luachat, 1) sets the
+ * global `luachat`. Does what luachat_openlibs does, then loads
+ * luachat/init.lua from package.path and records it in package.loaded.
+ * Raises "module 'luachat' not found: ..." when the Lua files are not
+ * reachable.
+ */
+int luaopen_luachat(lua_State *L);
+
+/*
+ * Make `require "luachat"` work in L (after luaL_openlibs): puts
+ * luaopen_luachat_core in package.preload["luachat.core"], and, when
+ * package.path does not reach luachat/init.lua, appends the first of:
+ * PREFIX/share/lua/5.4 found beside this library (or beside the program
+ * when libluachat.a is linked in), then the install directory compiled in
+ * (`make PREFIX=...`). Not run under a Lua error handler of yours: on an
+ * error (out of memory) it prints a line on stderr and `require` will then
+ * fail with its own message.
+ */
+void luachat_openlibs(lua_State *L);
+
+/*
+ * Run the Lua file at path (NULL: standard input) as the luachat host
+ * does: on a syntax or runtime error, print "luachat: message" plus a
+ * traceback (runtime errors) on stderr. Returns 0 on success, 1 on error.
+ * The stack is left as it was.
+ */
+int luachat_dofile(lua_State *L, const char *path);
+
+/* The same for a string chunk; name is its chunkname ("=app"), NULL for a default. */
+int luachat_dostring(lua_State *L, const char *code, const char *name);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

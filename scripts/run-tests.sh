@@ -2,7 +2,7 @@
 # run-tests.sh BUILD_DIR: the C unit tests, then the busted specs under the
 # host (and under stock lua5.4 with the C module), then one summary line
 # "N passed, N failed". Exits non-zero on any failure.
-# LUACHAT_HOST overrides the host binary (make asan uses build-asan/luachat).
+# LUACHAT_HOST overrides the host binary (make asan uses build-asan/bin/luachat).
 set -u
 build=${1:-build}
 host=${LUACHAT_HOST:-./luachat}

@@ -141,7 +141,7 @@ static int is_chat_option(const char *a)
 {
 	static const char *const opts[] = { "-p", "-c", "-m", "-s", "-P", "--tools", "--json",
 	                                    "--no-stream", "--model", "--system", "--profile",
-	                                    "--prompt", "--chat", NULL };
+	                                    "--prompt", "--chat", "--base-url", NULL };
 	int i;
 	for (i = 0; opts[i]; i++)
 		if (strcmp(a, opts[i]) == 0)

@@ -29,7 +29,7 @@ local M = {
 
 -- For applications with their own event loop: what to wait on, and for how long.
 function M.fds() return core.fds() end
-function M.next_timeout() return core.next_timeout() end
+function M.next_timeout() return sched.next_timeout() end
 function M.live() return core.live() end
 
 -- The agent layer loads on first use, so scripts that only chat stay light.

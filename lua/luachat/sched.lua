@@ -276,6 +276,16 @@ function M.step(timeout)
   return core.live() + #timers + #runq
 end
 
+-- Seconds until the loop needs a step (curl's timer, idle deadlines, task
+-- timers, runnable tasks), or nil when nothing is pending. For external loops.
+function M.next_timeout()
+  if #runq > 0 then return 0 end
+  local t = core.next_timeout()
+  local tn = next_timer_in()
+  if tn and (not t or tn < t) then t = tn end
+  return t
+end
+
 -- Drive until every task has finished.
 function M.run()
   drive(function() return live_tasks == 0 end, "tasks")

@@ -1,0 +1,176 @@
+-- `luachat -c` on a real terminal, driven through tmux: a streamed reply,
+-- Ctrl-C cancelling a slow reply without leaving, /save and /load, Ctrl-D.
+-- Pending (with a note) when tmux is not installed. Every wait polls
+-- capture-pane with a bound; the session is always killed in teardown.
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+
+local HOST = os.getenv("LUACHAT_HOST") or "./luachat"
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+local function capture(cmd)
+  local p = io.popen(cmd)
+  local s = p:read("a")
+  p:close()
+  return s
+end
+
+local have_tmux = sh("command -v tmux >/dev/null 2>&1")
+local have_server, server = pcall(require, "spec.helpers.server")
+if not have_server then have_server, server = pcall(dofile, "spec/helpers/server.lua") end
+local have_core = pcall(require, "luachat.core")
+
+describe("luachat -c in tmux", function()
+  if not have_tmux then
+    pending("tmux is not installed: the interactive chat test is skipped")
+    return
+  end
+  if not (have_server and have_core) then
+    pending("needs the engine and spec/helpers/server.lua")
+    return
+  end
+  local json = require "luachat.json"
+  local SESSION = "luachat_test_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
+  local srv, home
+
+  local function pane()
+    return capture("tmux capture-pane -p -t " .. SESSION .. " 2>/dev/null")
+  end
+
+  -- Poll the screen until `text` appears (plain match), at most `secs` seconds.
+  local function wait_for(text, secs)
+    local deadline = os.time() + (secs or 10)
+    local screen
+    repeat
+      screen = pane()
+      if screen:find(text, 1, true) then return screen end
+      sh("sleep 0.1")
+    until os.time() > deadline
+    error(string.format("timed out waiting for %q; screen:\n%s", text, screen), 2)
+  end
+
+  -- Prompt lines on the screen: lines starting with "> " (capture-pane drops
+  -- trailing blanks, so an empty prompt shows as ">").
+  local function prompts()
+    local n = 0
+    for line in (pane() .. "\n"):gmatch("([^\n]*)\n") do
+      if line == ">" or line:sub(1, 2) == "> " then n = n + 1 end
+    end
+    return n
+  end
+
+  -- Wait until at least n prompts have been shown.
+  local function wait_prompts(n, secs)
+    local deadline = os.time() + (secs or 10)
+    repeat
+      if prompts() >= n then return end
+      sh("sleep 0.1")
+    until os.time() > deadline
+    error(string.format("timed out waiting for prompt %d; screen:\n%s", n, pane()), 2)
+  end
+
+  local function keys(...)
+    local args = {}
+    for i = 1, select("#", ...) do args[i] = shell_quote((select(i, ...))) end
+    assert(sh("tmux send-keys -t " .. SESSION .. " " .. table.concat(args, " ")))
+  end
+
+  local function type_line(s)
+    keys("-l", s)
+    keys("Enter")
+  end
+
+  local function chunk(text, finish)
+    return { json = { id = "chatcmpl-t", object = "chat.completion.chunk", created = 1, model = "gpt-test",
+      choices = { { index = 0, delta = text and { content = text } or {}, finish_reason = finish } } } }
+  end
+
+  setup(function()
+    srv = server.start()
+    local p = os.tmpname()
+    os.remove(p)
+    home = p
+    assert(sh("mkdir -p " .. shell_quote(home)))
+    local cmd = string.format(
+      "env HOME=%s XDG_CONFIG_HOME=%s XDG_STATE_HOME=%s OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-test " ..
+      "LUACHAT_PROFILE= LUACHAT_MODEL= LUACHAT_BASE_URL= NO_COLOR=1 %s -c -m gpt-test; echo EXITED:$?; sleep 30",
+      shell_quote(home), shell_quote(home .. "/config"), shell_quote(home .. "/state"),
+      shell_quote(srv.base_url), shell_quote(HOST))
+    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
+  end)
+
+  teardown(function()
+    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
+    if srv then srv:stop() end
+    if home then sh("rm -rf " .. shell_quote(home)) end
+  end)
+
+  it("chats, cancels a slow reply with Ctrl-C, saves and loads, leaves on Ctrl-D", function()
+    wait_prompts(1)
+
+    -- 1. A streamed reply.
+    srv:script { { sse = { chunk("Hi there, "), chunk("friend."), chunk(nil, "stop") }, done = true } }
+    type_line("hello")
+    wait_for("Hi there, friend.")
+    wait_prompts(2)
+
+    -- 2. A slow reply, cancelled mid-way: back at the prompt, still in the chat.
+    local slow = { chunk("Counting: one") }
+    for i = 1, 40 do slow[#slow + 1] = { json = chunk(" more" .. i).json, delay = 0.5 } end
+    srv:script { { sse = slow, done = true } }
+    type_line("count slowly")
+    wait_for("Counting: one")
+    keys("C-c")
+    wait_for("reply cancelled")
+    wait_prompts(3)
+    assert.is_nil(pane():find("EXITED", 1, true))
+
+    -- 3. The next turn carries the cancelled partial reply in the transcript.
+    srv:script { { sse = { chunk("Noted."), chunk(nil, "stop") }, done = true } }
+    type_line("and now?")
+    wait_for("Noted.")
+    local reqs = srv:requests()
+    local msgs = reqs[#reqs].json.messages
+    local roles, contents = {}, {}
+    for i, m in ipairs(msgs) do roles[i], contents[i] = m.role, m.content end
+    assert.same({ "user", "assistant", "user", "assistant", "user" }, roles)
+    assert.equal("hello", contents[1])
+    assert.equal("Hi there, friend.", contents[2])
+    assert.equal("count slowly", contents[3])
+    assert.matches("^Counting: one", contents[4])
+    assert.equal("and now?", contents[5])
+
+    -- 4. /save writes the transcript; /reset forgets; /load brings it back.
+    local file = home .. "/chat.json"
+    type_line("/save " .. file)
+    wait_for("saved 6 messages")
+    local f = assert(io.open(file))
+    local saved = f:read("a")
+    f:close()
+    assert.truthy(saved:find("Counting: one", 1, true))
+    assert.truthy(json.decode(saved))
+    type_line("/reset")
+    wait_for("conversation cleared")
+    type_line("/load " .. file)
+    wait_for("loaded 6 messages")
+    srv:script { { sse = { chunk("Welcome back."), chunk(nil, "stop") }, done = true } }
+    type_line("still there?")
+    wait_for("Welcome back.")
+    reqs = srv:requests()
+    msgs = reqs[#reqs].json.messages
+    assert.equal(7, #msgs)
+    assert.equal("hello", msgs[1].content)
+    assert.equal("still there?", msgs[7].content)
+
+    -- 5. Ctrl-D leaves with status 0.
+    keys("C-d")
+    wait_for("EXITED:0")
+  end)
+end)
