@@ -133,7 +133,7 @@ valgrind: all
 	@scripts/valgrind.sh $(BUILD)
 
 demo: deps all
-	@scripts/demo.sh
+	@./$(HOST) scripts/demo.lua ./$(HOST)
 
 bench: deps all
 	@scripts/bench.sh

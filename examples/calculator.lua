@@ -63,14 +63,21 @@ local convert = luachat.tool {
   end,
 }
 
+local mid_line = false -- the streamed text has not ended its line yet
+
 local agent = luachat.agent {
   client = luachat.client(),
   model = os.getenv("LUACHAT_MODEL") or "gpt-4o-mini",
   system = "You are a precise assistant. Use the tools for every calculation and conversion.",
   tools = { calculator, convert },
   stream = true,
-  on_text = function(text) io.write(text) io.stdout:flush() end,
+  on_text = function(text)
+    io.write(text)
+    io.stdout:flush()
+    mid_line = text:sub(-1) ~= "\n"
+  end,
   on_tool_call = function(call)
+    if mid_line then io.write("\n") io.stdout:flush() mid_line = false end
     io.stderr:write(string.format("  -> %s %s\n", call.name, call.arguments))
     return true
   end,
