@@ -8,6 +8,7 @@ build=${1:-build}
 host=${LUACHAT_HOST:-./luachat}
 passed=0
 failed=0
+skipped=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -51,6 +52,8 @@ run_busted() { # label, then the busted command
 	bad=$(echo "$s" | sed 's/.* \([0-9][0-9]*\) failures\{0,1\} \/ \([0-9][0-9]*\) errors\{0,1\}.*/\1 \2/')
 	passed=$((passed + ok))
 	for n in $bad; do failed=$((failed + n)); done
+	pend=$(echo "$s" | sed -n 's/.* \([0-9][0-9]*\) pending.*/\1/p')
+	skipped=$((skipped + ${pend:-0}))
 	if [ $rc -ne 0 ] && [ "$bad" = "0 0" ]; then failed=$((failed + 1)); fi
 }
 
@@ -60,5 +63,5 @@ if [ -z "${LUACHAT_SKIP_STOCK_LUA:-}" ] && [ -f "$build/luachat/core.so" ]; then
 		busted --lua=lua5.4 --cpath="$build/?.so" -o utfTerminal
 fi
 
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
