@@ -1,0 +1,105 @@
+-- bench/luachat_client.lua: the luachat contender of `make bench`, run by ./luachat.
+--
+-- Owns: one workload per process, in the callback form (client:stream) or the
+-- pull form (client:open_stream + s:chunks()), counting what arrived and
+-- printing one JSON line {chunks=, content_bytes=, requests=, tool_calls=} for
+-- scripts/bench/run.py to check.
+-- Never: times itself (the harness measures the whole process with wait4),
+-- or skips decoding work a real caller would get (every chunk is a table).
+--
+-- Usage: luachat bench/luachat_client.lua WORKLOAD FORM BASE_URL N [M]
+--   stream_text|stream_tool  FORM=callback|pull  N ignored (the server decides)
+--   nonstream                FORM=callback       N requests in sequence
+--   concurrent               FORM=callback|pull  N streams at once
+--   agent                    FORM=callback       N runs of M turns each
+local luachat = require "luachat"
+
+local workload, form, base_url = arg[1], arg[2], arg[3]
+local n, m = tonumber(arg[4] or "1"), tonumber(arg[5] or "1")
+
+local client = luachat.client { base_url = base_url, api_key = "sk-bench", max_retries = 0 }
+local request = {
+  model = "bench",
+  messages = { { role = "user", content = "Tell me a long story." } },
+  stream_options = { include_usage = true },
+}
+
+local chunks, content_bytes, requests, tool_calls = 0, 0, 0, 0
+
+local function fail(err)
+  io.stderr:write("luachat_client: ", tostring(err), "\n")
+  os.exit(1)
+end
+
+-- Count one chunk: text deltas, or tool-call argument fragments.
+local function count(chunk)
+  chunks = chunks + 1
+  local choice = chunk.choices[1]
+  if choice then
+    local delta = choice.delta
+    local text = delta.content
+    if type(text) == "string" then content_bytes = content_bytes + #text end
+    local calls = delta.tool_calls
+    if type(calls) == "table" then
+      for i = 1, #calls do
+        local args = calls[i]["function"] and calls[i]["function"].arguments
+        if type(args) == "string" then content_bytes = content_bytes + #args end
+      end
+    end
+  end
+end
+
+local function one_stream()
+  requests = requests + 1
+  if form == "pull" then
+    local s <close> = assert(client:open_stream(request))
+    for chunk in s:chunks() do count(chunk) end
+    local final, err = s:result()
+    if err or not final then fail(err) end
+  else
+    local final, err = client:stream(request, count)
+    if err or not final then fail(err) end
+  end
+end
+
+if workload == "stream_text" or workload == "stream_tool" then
+  one_stream()
+elseif workload == "nonstream" then
+  local req = { model = "bench", messages = request.messages }
+  for _ = 1, n do
+    local res, err = client:chat(req)
+    if not res then fail(err) end
+    requests = requests + 1
+    content_bytes = content_bytes + #res.choices[1].message.content
+  end
+elseif workload == "concurrent" then
+  local tasks = {}
+  for i = 1, n do tasks[i] = luachat.spawn(one_stream) end
+  for _, r in ipairs(luachat.gather(tasks)) do
+    if r[1] == nil and r[2] then fail(r[2]) end
+  end
+elseif workload == "agent" then
+  local agent = luachat.agent {
+    client = client, model = "bench", max_turns = m,
+    tools = { luachat.tool {
+      name = "search", description = "Search the notes.",
+      parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+      handler = function(args)
+        tool_calls = tool_calls + 1
+        return { hits = 1, first = args.q }
+      end,
+    } },
+  }
+  for _ = 1, n do
+    agent:reset()
+    local res, err = agent:run("Look this up.")
+    -- The server always answers with a tool call, so every run must end at max_turns.
+    if res or err.kind ~= "max_turns" then fail(err or "the agent stopped before max_turns") end
+    requests = requests + err.result.turns
+  end
+else
+  error("unknown workload " .. tostring(workload))
+end
+
+print(string.format('{"chunks":%d,"content_bytes":%d,"requests":%d,"tool_calls":%d}',
+  chunks, content_bytes, requests, tool_calls))
