@@ -80,6 +80,16 @@ static void on_sigint(int sig)
 	}
 }
 
+/* Forget a handled SIGINT: reset the flag and empty the self-pipe (else every poll wakes at once). */
+static void clear_interrupt(void)
+{
+	char drain[64];
+	interrupted = 0;
+	if (wakeup_pipe[0] >= 0)
+		while (read(wakeup_pipe[0], drain, sizeof drain) > 0)
+			;
+}
+
 /* Count hook on the main thread (coroutines inherit it): raise once interrupted. */
 static void interrupt_hook(lua_State *L, lua_Debug *ar)
 {
@@ -293,6 +303,9 @@ static int run_script(lua_State *L, const struct options *o)
 static void repl(lua_State *L)
 {
 	char *line;
+	/* Its setup makes Ctrl-C at the prompt discard the line instead of interrupting the next chunk. */
+	luaL_requiref(L, "luachat.readline", luaopen_luachat_readline, 0);
+	lua_pop(L, 1);
 	printf("luachat %s (%s, libcurl %s)  Ctrl-D to leave\n", LUACHAT_VERSION, LUA_RELEASE,
 	       curl_version_info(CURLVERSION_NOW)->version);
 	while ((line = readline("> ")) != NULL) {
@@ -338,7 +351,7 @@ static void repl(lua_State *L)
 			}
 		}
 		report(L, status);
-		interrupted = 0; /* Ctrl-C ends the evaluation, not the session */
+		clear_interrupt(); /* Ctrl-C ends the evaluation, not the session */
 		lua_settop(L, 0);
 	}
 	putchar('\n');
