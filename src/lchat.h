@@ -25,6 +25,9 @@ struct lchat_engine {
 	int wakeup_fd;                       /* the host's self-pipe read end (non-blocking), or -1 */
 };
 
+/* lchat_core.c: clear a host's SIGINT flag and drain its self-pipe; returns whether it was set. */
+int lchat_take_interrupt(volatile sig_atomic_t *flag, int wakeup_fd);
+
 /* lchat_transfer.c */
 void lchat_transfer_open(lua_State *L);
 int lchat_transfer_start(lua_State *L);

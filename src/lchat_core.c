@@ -120,6 +120,19 @@ static int l_core_isatty(lua_State *L)
 	return 1;
 }
 
+int lchat_take_interrupt(volatile sig_atomic_t *flag, int wakeup_fd)
+{
+	char drain[64];
+	if (flag == NULL || !*flag)
+		return 0;
+	*flag = 0;
+	/* Empty the self-pipe, or every later poll would wake at once on the stale byte. */
+	if (wakeup_fd >= 0)
+		while (read(wakeup_fd, drain, sizeof drain) > 0)
+			;
+	return 1;
+}
+
 /*
  * core.take_interrupt() -> true if SIGINT arrived since the last call, and
  * clears it (the chat prompt cancels a reply on Ctrl-C instead of exiting).
@@ -127,16 +140,7 @@ static int l_core_isatty(lua_State *L)
 static int l_core_take_interrupt(lua_State *L)
 {
 	struct lchat_engine *eng = engine_of(L);
-	int was = eng->interrupted && *eng->interrupted;
-	if (was) {
-		char drain[64];
-		*eng->interrupted = 0;
-		/* Empty the self-pipe, or every later poll would wake at once. */
-		if (eng->wakeup_fd >= 0)
-			while (read(eng->wakeup_fd, drain, sizeof drain) > 0)
-				;
-	}
-	lua_pushboolean(L, was);
+	lua_pushboolean(L, lchat_take_interrupt(eng->interrupted, eng->wakeup_fd));
 	return 1;
 }
 

@@ -34,15 +34,7 @@ static int rl_wakeup_fd = -1;                    /* the host's self-pipe read en
 /* Clear a pending SIGINT and empty the self-pipe; returns whether one was pending. */
 static int rl_take_interrupt(void)
 {
-	char drain[64];
-	if (rl_interrupt_flag == NULL || !*rl_interrupt_flag)
-		return 0;
-	*rl_interrupt_flag = 0;
-	/* Else every later curl_multi_poll would wake at once on the stale byte. */
-	if (rl_wakeup_fd >= 0)
-		while (read(rl_wakeup_fd, drain, sizeof drain) > 0)
-			;
-	return 1;
+	return lchat_take_interrupt(rl_interrupt_flag, rl_wakeup_fd);
 }
 
 /*

@@ -83,11 +83,7 @@ static void on_sigint(int sig)
 /* Forget a handled SIGINT: reset the flag and empty the self-pipe (else every poll wakes at once). */
 static void clear_interrupt(void)
 {
-	char drain[64];
-	interrupted = 0;
-	if (wakeup_pipe[0] >= 0)
-		while (read(wakeup_pipe[0], drain, sizeof drain) > 0)
-			;
+	lchat_take_interrupt(&interrupted, wakeup_pipe[0]);
 }
 
 /* Count hook on the main thread (coroutines inherit it): raise once interrupted. */
