@@ -88,6 +88,37 @@ describe("client", function()
       assert.same({ model = "e", input = "x" }, reqs[2].json)
     end)
 
+    it("reuses one keep-alive connection across sequential requests", function()
+      srv:default { json = completion }
+      local c = client()
+      local before = srv:stats().connections
+      for _ = 1, 5 do assert(c:chat { model = "m", messages = {} }) end
+      -- srv:stats() itself opens one connection (the curl tool); the engine's cache may
+      -- already hold one from an earlier test: five requests, at most one new connection
+      local opened = srv:stats().connections - before - 1
+      assert.is_true(opened <= 1, "5 sequential requests opened " .. opened .. " connections")
+      assert.equal(5, #srv:requests())
+    end)
+
+    it("honours http_proxy and no_proxy as curl does", function()
+      srv:script { { json = completion }, { json = completion } }
+      local host = os.getenv("LUACHAT_HOST") or "./luachat"
+      local script = "local c = require('luachat').client{base_url='http://api.example.invalid/v1', api_key='k', max_retries=0}"
+        .. " local r, e = c:chat{model='m', messages={}} io.write(r and 'ok' or tostring(e))"
+      local p = io.popen(string.format("http_proxy=%s %s -e %q 2>&1", srv.url, host, script))
+      local out = p:read("a")
+      p:close()
+      assert.equal("ok", out)
+      local r = srv:requests()[1]
+      assert.equal("http://api.example.invalid/v1/chat/completions", r.path) -- absolute-form: a proxy request
+      assert.equal("Bearer k", r.headers["authorization"])
+      p = io.popen(string.format("http_proxy=%s no_proxy=example.invalid %s -e %q 2>&1", srv.url, host, script))
+      out = p:read("a")
+      p:close()
+      assert.matches("^luachat: network error", out) -- not proxied: the name does not resolve
+      assert.equal(1, #srv:requests())
+    end)
+
     it("reads base_url and api_key from the environment by default", function()
       local c = luachat.client()
       local env = os.getenv("OPENAI_BASE_URL")
