@@ -30,10 +30,26 @@
 
 /* ---------------------------------------------------------------- decode */
 
+/* Is there a `[` followed by optional blanks and `]` anywhere (strings included)? memchr-fast. */
+static int may_have_empty_array(const char *s, size_t n)
+{
+	const char *p = s, *end = s + n;
+	while ((p = memchr(p, '[', (size_t)(end - p))) != NULL) {
+		p++;
+		while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+			p++;
+		if (p < end && *p == ']')
+			return 1;
+	}
+	return 0;
+}
+
 /* Does the text hold an empty array `[ ]` outside strings? Cheap, no allocation. */
 static int has_empty_array(const char *s, size_t n)
 {
 	size_t i = 0;
+	if (!may_have_empty_array(s, n))
+		return 0; /* the common case: no string-aware scan needed */
 	while (i < n) {
 		char c = s[i++];
 		if (c == '"') {
