@@ -9,7 +9,10 @@ set -eu
 packages="lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted pkg-config \
 make gcc libreadline-dev python3 curl"
 if [ "${1:-}" = "--bench" ]; then
-	packages="$packages nodejs npm time"
+	packages="$packages time"
+	# node may come from elsewhere (nodesource bundles npm): ask for the commands, not the packages.
+	command -v node >/dev/null 2>&1 || packages="$packages nodejs"
+	command -v npm >/dev/null 2>&1 || packages="$packages npm"
 fi
 if [ "${1:-}" = "--dev" ]; then
 	packages="$packages clang valgrind luarocks tmux"

@@ -16,7 +16,7 @@
 
 #define HTTP_DEFAULT_MAX_BODY ((size_t)64 << 20)      /* 64 MiB */
 #define HTTP_DEFAULT_MAX_ERROR_BODY ((size_t)64 << 10) /* 64 KiB kept on errors */
-#define HTTP_QUEUE_HIGH_WATER ((size_t)1 << 20)       /* pause reading above this */
+#define HTTP_QUEUE_HIGH_WATER ((size_t)256 << 10)     /* pause reading above this (per transfer) */
 
 enum http_state {
 	HTTP_RUNNING = 0,

@@ -89,7 +89,7 @@ function Stream:handle(ev)
       return nil
     end
   end
-  if is_done_data(data) then
+  if data == "[DONE]" or (#data < 16 and is_done_data(data)) then
     self.done_seen = true
     self:finish(nil)
     return nil

@@ -17,7 +17,7 @@ local Acc = {}
 Acc.__index = Acc
 
 function M.accumulator()
-  return setmetatable({ by_index = {}, order = {}, cache = nil }, Acc)
+  return setmetatable({ by_index = {}, order = {}, cache = nil, need_head = true }, Acc)
 end
 
 local function nonempty(v)
@@ -94,10 +94,18 @@ function Acc:add(chunk)
   local e = chunk.error
   if e ~= nil and e ~= null then return error_description(e) end
   self.cache = nil
-  if self.id == nil and nonempty(chunk.id) then self.id = chunk.id end
-  if self.model == nil and nonempty(chunk.model) then self.model = chunk.model end
-  if self.created == nil and type(chunk.created) == "number" then self.created = chunk.created end
-  if self.fingerprint == nil and nonempty(chunk.system_fingerprint) then self.fingerprint = chunk.system_fingerprint end
+  -- Hot path (once per chunk): plain type tests inline, no helper calls.
+  if self.need_head then
+    local v = chunk.id
+    if self.id == nil and type(v) == "string" and v ~= "" then self.id = v end
+    v = chunk.model
+    if self.model == nil and type(v) == "string" and v ~= "" then self.model = v end
+    v = chunk.created
+    if self.created == nil and type(v) == "number" then self.created = v end
+    v = chunk.system_fingerprint
+    if self.fingerprint == nil and type(v) == "string" and v ~= "" then self.fingerprint = v end
+    self.need_head = self.id == nil or self.model == nil or self.created == nil or self.fingerprint == nil
+  end
   local usage = chunk.usage
   if type(usage) == "table" then self.usage = usage end
   local choices = chunk.choices
@@ -107,26 +115,32 @@ function Acc:add(chunk)
     if type(c) == "table" then
       local index = c.index
       if type(index) ~= "number" then index = 0 end
-      local st = choice_state(self, index)
+      local st = self.by_index[index] or choice_state(self, index)
       local delta = c.delta
       if type(delta) ~= "table" then delta = c.message end -- a whole message in a stream
       if type(delta) == "table" then
-        if not st.role and nonempty(delta.role) then st.role = delta.role end
         local text = delta.content
-        if type(text) == "string" and text ~= "" then st.content[#st.content + 1] = text end
+        if type(text) == "string" and text ~= "" then
+          local parts = st.content
+          parts[#parts + 1] = text
+        end
+        if not st.role then
+          local role = delta.role
+          if type(role) == "string" and role ~= "" then st.role = role end
+        end
         local refusal = delta.refusal
         if type(refusal) == "string" and refusal ~= "" then st.refusal[#st.refusal + 1] = refusal end
         -- Some providers send both shapes of the same reasoning: take one per delta.
         local r = delta.reasoning_content
-        if not nonempty(r) then r = delta.reasoning end
-        if nonempty(r) then st.reasoning[#st.reasoning + 1] = r end
+        if type(r) ~= "string" or r == "" then r = delta.reasoning end
+        if type(r) == "string" and r ~= "" then st.reasoning[#st.reasoning + 1] = r end
         local tcs = delta.tool_calls
         if type(tcs) == "table" then
           for j = 1, #tcs do merge_tool_call(st, tcs[j]) end
         end
       end
       local fr = c.finish_reason
-      if nonempty(fr) then st.finish_reason = fr end
+      if type(fr) == "string" and fr ~= "" then st.finish_reason = fr end
       local lp = c.logprobs
       if type(lp) == "table" and type(lp.content) == "table" then
         st.logprobs = st.logprobs or {}
