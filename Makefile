@@ -127,7 +127,9 @@ asan: deps
 	  EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
 	@ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp \
-	  LUACHAT_HOST=build-asan/bin/luachat scripts/run-tests.sh build-asan
+	  LUACHAT_HOST=build-asan/bin/luachat \
+	  LUACHAT_STOCK_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  scripts/run-tests.sh build-asan
 
 valgrind: all
 	@scripts/valgrind.sh $(BUILD)

@@ -59,7 +59,8 @@ run_busted() { # label, then the busted command
 
 run_busted "host $host" busted --lua="$host" -o utfTerminal
 if [ -z "${LUACHAT_SKIP_STOCK_LUA:-}" ] && [ -f "$build/luachat/core.so" ]; then
-	LUACHAT_CPATH_DIR="$build" run_busted "stock lua5.4 + $build/luachat/core.so" \
+	# An ASan-built module in an uninstrumented lua5.4 needs the runtime preloaded.
+	LD_PRELOAD="${LUACHAT_STOCK_PRELOAD:-${LD_PRELOAD:-}}" run_busted "stock lua5.4 + $build/luachat/core.so" \
 		busted --lua=lua5.4 --cpath="$build/?.so" -o utfTerminal
 fi
 

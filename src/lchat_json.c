@@ -260,6 +260,8 @@ static const char *push_path(struct encoder *e)
 			i = e->depth - 4;
 			st = &e->path[i];
 		}
+		if (st->key == NULL && st->index == 0)
+			continue; /* a level whose first member is not reached yet */
 		if (st->key) {
 			luaL_addchar(&b, '.');
 			luaL_addlstring(&b, st->key, st->keylen > 64 ? 64 : st->keylen);
@@ -463,6 +465,9 @@ static void encode_table(struct encoder *e, int t)
 	if (e->depth >= JSON_MAX_DEPTH)
 		encode_error(e, "a table nested too deeply (a cycle?)");
 	luaL_checkstack(L, 6, "JSON too deeply nested");
+	/* No member yet at this level: an error before the first one names the table itself. */
+	e->path[e->depth].key = NULL;
+	e->path[e->depth].index = 0;
 	e->depth++;
 	if (lua_getmetatable(L, t)) {
 		int array = lua_rawequal(L, -1, lua_upvalueindex(UV_ARRAY_MT));
