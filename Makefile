@@ -126,9 +126,9 @@ asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan HOST=build-asan/bin/luachat \
 	  EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
+	@ln -sfn ../../lua build-asan/bin/lua # the host finds its Lua files beside itself
 	@ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp \
-	  LUACHAT_HOST=build-asan/bin/luachat \
-	  LUACHAT_STOCK_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  LUACHAT_HOST=build-asan/bin/luachat LUACHAT_SKIP_STOCK_LUA=1 \
 	  scripts/run-tests.sh build-asan
 
 valgrind: all

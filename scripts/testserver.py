@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """testserver.py: a local OpenAI-compatible HTTP/1.1 server for luachat's
-tests, demo and benchmarks. Standard library only.
+tests, demo and benchmarks. Python standard library only.
 
-It serves scripted responses (a FIFO queue, then a default) to every path
-except /_control/..., records every request it receives, and can shape its
-writes (small pieces, delays, stalls, cuts) to reproduce real network faults.
-It never outlives its parent: --parent-pid, --max-lifetime, SIGTERM.
+It owns: a FIFO queue of scripted responses (then a default) served to every
+path except /_control/..., a log of every request it receives, and write
+shaping (small pieces, delays, stalls, cuts, raw bytes) that reproduces real
+network faults. It must never outlive its user (--parent-pid,
+--max-lifetime, SIGTERM/SIGINT), never listen beyond 127.0.0.1, and never be
+the bottleneck of a benchmark (pre-rendered `generate` bodies, large writes).
 
 Usage: testserver.py --port-file FILE [--port 0] [--parent-pid PID] [--max-lifetime S]
-See scripts/README.md for the response spec.
+The response spec is described in scripts/README.md.
 """
 import argparse
 import json
@@ -16,7 +18,6 @@ import os
 import resource
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ DEFAULT_RESPONSE = {
     "status": 404,
     "json": {"error": {"message": "no scripted response", "type": "invalid_request_error"}},
 }
+BIG_WRITE = 65536  # generate bodies go out in chunks of this size: a few syscalls per MB
 
 
 class State:
@@ -41,6 +43,7 @@ class State:
         self.generated = {}
 
     def next_response(self):
+        """Pop the head of the queue (honouring `repeat`), else the default."""
         with self.lock:
             if self.queue:
                 spec = self.queue[0]
@@ -58,6 +61,12 @@ STATE = State()
 
 def compact(value):
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def to_bytes(text):
+    """Spec strings back to the exact bytes the test wrote: control bodies are
+    decoded with surrogateescape, so invalid UTF-8 (garbage tests) survives."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def fill_template(text, request_json):
@@ -102,40 +111,42 @@ def apply_templates(value, request_json):
     return value
 
 
-def generate_stream(params):
-    """A realistic pre-rendered stream of N chunks (cached): returns (body, content_bytes)."""
-    key = compact(params)
-    with STATE.lock:
-        if key in STATE.generated:
-            return STATE.generated[key]
+WORDS = ["The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ",
+         "Lorem ", "ipsum ", "dolor ", "sit ", "amet, "]
+
+
+def render_generate(params):
+    """Build a realistic stream of N chat.completion.chunk events: returns (sse_bytes, content_bytes)."""
     kind = params.get("kind", "text")
     n = int(params.get("chunks", 1000))
-    model = params.get("model", "bench")
+    model = str(params.get("model", "bench"))
     usage = params.get("usage", True)
     head = {"id": "chatcmpl-bench0123456789abcdefghij", "object": "chat.completion.chunk",
             "created": 1700000000, "model": model, "system_fingerprint": "fp_bench01"}
-    words = ["The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ",
-             "Lorem ", "ipsum ", "dolor ", "sit ", "amet, "]
     parts = []
     total = 0
     for i in range(n):
         if kind == "tool_args":
-            frag = '{"q": "' if i == 0 else ("x" * (i % 7 + 1))
-            if i == n - 1:
+            # arguments of one call, {"q": "xxxx..."}, split into n fragments
+            if n == 1:
+                frag = '{"q": ""}'
+            elif i == 0:
+                frag = '{"q": "'
+            elif i == n - 1:
                 frag = '"}'
+            else:
+                frag = "x" * (i % 7 + 1)
             call = {"index": 0, "function": {"arguments": frag}}
             if i == 0:
-                call.update({"id": "call_bench0001", "type": "function"})
-                call["function"]["name"] = "search"
-            delta = {"tool_calls": [call]}
-            if i == 0:
+                call = {"index": 0, "id": "call_bench0001", "type": "function",
+                        "function": {"name": "search", "arguments": frag}}
                 delta = {"role": "assistant", "content": None, "tool_calls": [call]}
+            else:
+                delta = {"tool_calls": [call]}
             total += len(frag.encode())
         else:
-            text = words[i % len(words)] + words[(i * 7) % len(words)]
-            delta = {"content": text}
-            if i == 0:
-                delta = {"role": "assistant", "content": text}
+            text = WORDS[i % len(WORDS)] + WORDS[(i * 7) % len(WORDS)]
+            delta = {"role": "assistant", "content": text} if i == 0 else {"content": text}
             total += len(text.encode())
         chunk = dict(head)
         chunk["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]
@@ -150,23 +161,39 @@ def generate_stream(params):
         chunk["usage"] = {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": n + 20}
         parts.append("data: " + compact(chunk) + "\n\n")
     parts.append("data: [DONE]\n\n")
-    result = ("".join(parts).encode(), total)
+    return "".join(parts).encode(), total
+
+
+def generate_stream(params):
+    """Cached by parameters: (sse_bytes, chunked_bytes, content_bytes). The chunked
+    form frames every BIG_WRITE slice as one chunk, rendered once."""
+    key = compact(params)
+    with STATE.lock:
+        if key in STATE.generated:
+            return STATE.generated[key]
+    body, total = render_generate(params)
+    framed = []
+    for i in range(0, len(body), BIG_WRITE):
+        piece = body[i:i + BIG_WRITE]
+        framed.append(b"%x\r\n" % len(piece) + piece + b"\r\n")
+    framed.append(b"0\r\n\r\n")
+    result = (body, b"".join(framed), total)
     with STATE.lock:
         STATE.generated[key] = result
     return result
 
 
 def sse_body(spec, request_json):
-    """Render the `sse` list: returns a list of (delay, bytes) pieces."""
+    """Render the `sse` list: returns a list of (delay, bytes) pieces, one per event."""
     eol = spec.get("line_end", "\n")
     out = []
-    for ev in spec.get("sse", []):
+    for ev in spec.get("sse") or []:
         if isinstance(ev, str):
-            out.append((0, fill_template(ev, request_json).encode()))
+            out.append((0, to_bytes(fill_template(ev, request_json))))
             continue
         lines = []
         if "event" in ev:
-            lines.append("event: " + ev["event"])
+            lines.append("event: " + str(ev["event"]))
         if "id" in ev:
             lines.append("id: " + str(ev["id"]))
         if "retry" in ev:
@@ -174,40 +201,71 @@ def sse_body(spec, request_json):
         if "json" in ev:
             lines.append("data: " + compact(apply_templates(ev["json"], request_json)))
         elif "data" in ev:
-            for line in fill_template(ev["data"], request_json).split("\n"):
+            for line in fill_template(str(ev["data"]), request_json).split("\n"):
                 lines.append("data: " + line)
         text = eol.join(lines) + eol + eol
-        out.append((float(ev.get("delay", 0)), text.encode()))
+        out.append((float(ev.get("delay") or 0), to_bytes(text)))
     if spec.get("done"):
         out.append((0, ("data: [DONE]" + eol + eol).encode()))
     return out
 
 
+def process_alive(pid):
+    """kill(pid, 0) alone is not enough: an orphan nobody reaps stays a zombie."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+class Cut(Exception):
+    """The spec asked to drop the connection here."""
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "luachat-testserver/1"
+    server_version = "luachat-testserver/2"
 
     def log_message(self, *args):  # quiet: the request log is the record
         pass
 
     def setup(self):
         super().setup()
+        # small writes must leave at once, so write_size really splits events across reads
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with STATE.lock:
             STATE.connections += 1
 
+    def __getattr__(self, name):
+        # any method at all (OPTIONS, PROPFIND, ...) is served like GET and POST
+        if name.startswith("do_"):
+            return self.handle_any
+        raise AttributeError(name)
+
     def read_body(self):
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            data = b""
+        """The whole request body: Content-Length or chunked (trailers skipped)."""
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            data = []
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline(65537)
+                if not line:
+                    break
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                data.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(data)
         n = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(n) if n else b""
+        return self.rfile.read(n) if n > 0 else b""
 
     def handle_any(self):
         body = self.read_body()
@@ -218,21 +276,39 @@ class Handler(BaseHTTPRequestHandler):
             request_json = json.loads(body) if body else None
         except ValueError:
             request_json = None
+        headers = {}
+        for k, v in self.headers.items():
+            k = k.lower()
+            headers[k] = headers[k] + ", " + v if k in headers else v
         with STATE.lock:
             STATE.counter += 1
             rid = STATE.counter
             STATE.requests.append({
-                "method": self.command, "path": path, "query": query,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "method": self.command, "path": path, "query": query, "headers": headers,
                 "body": body.decode("utf-8", "replace"), "time": time.monotonic(),
             })
-        spec = STATE.next_response()
-        self.respond(spec, rid, request_json)
+        self.respond(STATE.next_response(), rid, request_json)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = handle_any
+    do_GET = do_POST = handle_any
+
+    def send_simple(self, status, value):
+        data = compact(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def control(self, path, body):
-        arg = json.loads(body) if body else None
+        try:
+            arg = json.loads(body.decode("utf-8", "surrogateescape")) if body else None
+        except ValueError as e:
+            return self.send_simple(400, {"error": {"message": "control body is not JSON: %s" % e}})
+        if path in ("/_control/script", "/_control/append") and not (
+                isinstance(arg, dict) and isinstance(arg.get("responses", []), list)):
+            return self.send_simple(400, {"error": {"message": path + " wants {\"responses\": [R, ...]}"}})
+        if path == "/_control/default" and not (arg is None or isinstance(arg, dict)):
+            return self.send_simple(400, {"error": {"message": "/_control/default wants R or null"}})
         out = {"ok": True}
         with STATE.lock:
             if path == "/_control/script":
@@ -240,7 +316,7 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/_control/append":
                 STATE.queue.extend(arg.get("responses", []))
             elif path == "/_control/default":
-                STATE.default = arg if arg else DEFAULT_RESPONSE
+                STATE.default = DEFAULT_RESPONSE if arg is None else arg
             elif path == "/_control/reset":
                 STATE.queue, STATE.default, STATE.requests = [], DEFAULT_RESPONSE, []
             elif path == "/_control/requests":
@@ -250,8 +326,10 @@ class Handler(BaseHTTPRequestHandler):
                 out = {"cpu_seconds": ru.ru_utime + ru.ru_stime, "requests": STATE.counter,
                        "connections": STATE.connections, "max_rss_kb": ru.ru_maxrss}
             else:
-                out = {"error": {"message": "unknown control path " + path}}
-        data = compact(out).encode()
+                out = None
+            data = compact(out).encode() if out is not None else None
+        if data is None:
+            return self.send_simple(404, {"error": {"message": "unknown control path " + path}})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -259,71 +337,96 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def respond(self, spec, rid, request_json):
+        """Serve one response spec; a broken spec becomes a 500 naming the problem."""
+        writer = Writer(self, spec)
+        try:
+            self.respond_spec(writer, spec, rid, request_json)
+        except (Cut, OSError):
+            raise
+        except Exception as e:  # a bad spec from a test: say so rather than hang up
+            if writer.written or writer.buffered:
+                raise
+            self.send_simple(500, {"error": {"message": "testserver: bad response spec: %r" % e,
+                                             "type": "testserver_error"}})
+
+    def respond_spec(self, writer, spec, rid, request_json):
         if spec.get("delay"):
             time.sleep(float(spec["delay"]))
-        writer = Writer(self, spec)
         if "raw" in spec:
-            writer.write(spec["raw"].encode("latin-1"))
-            writer.finish(close=True)
+            writer.body_start()  # raw is all "body": write_size/drip shape it too
+            writer.write(to_bytes(spec["raw"]))
+            writer.finish(close=True)  # its framing is unknown: only closing ends it
             return
         status = int(spec.get("status", 200))
-        headers = {"x-request-id": "req_%d" % rid}
-        pieces = None
         chunked = False
+        closing = bool(spec.get("close_connection"))
+        pieces = None
+        framed = None
+        extra = {}
         if "generate" in spec:
-            body, content_bytes = generate_stream(spec["generate"])
-            headers["x-luachat-content-bytes"] = str(content_bytes)
-            headers["x-luachat-chunks"] = str(spec["generate"].get("chunks", 1000))
+            gen = spec["generate"]
+            body, framed_body, content_bytes = generate_stream(gen)
+            extra["x-luachat-content-bytes"] = str(content_bytes)
+            extra["x-luachat-chunks"] = str(int(gen.get("chunks", 1000)))
             ctype = "text/event-stream"
+            chunked = spec.get("chunked", True) is not False
+            if chunked:
+                framed = framed_body  # pre-framed: sent as is
             pieces = [(0, body)]
-            chunked = spec.get("chunked", True)
         elif "sse" in spec:
             ctype = "text/event-stream"
             pieces = sse_body(spec, request_json)
-            chunked = spec.get("chunked", True)
+            chunked = spec.get("chunked", True) is not False
         elif "json" in spec:
             ctype = "application/json"
             pieces = [(0, compact(apply_templates(spec["json"], request_json)).encode())]
         else:
             ctype = "text/plain"
-            pieces = [(0, fill_template(spec.get("body", ""), request_json).encode("utf-8"))]
-        headers["Content-Type"] = spec.get("content_type", ctype)
+            pieces = [(0, to_bytes(fill_template(str(spec.get("body", "")), request_json)))]
+        # header names are case-insensitive: the spec's own replace ours
+        headers = {"x-request-id": ("x-request-id", "req_%d" % rid),
+                   "content-type": ("Content-Type", spec.get("content_type", ctype))}
+        for k, v in extra.items():
+            headers[k] = (k, v)
         for k, v in (spec.get("headers") or {}).items():
-            headers[k] = str(v)
-        close = bool(spec.get("close_connection"))
+            headers[k.lower()] = (k, str(v))
+        close_delimited = ("sse" in spec or "generate" in spec) and not chunked
         head = ["HTTP/1.1 %d %s" % (status, self.responses.get(status, ("Status",))[0])]
-        for k, v in headers.items():
-            head.append("%s: %s" % (k, v))
+        head.extend("%s: %s" % kv for kv in headers.values())
         head.append("Date: " + self.date_time_string())
         if chunked:
             head.append("Transfer-Encoding: chunked")
-        elif "sse" in spec or "generate" in spec:
-            close = True  # no length: the end of the body is the end of the connection
+        elif close_delimited:
+            head.append("Connection: close")  # no length: the end of the body is the end of the connection
         else:
             head.append("Content-Length: %d" % sum(len(p) for _, p in pieces))
-        if close:
-            head.append("Connection: close")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        # close_connection deliberately sends no "Connection: close": the response looks keep-alive
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         writer.body_start()
-        for delay, data in pieces:
-            if delay:
-                writer.flush()
-                time.sleep(delay)
-            if chunked and data:
-                writer.write(b"%x\r\n" % len(data) + data + b"\r\n")
-            else:
-                writer.write(data)
-        if chunked:
-            writer.write(b"0\r\n\r\n")
-        writer.finish(close=close)
-
-
-class Cut(Exception):
-    """The spec asked to drop the connection here."""
+        if self.command == "HEAD":
+            writer.finish(close=closing or close_delimited)  # a HEAD response has no body
+            return
+        if framed is not None:
+            writer.write(framed)
+        else:
+            for delay, data in pieces:
+                if delay:
+                    writer.flush()
+                    time.sleep(delay)
+                if chunked and data:
+                    writer.write(b"%x\r\n" % len(data))
+                    writer.write(data)
+                    writer.write(b"\r\n")
+                else:
+                    writer.write(data)
+            if chunked:
+                writer.write(b"0\r\n\r\n")
+        writer.finish(close=closing or close_delimited)
 
 
 class Writer:
-    """Writes a response shaped by the spec: piece sizes, drips, stalls, cuts."""
+    """Writes one response shaped by its spec: body piece sizes, drips, stalls, cuts.
+    Byte marks (close_after, stall_after) count the whole response from the status line."""
 
     def __init__(self, handler, spec):
         self.h = handler
@@ -341,6 +444,8 @@ class Writer:
         self.buffered = 0
 
     def body_start(self):
+        if self.size or self.drip:
+            self.flush()  # the head goes out whole; only the body is shaped
         self.body_at = self.written + self.buffered
 
     def limit(self):
@@ -352,9 +457,12 @@ class Writer:
         if self.close_after_body is not None and self.body_at is not None:
             marks.append(self.body_at + int(self.close_after_body))
         if self.stall_after is not None and not self.stalled:
-            marks.append(int(self.stall_after))  # counted from the status line, like close_after
+            marks.append(int(self.stall_after))
         marks = [m - total for m in marks if m >= total]
         return min(marks) if marks else None
+
+    def shaped(self):
+        return self.body_at is not None and (self.size or self.drip)
 
     def write(self, data):
         while data:
@@ -364,17 +472,18 @@ class Writer:
                 continue
             take = data if room is None else data[:room]
             data = data[len(take):]
-            if self.size or self.drip:
+            if self.shaped():
+                # the body is one byte stream cut every `size` bytes, chunk framing included
+                self.buf.append(take)
+                self.buffered += len(take)
+                self.flush(whole_only=True)
+            elif len(take) >= BIG_WRITE:
                 self.flush()
-                step = 1 if self.drip else self.size
-                for i in range(0, len(take), step):
-                    self.send(take[i:i + step])
-                    if self.drip:
-                        time.sleep(self.drip)
+                self.send(take)  # big bodies: no copy into the buffer
             else:
                 self.buf.append(take)
                 self.buffered += len(take)
-                if self.buffered >= 65536:
+                if self.buffered >= BIG_WRITE:
                     self.flush()
             if self.limit() == 0:
                 self.hit_mark()
@@ -399,11 +508,24 @@ class Writer:
         self.sock.sendall(data)
         self.written += len(data)
 
-    def flush(self):
-        if self.buf:
-            data = b"".join(self.buf)
-            self.buf, self.buffered = [], 0
+    def flush(self, whole_only=False):
+        """Send what is buffered; when shaping, in pieces of write_size (or single
+        bytes for drip), keeping a short tail back if whole_only."""
+        if not self.buf:
+            return
+        data = b"".join(self.buf)
+        self.buf, self.buffered = [], 0
+        if not self.shaped():
             self.send(data)
+            return
+        step = 1 if self.drip else self.size
+        end = len(data) - (len(data) % step if whole_only else 0)
+        for i in range(0, end, step):
+            self.send(data[i:i + step])
+            if self.drip:
+                time.sleep(self.drip)
+        if end < len(data):
+            self.buf, self.buffered = [data[end:]], len(data) - end
 
     def finish(self, close=False):
         self.flush()
@@ -417,8 +539,8 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 1024  # the default 5 would drop bursts of connections (SYN retries)
 
     def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], (Cut, BrokenPipeError, ConnectionResetError)):
-            return
+        if isinstance(sys.exc_info()[1], (Cut, ConnectionError, TimeoutError)):
+            return  # a cut asked for, or a client that went away: not news
         super().handle_error(request, client_address)
 
 
@@ -430,17 +552,17 @@ def main():
     ap.add_argument("--max-lifetime", type=float, default=3600)
     args = ap.parse_args()
 
-    server = Server(("127.0.0.1", args.port), Handler)
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(server.server_address[1]))
-    os.replace(tmp, args.port_file)
-
     def stop(*_):
-        os._exit(0)
+        os._exit(0)  # daemon threads may be mid-sleep: do not wait for them
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+    server = Server(("127.0.0.1", args.port), Handler)  # bound and listening from here
+    tmp = "%s.tmp.%d" % (args.port_file, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(str(server.server_address[1]))
+    os.replace(tmp, args.port_file)  # readers see no file or the whole number
 
     def watchdog():
         started = time.monotonic()
@@ -448,11 +570,8 @@ def main():
             time.sleep(0.5)
             if time.monotonic() - started > args.max_lifetime:
                 os._exit(0)
-            if args.parent_pid:
-                try:
-                    os.kill(args.parent_pid, 0)
-                except OSError:
-                    os._exit(0)
+            if args.parent_pid and not process_alive(args.parent_pid):
+                os._exit(0)
 
     threading.Thread(target=watchdog, daemon=True).start()
     server.serve_forever(poll_interval=0.2)
