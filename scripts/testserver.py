@@ -118,6 +118,8 @@ WORDS = ["The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ",
 def render_generate(params):
     """Build a realistic stream of N chat.completion.chunk events: returns (sse_bytes, content_bytes)."""
     kind = params.get("kind", "text")
+    if kind == "line":  # one huge `data:` line with no end: for event-size limits
+        return b"data: " + b"x" * int(params.get("bytes", 1 << 20)), 0
     n = int(params.get("chunks", 1000))
     model = str(params.get("model", "bench"))
     usage = params.get("usage", True)
@@ -438,6 +440,7 @@ class Writer:
         self.close_after = spec.get("close_after")
         self.close_after_body = spec.get("close_after_body")
         self.stall_after = spec.get("stall_after")
+        self.stall_after_body = spec.get("stall_after_body")
         self.stall = float(spec.get("stall") or 0)
         self.stalled = False
         self.buf = []
@@ -458,6 +461,8 @@ class Writer:
             marks.append(self.body_at + int(self.close_after_body))
         if self.stall_after is not None and not self.stalled:
             marks.append(int(self.stall_after))
+        if self.stall_after_body is not None and self.body_at is not None and not self.stalled:
+            marks.append(self.body_at + int(self.stall_after_body))
         marks = [m - total for m in marks if m >= total]
         return min(marks) if marks else None
 

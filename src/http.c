@@ -35,6 +35,7 @@ struct http_transfer {
 	int is_sse;
 	int is_error_body;                /* non-2xx: keep the first bytes only */
 	int paused;                       /* we returned CURL_WRITEFUNC_PAUSE */
+	int headers_done;                 /* the blank line ending the last header section arrived */
 	int in_ready;
 	size_t max_body;
 	long idle_timeout_ms;
@@ -231,6 +232,11 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 		r->request_id[0] = r->content_type[0] = r->retry_after[0] = '\0';
 		r->retry_after_ms[0] = r->should_retry[0] = '\0';
 		t->decided = 0;
+		t->headers_done = 0;
+		return n;
+	}
+	if ((n == 2 && line[0] == '\r' && line[1] == '\n') || (n == 1 && line[0] == '\n')) {
+		t->headers_done = 1;
 		return n;
 	}
 	if (header_is(line, n, "x-request-id", &v, &vl) ||
@@ -455,6 +461,10 @@ static void finish(struct http_transfer *t, CURLcode code, enum http_failure for
 		/* errbuf names host and port but never headers, so no key can leak here. */
 		snprintf(r->message, sizeof r->message, "%.100s%s%.150s", curl_easy_strerror(code),
 		         t->errbuf[0] ? ": " : "", t->errbuf);
+	} else if (!t->headers_done && r->status != 0) {
+		/* curl ends a response cut inside its headers as if it were complete. */
+		r->failure = HTTP_FAIL_NETWORK;
+		snprintf(r->message, sizeof r->message, "connection closed inside the response headers");
 	} else {
 		r->failure = HTTP_OK;
 		if (t->is_sse && sse_finish(&t->sse, queue_event, t) != SSE_OK) {
