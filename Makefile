@@ -131,6 +131,10 @@ asan: deps
 	  LUACHAT_HOST=build-asan/bin/luachat LUACHAT_SKIP_STOCK_LUA=1 \
 	  scripts/run-tests.sh build-asan
 
+# libFuzzer targets (clang), FUZZ_SECONDS each (default 60).
+fuzz:
+	@scripts/fuzz.sh
+
 valgrind: all
 	@scripts/valgrind.sh $(BUILD)
 

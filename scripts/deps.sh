@@ -7,7 +7,7 @@
 set -eu
 
 packages="lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted pkg-config \
-make gcc libreadline-dev python3 curl"
+make gcc libreadline-dev python3 curl openssl"
 if [ "${1:-}" = "--bench" ]; then
 	packages="$packages time"
 	# node may come from elsewhere (nodesource bundles npm): ask for the commands, not the packages.

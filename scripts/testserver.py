@@ -555,6 +555,8 @@ def main():
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--parent-pid", type=int)
     ap.add_argument("--max-lifetime", type=float, default=3600)
+    ap.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
 
     def stop(*_):
@@ -564,6 +566,12 @@ def main():
     signal.signal(signal.SIGINT, stop)
 
     server = Server(("127.0.0.1", args.port), Handler)  # bound and listening from here
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        # The handshake happens on accept; a client that rejects the certificate just goes away.
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     tmp = "%s.tmp.%d" % (args.port_file, os.getpid())
     with open(tmp, "w") as f:
         f.write(str(server.server_address[1]))

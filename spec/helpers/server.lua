@@ -77,9 +77,15 @@ end
 
 -- Spawn the server in the background and wait (<= 10 s) for its port file.
 -- opts (optional): { args = "extra command-line arguments", parent_pid = pid to
--- watch instead of this process }.
+-- watch instead of this process, tls = { cert = path, key = path } for HTTPS }.
 function M.start(opts)
   opts = opts or {}
+  local scheme = "http"
+  if opts.tls then
+    scheme = "https"
+    opts.args = string.format("%s --tls-cert %s --tls-key %s", opts.args or "", shell_quote(opts.tls.cert),
+      shell_quote(opts.tls.key))
+  end
   local dir = os.tmpname()
   os.remove(dir)
   assert(os.execute("mkdir -p " .. shell_quote(dir)), "cannot create a temp directory")
@@ -110,7 +116,7 @@ function M.start(opts)
     error("test server did not start (" .. why .. "): " .. (text ~= "" and text or "no output"), 2)
   end
   return setmetatable({ pid = pid, port = port, dir = dir, log = log,
-    url = "http://127.0.0.1:" .. port, base_url = "http://127.0.0.1:" .. port .. "/v1" }, Server)
+    url = scheme .. "://127.0.0.1:" .. port, base_url = scheme .. "://127.0.0.1:" .. port .. "/v1" }, Server)
 end
 
 -- cjson 2.1.0 sends every empty table as {}: tables marked as arrays (a
@@ -143,7 +149,8 @@ function Server:control(path, value)
     f:write(value == cjson.null and "null" or encode(value))
     f:close()
   end
-  local p = io.popen(string.format("curl -sS --max-time 30 %s %s 2>&1", data, shell_quote(self.url .. path)))
+  -- -k: the control channel of a TLS test server uses its throwaway certificate
+  local p = io.popen(string.format("curl -sSk --max-time 30 %s %s 2>&1", data, shell_quote(self.url .. path)))
   local out = p:read("a")
   p:close()
   local ok, doc = pcall(cjson.decode, out)
