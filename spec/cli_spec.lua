@@ -5,23 +5,11 @@ package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 
 local profiles = require "luachat.profiles"
 
-local HOST = os.getenv("LUACHAT_HOST") or "./luachat"
-
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local proc = require "spec.helpers.proc"
+local HOST, shell_quote, spit = proc.host, proc.shell_quote, proc.write_file
 
 local function slurp(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function spit(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
+  return assert(proc.read_file(p), "cannot read " .. p)
 end
 
 local function tmpdir()

@@ -10,33 +10,8 @@ if not have_server then have_server, server = pcall(dofile, "spec/helpers/server
 local PREFIX = "/usr/local"
 local LUA_VER = "5.4"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function spit(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
--- Run a shell command line (stdin /dev/null); returns stdout, stderr, exit code.
-local function run(cmdline)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, code = os.execute(string.format("( %s ) </dev/null >%s 2>%s", cmdline, out, err))
-  local o, e = slurp(out), slurp(err)
-  os.remove(out)
-  os.remove(err)
-  return o, e, code
-end
+local proc = require "spec.helpers.proc"
+local q, slurp, spit, run = proc.shell_quote, proc.read_file, proc.write_file, proc.run
 
 local function have(tool)
   local _, _, code = run("command -v " .. tool)

@@ -3,25 +3,13 @@
 local server = require "spec.helpers.server"
 local json = require "luachat.json"
 
-local HOST = os.getenv("LUACHAT_HOST") or "./luachat"
-
-local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function slurp(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  os.remove(path)
-  return s
-end
+local proc = require "spec.helpers.proc"
+local shell_quote = proc.shell_quote
 
 -- Run an example; returns stdout, stderr, exit code.
 local function run_example(srv, args)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, code = os.execute(string.format(
-    "OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-example LUACHAT_MODEL=m %s %s >%s 2>%s </dev/null",
-    srv.base_url, HOST, args, out, err))
-  return slurp(out), slurp(err), code
+  return proc.run(string.format("OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-example LUACHAT_MODEL=m %s %s",
+    srv.base_url, proc.host, args))
 end
 
 local function chunk(delta, finish)

@@ -1,37 +1,12 @@
 -- The luachat host binary, run as a user would: arguments, exit codes,
 -- stdin scripts, error output, SIGINT, the library search path.
-local HOST = os.getenv("LUACHAT_HOST") or "./luachat"
+local proc = require "spec.helpers.proc"
+local HOST, shell_quote, run = proc.host, proc.shell_quote, proc.run
 
 local function abspath(p)
   if p:sub(1, 1) == "/" then return p end
   local pwd = os.getenv("PWD") or io.popen("pwd"):read("l")
   return pwd .. "/" .. p:gsub("^%./", "")
-end
-
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- Run a shell command line; return stdout, stderr, exit code.
-local function run(cmdline, stdin)
-  local out, err = os.tmpname(), os.tmpname()
-  local input = "/dev/null"
-  if stdin then
-    input = os.tmpname()
-    local f = assert(io.open(input, "w"))
-    f:write(stdin)
-    f:close()
-  end
-  local _, _, code = os.execute(string.format("(%s) <%s >%s 2>%s", cmdline, input, out, err))
-  local function slurp(p)
-    local f = assert(io.open(p))
-    local s = f:read("a")
-    f:close()
-    os.remove(p)
-    return s
-  end
-  if stdin then os.remove(input) end
-  return slurp(out), slurp(err), code
 end
 
 local function host(args, stdin)

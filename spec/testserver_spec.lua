@@ -5,23 +5,8 @@
 local cjson = require "cjson"
 local server = require "spec.helpers.server"
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local proc = require "spec.helpers.proc"
+local shell_quote, read_file, write_file = proc.shell_quote, proc.read_file, proc.write_file
 
 local function sleep(s) os.execute("sleep " .. s) end
 

@@ -19,17 +19,8 @@ local M = {}
 local Server = {}
 Server.__index = Server
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local proc = require "spec.helpers.proc"
+local shell_quote, read_file = proc.shell_quote, proc.read_file
 
 local function sleep(s)
   os.execute("sleep " .. s)

@@ -1,0 +1,44 @@
+-- spec/helpers/proc.lua: files and subprocesses for the specs (plain Lua 5.4,
+-- no luachat: a bug under test cannot hide in the harness).
+local M = {}
+
+-- The luachat binary under test (make asan points this at the ASan build).
+M.host = os.getenv("LUACHAT_HOST") or "./luachat"
+
+function M.shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- The file's bytes, or nil when it cannot be read.
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function M.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Run a shell command line (stdin: the given text, else /dev/null).
+-- Returns stdout, stderr and the exit code.
+function M.run(cmdline, stdin)
+  local out, err = os.tmpname(), os.tmpname()
+  local input = "/dev/null"
+  if stdin then
+    input = os.tmpname()
+    M.write_file(input, stdin)
+  end
+  local _, _, code = os.execute(string.format("( %s ) <%s >%s 2>%s", cmdline, input, out, err))
+  local o, e = M.read_file(out) or "", M.read_file(err) or ""
+  os.remove(out)
+  os.remove(err)
+  if stdin then os.remove(input) end
+  return o, e, code
+end
+
+return M
