@@ -1,0 +1,50 @@
+-- accumulate.lua: the Lua half of the accumulation fuzzer (spec/c/fuzz_accumulate.c).
+-- Returns check(events): decode each SSE data string, feed the accumulator,
+-- and raise "invariant: ..." when a property that must hold does not.
+local json = require "luachat.json"
+local stream = require "luachat.stream"
+
+return function(events)
+  local acc = stream.accumulator()
+  local text = {}
+  for _, data in ipairs(events) do
+    local chunk = json.decode(data)
+    if type(chunk) == "table" then
+      local before = acc:result()
+      local err = acc:add(chunk)
+      if err then
+        -- an error chunk must leave what was accumulated untouched
+        if acc:result() ~= before then error("invariant: an error chunk changed the result") end
+        if type(err.message) ~= "string" or err.message == "" or err.message:find("\n") then
+          error("invariant: error message must be one non-empty line")
+        end
+      elseif type(chunk.choices) == "table" then
+        for _, c in ipairs(chunk.choices) do
+          if type(c) == "table" then
+            local idx = type(c.index) == "number" and c.index or 0
+            local d = type(c.delta) == "table" and c.delta or (type(c.message) == "table" and c.message) or nil
+            if idx == 0 and d and type(d.content) == "string" then text[#text + 1] = d.content end
+          end
+        end
+      end
+    end
+  end
+  local final = acc:result()
+  if type(final) ~= "table" or final.object ~= "chat.completion" then error("invariant: final shape") end
+  local expected = table.concat(text)
+  for _, c in ipairs(final.choices) do
+    if c.index == 0 then
+      local got = c.message.content
+      if got == json.null then got = "" end
+      if got ~= expected then error("invariant: content is not the concatenation of the deltas") end
+      for _, call in ipairs(c.message.tool_calls or {}) do
+        if type(call["function"].arguments) ~= "string" then error("invariant: arguments must be a string") end
+      end
+    end
+  end
+  -- the final must always be sendable back as JSON, and read back the same
+  local ok, text_json = pcall(json.encode, final, { sort_keys = true })
+  if not ok then error("invariant: final cannot be encoded: " .. tostring(text_json)) end
+  local back = json.decode(text_json)
+  if json.encode(back, { sort_keys = true }) ~= text_json then error("invariant: final does not round-trip") end
+end
