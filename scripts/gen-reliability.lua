@@ -24,6 +24,6 @@ for _, line in ipairs {
   "- a Lua error in a stream callback propagates with its traceback and leaves no transfer; a tool handler that raises becomes a tool message; a task's error is returned by `wait` (`spec/stream_spec.lua`, `spec/agent_spec.lua`, `spec/client_spec.lua`);",
   "- every SSE case at every byte split and one byte at a time, and a 100 MB line without a newline (`spec/c/test_sse.c`); a libFuzzer target for the parser (`spec/c/fuzz_sse.c`);",
   "- TLS verification on by default (a self-signed local HTTPS server is refused with a hint to pass `ca_file`; `ca_file` works), redirects never followed so the key never reaches another host, and the key absent from stdout and stderr with `LUACHAT_LOG=debug`, in errors and in tracebacks (`spec/security_spec.lua`);",
-  "- the whole suite under AddressSanitizer and UBSan (`make asan`, run by CI); the C tests and the client, streaming and agent specs under valgrind with no errors or definite leaks (`make valgrind`); the SSE parser under libFuzzer (`make fuzz`).",
+  "- the whole suite under AddressSanitizer and UBSan (`make asan`, run by CI); the C tests and the client, streaming and agent specs under valgrind with no errors or definite leaks (`make valgrind`); libFuzzer on the SSE parser and on stream accumulation, bytes through the parser, JSON and the Lua accumulator with its invariants checked (`make fuzz`).",
 } do out[#out + 1] = line end
 io.write(table.concat(out, "\n"), "\n")
