@@ -81,6 +81,15 @@ describe("luachat.json", function()
     assert.is_nil(v)
   end)
 
+  it("numbers beyond the double range are an error, not inf (found by fuzzing)", function()
+    for _, text in ipairs { '{"created":1e999}', '[1,[2,-1e400]]', "1e999" } do
+      local v, err = json.decode(text)
+      assert.is_nil(v, text)
+      assert.equal("invalid JSON: a number is out of range (beyond 1.8e308)", err)
+    end
+    assert.equal(1e308, json.decode("1e308"))
+  end)
+
   it("100,000-deep nesting is an error, not a crash", function()
     local v, err = json.decode(string.rep("[", 100000) .. string.rep("]", 100000))
     assert.is_nil(v)

@@ -113,13 +113,14 @@ static int is_marker(lua_State *L, int idx)
 
 /*
  * Walk a decoded table: integral floats become integers, marked empty
- * arrays become empty tables with the array metatable. Stack-neutral.
+ * arrays become empty tables with the array metatable. Returns 0, or -1 when
+ * a number overflowed to inf (`1e999`): nothing could send it back. Stack-neutral.
  */
-static void fix_up(lua_State *L, int t, int marked, int depth)
+static int fix_up(lua_State *L, int t, int marked, int depth)
 {
 	t = lua_absindex(L, t);
 	if (depth > JSON_MAX_DEPTH + 8)
-		return; /* cjson refused deeper input already */
+		return 0; /* cjson refused deeper input already */
 	luaL_checkstack(L, 4, "JSON too deeply nested");
 	if (marked && lua_rawlen(L, t) == 1) {
 		lua_rawgeti(L, t, 1);
@@ -129,7 +130,7 @@ static void fix_up(lua_State *L, int t, int marked, int depth)
 			lua_rawseti(L, t, 1);
 			lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
 			lua_setmetatable(L, t);
-			return;
+			return 0;
 		}
 		lua_pop(L, 1);
 	}
@@ -142,12 +143,17 @@ static void fix_up(lua_State *L, int t, int marked, int depth)
 				lua_pushvalue(L, -2);
 				lua_pushinteger(L, (lua_Integer)v);
 				lua_rawset(L, t); /* assigning an existing field is allowed during lua_next */
+			} else if (isinf(v)) {
+				lua_pop(L, 2);
+				return -1;
 			}
-		} else if (ty == LUA_TTABLE) {
-			fix_up(L, -1, marked, depth + 1);
+		} else if (ty == LUA_TTABLE && fix_up(L, -1, marked, depth + 1) != 0) {
+			lua_pop(L, 2);
+			return -1;
 		}
 		lua_pop(L, 1);
 	}
+	return 0;
 }
 
 /* json_decode(s) -> value | nil, "invalid JSON: ... at character N" */
@@ -175,15 +181,22 @@ static int l_json_decode(lua_State *L)
 		return 2;
 	}
 	if (lua_type(L, -1) == LUA_TTABLE) {
-		fix_up(L, -1, marked, 0);
+		if (fix_up(L, -1, marked, 0) != 0)
+			goto out_of_range;
 	} else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
 		lua_Number v = lua_tonumber(L, -1);
+		if (isinf(v))
+			goto out_of_range;
 		if (v == floor(v) && fabs(v) < 9007199254740992.0) {
 			lua_pop(L, 1);
 			lua_pushinteger(L, (lua_Integer)v);
 		}
 	}
 	return 1;
+out_of_range:
+	lua_pushnil(L);
+	lua_pushliteral(L, "invalid JSON: a number is out of range (beyond 1.8e308)");
+	return 2;
 }
 
 /* ---------------------------------------------------------------- encode */
