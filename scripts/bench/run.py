@@ -12,7 +12,7 @@ failure is an error), edits anything outside bench/RESULTS.md and build/,
 or lets the server outlive it (--parent-pid, and it is killed on exit).
 
 Environment: BENCH_RUNS=N (3), BENCH_QUICK=1 (small sizes, 1 run, writes
-build/bench-quick.md instead), BENCH_ONLY=w1,w3 (a subset),
+build/bench-quick.md instead), BENCH_ONLY=w1,w3 (a subset, written to build/bench-subset.md),
 BENCH_PROFILE=0|1 (never / always run the callgrind profile; default: when a
 target is missed), BENCH_OUT=path.
 """
@@ -36,7 +36,9 @@ QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 RUNS = int(os.environ.get("BENCH_RUNS", "1" if QUICK else "3"))
 ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
 PROFILE = os.environ.get("BENCH_PROFILE", "")
-OUT = os.environ.get("BENCH_OUT") or os.path.join(ROOT, "build/bench-quick.md" if QUICK else "bench/RESULTS.md")
+# Only a full run may replace bench/RESULTS.md (the README quotes it); quick and subset runs go to build/.
+OUT = os.environ.get("BENCH_OUT") or os.path.join(
+    ROOT, "build/bench-quick.md" if QUICK else "build/bench-subset.md" if ONLY else "bench/RESULTS.md")
 
 # Sizes: full, quick.
 SIZES = {
