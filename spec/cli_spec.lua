@@ -6,18 +6,7 @@ package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 local profiles = require "luachat.profiles"
 
 local proc = require "spec.helpers.proc"
-local HOST, shell_quote, spit = proc.host, proc.shell_quote, proc.write_file
-
-local function slurp(p)
-  return assert(proc.read_file(p), "cannot read " .. p)
-end
-
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p " .. shell_quote(p)))
-  return p
-end
+local HOST, shell_quote, spit, tmpdir = proc.host, proc.shell_quote, proc.write_file, proc.tmpdir
 
 describe("luachat.profiles.resolve", function()
   local resolve = profiles.resolve
@@ -309,13 +298,7 @@ describe("luachat -p (subprocess)", function()
     for _, k in ipairs(names) do
       if vars[k] ~= false then parts[#parts + 1] = k .. "=" .. shell_quote(vars[k]) end
     end
-    local out, err, input = os.tmpname(), os.tmpname(), os.tmpname()
-    spit(input, stdin or "")
-    local cmd = string.format("%s %s %s <%s >%s 2>%s", table.concat(parts, " "), HOST, args, input, out, err)
-    local _, _, code = os.execute(cmd)
-    local o, e = slurp(out), slurp(err)
-    os.remove(out) os.remove(err) os.remove(input)
-    return o, e, code
+    return proc.run(string.format("%s %s %s", table.concat(parts, " "), HOST, args), stdin or "")
   end
 
   it("streams the answer to stdout and sends the prompt with piped stdin", function()

@@ -4,11 +4,8 @@
 -- capture-pane with a bound; the session is always killed in teardown.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 
-local HOST = os.getenv("LUACHAT_HOST") or "./luachat"
-
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local proc = require "spec.helpers.proc"
+local HOST, shell_quote = proc.host, proc.shell_quote
 
 local function sh(cmd)
   local ok = os.execute(cmd)
@@ -94,10 +91,7 @@ describe("luachat -c in tmux", function()
 
   setup(function()
     srv = server.start()
-    local p = os.tmpname()
-    os.remove(p)
-    home = p
-    assert(sh("mkdir -p " .. shell_quote(home)))
+    home = proc.tmpdir()
     local cmd = string.format(
       "env HOME=%s XDG_CONFIG_HOME=%s XDG_STATE_HOME=%s OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-test " ..
       "LUACHAT_PROFILE= LUACHAT_MODEL= LUACHAT_BASE_URL= NO_COLOR=1 %s -c -m gpt-test; echo EXITED:$?; sleep 30",

@@ -66,7 +66,7 @@ describe("embedding", function()
   end
 
   setup(function()
-    tmp = assert(io.popen("mktemp -d")):read("l")
+    tmp = proc.tmpdir()
     dest = tmp .. "/dest"
     root = dest .. PREFIX
     os.execute("mkdir -p " .. q(tmp .. "/bin") .. " " .. q(tmp .. "/work"))

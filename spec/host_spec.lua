@@ -1,13 +1,7 @@
 -- The luachat host binary, run as a user would: arguments, exit codes,
 -- stdin scripts, error output, SIGINT, the library search path.
 local proc = require "spec.helpers.proc"
-local HOST, shell_quote, run = proc.host, proc.shell_quote, proc.run
-
-local function abspath(p)
-  if p:sub(1, 1) == "/" then return p end
-  local pwd = os.getenv("PWD") or io.popen("pwd"):read("l")
-  return pwd .. "/" .. p:gsub("^%./", "")
-end
+local HOST, shell_quote, run, abspath = proc.host, proc.shell_quote, proc.run, proc.abspath
 
 local function host(args, stdin)
   return run(HOST .. " " .. args, stdin)

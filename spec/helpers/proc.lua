@@ -1,10 +1,13 @@
 -- spec/helpers/proc.lua: files and subprocesses for the specs (plain Lua 5.4,
--- no luachat: a bug under test cannot hide in the harness).
+-- no luachat: a bug under test cannot hide in the harness). One meaning per
+-- helper: read_file never deletes, run always cleans up its temp files,
+-- tmpdir always hands back a fresh empty directory or raises.
 local M = {}
 
 -- The luachat binary under test (make asan points this at the ASan build).
 M.host = os.getenv("LUACHAT_HOST") or "./luachat"
 
+-- s as one single-quoted sh word.
 function M.shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
@@ -18,6 +21,7 @@ function M.read_file(path)
   return s
 end
 
+-- Replace the file's content with data; raises when it cannot be written.
 function M.write_file(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
@@ -39,6 +43,27 @@ function M.run(cmdline, stdin)
   os.remove(err)
   if stdin then os.remove(input) end
   return o, e, code
+end
+
+-- A new empty directory (the caller removes it); raises when it cannot be made.
+function M.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p " .. M.shell_quote(p)), "cannot create a temp directory")
+  return p
+end
+
+-- p made absolute against the working directory (a leading "./" dropped),
+-- for commands that run after a `cd`.
+function M.abspath(p)
+  if p:sub(1, 1) == "/" then return p end
+  local pwd = os.getenv("PWD")
+  if not pwd then
+    local pipe = io.popen("pwd")
+    pwd = pipe:read("l")
+    pipe:close()
+  end
+  return pwd .. "/" .. p:gsub("^%./", "")
 end
 
 return M
