@@ -6,6 +6,14 @@
 -- model can act on, parallel calls as tasks, usage sums, save/load.
 -- Never: lets a handler, a callback or a model's output crash the run;
 -- re-serialises the model's tool calls (they are sent back as received).
+--
+-- Failure policy: whatever the model sends (bad JSON, unknown tool, arguments
+-- that fail the schema) and whatever a handler does (raises, returns nil, err,
+-- returns something JSON cannot hold) becomes a `tool` message starting with
+-- "error: " and the loop goes on. An error in a user callback (on_text,
+-- on_tool_call, on_tool_result) is the script's bug, not the model's: the run
+-- stops with nil, err (kind "callback", traceback in the message) and
+-- err.result holding the transcript so far.
 local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
@@ -71,6 +79,10 @@ function M.new(opts)
     argerror("agent", "field 'client' must be a luachat client")
   end
   if type(opts.model) ~= "string" or opts.model == "" then argerror("agent", "field 'model' must be a non-empty string") end
+  if opts.max_turns ~= nil and (math.type(opts.max_turns) ~= "integer" or opts.max_turns < 1) then
+    argerror("agent", "field 'max_turns' must be a positive integer")
+  end
+  if opts.request ~= nil and type(opts.request) ~= "table" then argerror("agent", "field 'request' must be a table") end
   for _, cb in ipairs { "on_text", "on_tool_call", "on_tool_result" } do
     if opts[cb] ~= nil and type(opts[cb]) ~= "function" then argerror("agent", "field '" .. cb .. "' must be a function") end
   end
@@ -106,19 +118,13 @@ local function add_usage(sum, u)
   end
 end
 
--- The messages as sent: reasoning text stays in the transcript but is not sent back
--- (DeepSeek, for one, rejects it in input messages).
+-- The messages as sent: every message exactly as in the transcript, extra provider
+-- fields included. Reasoning must go back with the tool calls it led to (DeepSeek's
+-- thinking mode answers 400 without it; Kimi likewise); providers that do not need it
+-- ignore it. A new array, so nothing the client does to the list touches the transcript.
 local function outgoing(messages)
   local out = json.array {}
-  for i, m in ipairs(messages) do
-    if type(m) == "table" and (m.reasoning_content ~= nil or m.reasoning ~= nil) then
-      local c = {}
-      for k, v in pairs(m) do c[k] = v end
-      c.reasoning_content, c.reasoning = nil, nil
-      m = c
-    end
-    out[i] = m
-  end
+  for i, m in ipairs(messages) do out[i] = m end
   return out
 end
 
@@ -179,7 +185,8 @@ local function result_string(value)
   if t == "string" then return value end
   if t == "nil" then return "" end
   if t == "table" then
-    local ok, s = pcall(json.encode, value)
+    -- Sorted keys: the same result gives the same bytes, so providers' prompt caches hit.
+    local ok, s = pcall(json.encode, value, { sort_keys = true })
     if ok then return s end
     return nil, "its result cannot be sent as JSON: " .. tostring(s)
   end
@@ -194,6 +201,7 @@ end
 
 -- Run one tool call; returns the tool message content, or nil, fatal_err (a callback failed).
 function Agent:run_call(call)
+  if type(call) ~= "table" then call = {} end -- junk in tool_calls: reported as an unknown tool
   local fn = type(call["function"]) == "table" and call["function"] or {}
   local info = { id = call.id, name = fn.name, arguments = fn.arguments }
   local content, err_text
@@ -258,10 +266,15 @@ function Agent:run_calls(calls)
   if self.parallel and #calls > 1 then
     local tasks = {}
     for i, call in ipairs(calls) do tasks[i] = sched.spawn(self.run_call, self, call) end
-    for i, task in ipairs(tasks) do
-      local content, err = task:wait()
-      if content == nil then return nil, err end
-      contents[i] = content
+    -- Wait for all of them even when one fails: no handler is left running after run returns.
+    local results = sched.gather(tasks)
+    for i, r in ipairs(results) do
+      if r[1] == nil then
+        local err = r[2]
+        if type(err) ~= "table" then err = error_of("callback", tostring(err)) end
+        return nil, err
+      end
+      contents[i] = r[1]
     end
   else
     for i, call in ipairs(calls) do
@@ -292,15 +305,19 @@ function Agent:run(input)
     error("bad argument #1 to 'run' (string or list of messages expected, got " .. type(input) .. ")", 2)
   end
   self.run_usage = { prompt_tokens = 0, completion_tokens = 0, total_tokens = 0 }
-  local turns = 0
+  local turns, last_finish = 0, nil
   while true do
     if turns >= self.max_turns then
       local err = error_of("max_turns", string.format("the model was still calling tools after %d turns", turns))
-      err.result = self:snapshot(turns)
+      err.result = self:snapshot(turns, nil, last_finish)
       return nil, err
     end
     local reply, err, partial = self:call_model(self:build_request())
     if not reply then
+      -- A client that breaks its contract (no error, or a string) still ends the run cleanly.
+      if type(err) ~= "table" then
+        err = error_of("api", err ~= nil and tostring(err) or "the client returned no reply and no error")
+      end
       local content
       local pm = partial and partial.choices and partial.choices[1] and partial.choices[1].message
       if pm and type(pm.content) == "string" then content = pm.content end
@@ -320,6 +337,7 @@ function Agent:run(input)
     end
     if msg.role == nil then msg.role = "assistant" end
     local finish = choice.finish_reason ~= null and choice.finish_reason or nil
+    last_finish = finish
     self.messages[#self.messages + 1] = msg
     local calls = msg.tool_calls
     -- Tool calls decide, whatever finish_reason says (some providers send "stop").
@@ -328,7 +346,10 @@ function Agent:run(input)
       return self:snapshot(turns, content, finish)
     end
     for i, call in ipairs(calls) do
-      if type(call) == "table" and (call.id == nil or call.id == null or call.id == "") then
+      if type(call) ~= "table" then
+        call = { id = string.format("call_%d_%d", turns, i) } -- junk entry: still answered, in order
+        calls[i] = call
+      elseif (call.id == nil or call.id == null or call.id == "") then
         call.id = string.format("call_%d_%d", turns, i) -- some servers omit ids; tool messages need one
       end
     end
@@ -363,9 +384,14 @@ function M.load(path, opts)
   local text = f:read("a")
   f:close()
   local data, derr = json.decode(text)
-  if type(data) ~= "table" or type(data.messages) ~= "table" then
+  if type(data) ~= "table" or type(data.messages) ~= "table"
+    or (next(data.messages) ~= nil and not json.is_array(data.messages)) then
     return nil, error_of("deserialise", string.format("%s is not a luachat transcript: %s", path,
-      derr or "no messages"))
+      derr or "no list of messages"))
+  end
+  if data.version ~= 1 then
+    return nil, error_of("deserialise", string.format("%s: unsupported transcript version %s", path,
+      tostring(data.version)))
   end
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end

@@ -28,7 +28,8 @@ local function json_type(v)
   if t == "string" or t == "boolean" then return t end
   if t == "number" then return math.type(v) == "integer" and "integer" or "number" end
   if t == "table" then
-    if is_array(v) and next(v) ~= nil then return "array" end
+    -- An unmarked empty table is both; call it an object. A marked [] is an array.
+    if getmetatable(v) == json.array_mt or (next(v) ~= nil and is_array(v)) then return "array" end
     return "object"
   end
   return t
@@ -40,7 +41,9 @@ local function matches_type(v, want)
   if want == "boolean" then return type(v) == "boolean" end
   if want == "number" then return type(v) == "number" end
   if want == "integer" then
-    return math.type(v) == "integer" or (type(v) == "number" and v == math.floor(v) and v == v)
+    -- 2.0 counts (JSON has one number type); inf and NaN do not.
+    return math.type(v) == "integer"
+      or (type(v) == "number" and v == math.floor(v) and v - v == 0)
   end
   if want == "array" then return is_array(v) end
   if want == "object" then return is_object(v) end
