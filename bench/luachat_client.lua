@@ -4,11 +4,15 @@
 -- pull form (client:open_stream + s:chunks()), counting what arrived and
 -- printing one JSON line {chunks=, content_bytes=, requests=, tool_calls=} for
 -- scripts/bench/run.py to check.
--- Never: times itself (the harness measures the whole process with wait4),
--- or skips decoding work a real caller would get (every chunk is a table).
+-- Consumes a stream as the README shows: luachat.delta_text(chunk) for the
+-- text as it arrives, the final message for tool calls (their arguments are
+-- counted there, so a lost fragment fails the check). FORM "tables" reads
+-- every chunk's fields instead (chunk.choices[1].delta...), which decodes each
+-- chunk into tables: the cost a script pays when it wants them.
+-- Never: times itself (the harness measures the whole process with wait4).
 --
 -- Usage: luachat bench/luachat_client.lua WORKLOAD FORM BASE_URL N [M]
---   stream_text|stream_tool  FORM=callback|pull  N ignored (the server decides)
+--   stream_text|stream_tool  FORM=callback|pull|tables  N ignored (the server decides)
 --   nonstream                FORM=callback       N requests in sequence
 --   concurrent               FORM=callback|pull  N streams at once
 --   agent                    FORM=callback       N runs of M turns each
@@ -31,8 +35,16 @@ local function fail(err)
   os.exit(1)
 end
 
--- Count one chunk: text deltas, or tool-call argument fragments.
+local delta_text = luachat.delta_text
+
+-- Count one chunk and its text, as a script printing the reply would.
 local function count(chunk)
+  chunks = chunks + 1
+  content_bytes = content_bytes + #delta_text(chunk)
+end
+
+-- Count one chunk from its decoded fields: text deltas, or tool-call argument fragments.
+local function count_fields(chunk)
   chunks = chunks + 1
   local choice = chunk.choices[1]
   if choice then
@@ -49,17 +61,26 @@ local function count(chunk)
   end
 end
 
+-- Tool-call arguments from the final message (fields form: counted per chunk instead).
+local function count_final(final)
+  if form == "tables" then return end
+  for _, call in ipairs(final.choices[1].message.tool_calls or {}) do
+    content_bytes = content_bytes + #call["function"].arguments
+  end
+end
+
 local function one_stream()
   requests = requests + 1
+  local final, err
   if form == "pull" then
     local s <close> = assert(client:open_stream(request))
     for chunk in s:chunks() do count(chunk) end
-    local final, err = s:result()
-    if err or not final then fail(err) end
+    final, err = s:result()
   else
-    local final, err = client:stream(request, count)
-    if err or not final then fail(err) end
+    final, err = client:stream(request, form == "tables" and count_fields or count)
   end
+  if err or not final then fail(err) end
+  count_final(final)
 end
 
 if workload == "stream_text" or workload == "stream_tool" then

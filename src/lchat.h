@@ -13,6 +13,7 @@
 #define LCHAT_ENGINE_MT "luachat.Engine"
 #define LCHAT_TRANSFER_MT "luachat.Transfer"
 #define LCHAT_ERROR_MT "luachat.Error"
+#define LCHAT_LAZY_CHUNK_MT "luachat.LazyChunk"
 
 /* Registry fields a host may set before opening the module (see main.c). */
 #define LCHAT_REG_INTERRUPT_FLAG "luachat.interrupt_flag" /* lightuserdata: volatile sig_atomic_t * */
@@ -29,10 +30,39 @@ struct lchat_engine {
 int lchat_take_interrupt(volatile sig_atomic_t *flag, int wakeup_fd);
 
 /* lchat_transfer.c */
+struct lchat_transfer {
+	struct http_transfer *t;  /* NULL when closed */
+	int ref;                  /* pin in the engine's pin table, LUA_NOREF if none */
+	size_t ev_off;            /* queued events before this offset were handed out */
+};
+
+/* One queued SSE event, pointing into the transfer's queue (valid until the next poll). */
+struct lchat_event {
+	const char *type; /* type_len 0: the default "message" */
+	size_t type_len;
+	const char *data;
+	size_t data_len;
+	size_t size;      /* of its record in the queue */
+};
+
+struct lchat_transfer *lchat_check_transfer(lua_State *L, int i);
+struct lchat_transfer *lchat_check_open_transfer(lua_State *L, int i);
+/* The next queued event of an open transfer: 1 and *ev, or 0 when none is queued. */
+int lchat_transfer_peek(struct lchat_transfer *lt, struct lchat_event *ev);
+/* Hand out the event just peeked; resumes a paused transfer once the queue is empty. */
+void lchat_transfer_pop(struct lchat_transfer *lt, const struct lchat_event *ev);
 void lchat_transfer_open(lua_State *L);
 int lchat_transfer_start(lua_State *L);
 /* Push the Lua object of a transfer the engine reported ready; unpins it when done. */
 void lchat_transfer_push_ready(lua_State *L, int engine_idx, struct http_transfer *t);
+
+/* lchat_chunks.c: the plain-chunk fast path (transfer methods) and lazy chunks. */
+extern const luaL_Reg lchat_chunk_methods[];
+/* Create the lazy chunk metatable (decode: index of json_decode) and set mod.delta_text. */
+void lchat_chunks_register(lua_State *L, int mod, int decode);
+/* Decode a lazy chunk in place (no-op for other tables). */
+void lchat_chunk_materialize(lua_State *L, int idx);
+int lchat_is_lazy_chunk(lua_State *L, int idx);
 
 /* lchat_err.c: the only place error tables are built. */
 void lchat_err_open(lua_State *L);

@@ -15,6 +15,7 @@
 
 #include <lauxlib.h>
 
+#include "lchat.h"
 #include "lchat_json.h"
 
 #define JSON_MAX_DEPTH 1000
@@ -482,6 +483,8 @@ static void encode_table(struct encoder *e, int t)
 	e->path[e->depth].key = NULL;
 	e->path[e->depth].index = 0;
 	e->depth++;
+	if (lchat_is_lazy_chunk(L, t))
+		lchat_chunk_materialize(L, t);
 	if (lua_getmetatable(L, t)) {
 		int array = lua_rawequal(L, -1, lua_upvalueindex(UV_ARRAY_MT));
 		int object = lua_rawequal(L, -1, lua_upvalueindex(UV_OBJECT_MT));
@@ -614,6 +617,7 @@ void lchat_json_register(lua_State *L)
 	lua_pushcclosure(L, l_json_encode, 3);
 	lua_setfield(L, mod, "json_encode");
 	lua_pushcclosure(L, l_json_decode, 3);
+	lchat_chunks_register(L, mod, -1);
 	lua_setfield(L, mod, "json_decode");
 	lua_pushlightuserdata(L, NULL);
 	lua_setfield(L, mod, "json_null");

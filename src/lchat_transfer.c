@@ -13,24 +13,19 @@
 
 #include "lchat.h"
 
-struct lchat_transfer {
-	struct http_transfer *t;  /* NULL when closed */
-	int ref;                  /* pin in the engine's pin table, LUA_NOREF if none */
-};
-
 /* User values of a transfer: 1 = the engine userdata. */
 #define UV_ENGINE 1
 /* User values of the engine: 1 = the pin table. */
 #define UV_PINS 1
 
-static struct lchat_transfer *check_transfer(lua_State *L, int i)
+struct lchat_transfer *lchat_check_transfer(lua_State *L, int i)
 {
 	return luaL_checkudata(L, i, LCHAT_TRANSFER_MT);
 }
 
-static struct lchat_transfer *check_open(lua_State *L, int i)
+struct lchat_transfer *lchat_check_open_transfer(lua_State *L, int i)
 {
-	struct lchat_transfer *lt = check_transfer(L, i);
+	struct lchat_transfer *lt = lchat_check_transfer(L, i);
 	if (lt->t == NULL)
 		luaL_error(L, "attempt to use a closed transfer");
 	return lt;
@@ -140,6 +135,7 @@ int lchat_transfer_start(lua_State *L)
 	lt = lua_newuserdatauv(L, sizeof *lt, 1);
 	lt->t = NULL;
 	lt->ref = LUA_NOREF;
+	lt->ev_off = 0;
 	luaL_setmetatable(L, LCHAT_TRANSFER_MT);
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_setiuservalue(L, -2, UV_ENGINE);
@@ -170,48 +166,93 @@ void lchat_transfer_push_ready(lua_State *L, int engine_idx, struct http_transfe
 		unpin(L, -1, lt);
 }
 
-/* Push one event record as a string (message) or {event=, data=}; return its size. */
-static size_t push_event(lua_State *L, const char *p)
+int lchat_transfer_peek(struct lchat_transfer *lt, struct lchat_event *ev)
 {
+	const struct buf *q = http_events(lt->t);
+	const char *p;
 	uint32_t tl, dl;
+	if (lt->ev_off >= q->len)
+		return 0;
+	p = q->data + lt->ev_off;
 	memcpy(&tl, p, 4);
 	memcpy(&dl, p + 4 + tl, 4);
-	if (tl == 0) {
-		lua_pushlstring(L, p + 8, dl);
+	ev->type = p + 4;
+	ev->type_len = tl;
+	ev->data = p + 8 + tl;
+	ev->data_len = dl;
+	ev->size = 8 + (size_t)tl + dl;
+	return 1;
+}
+
+void lchat_transfer_pop(struct lchat_transfer *lt, const struct lchat_event *ev)
+{
+	lt->ev_off += ev->size;
+	if (lt->ev_off >= http_events(lt->t)->len) {
+		lt->ev_off = 0;
+		http_events_consumed(lt->t);
+	}
+}
+
+/* Push one event as a string (message) or {event=, data=}. */
+static void push_event(lua_State *L, const struct lchat_event *ev)
+{
+	if (ev->type_len == 0) {
+		lua_pushlstring(L, ev->data, ev->data_len);
 	} else {
 		lua_createtable(L, 0, 2);
-		lua_pushlstring(L, p + 4, tl);
+		lua_pushlstring(L, ev->type, ev->type_len);
 		lua_setfield(L, -2, "event");
-		lua_pushlstring(L, p + 8 + tl, dl);
+		lua_pushlstring(L, ev->data, ev->data_len);
 		lua_setfield(L, -2, "data");
 	}
-	return 8 + (size_t)tl + dl;
 }
 
 /* t:take() -> list of events, or nil when none are queued. Resumes a paused transfer. */
 static int l_transfer_take(lua_State *L)
 {
-	struct lchat_transfer *lt = check_open(L, 1);
-	const struct buf *q = http_events(lt->t);
-	size_t off = 0;
+	struct lchat_transfer *lt = lchat_check_open_transfer(L, 1);
+	struct lchat_event ev;
 	lua_Integer n = 0;
-	if (q->len == 0) {
+	if (!lchat_transfer_peek(lt, &ev)) {
 		lua_pushnil(L);
 		return 1;
 	}
 	lua_createtable(L, 16, 0);
-	while (off < q->len) {
-		off += push_event(L, q->data + off);
+	do {
+		push_event(L, &ev);
 		lua_rawseti(L, -2, ++n);
+		lchat_transfer_pop(lt, &ev);
+	} while (lchat_transfer_peek(lt, &ev));
+	return 1;
+}
+
+/* t:take_one() -> the next event (string, or {event=, data=}), or nil when none is queued. */
+static int l_transfer_take_one(lua_State *L)
+{
+	struct lchat_transfer *lt = lchat_check_open_transfer(L, 1);
+	struct lchat_event ev;
+	if (!lchat_transfer_peek(lt, &ev)) {
+		lua_pushnil(L);
+		return 1;
 	}
-	http_events_consumed(lt->t);
+	push_event(L, &ev);
+	lchat_transfer_pop(lt, &ev);
+	return 1;
+}
+
+/* t:has_events() -> whether an event is queued */
+static int l_transfer_has_events(lua_State *L)
+{
+	struct lchat_transfer *lt = lchat_check_open_transfer(L, 1);
+	struct lchat_event ev;
+	lua_pushboolean(L, lchat_transfer_peek(lt, &ev));
 	return 1;
 }
 
 /* t:done() -> boolean */
 static int l_transfer_done(lua_State *L)
 {
-	struct lchat_transfer *lt = check_transfer(L, 1);
+	struct lchat_transfer *lt = lchat_check_transfer(L, 1);
 	lua_pushboolean(L, lt->t == NULL || http_state(lt->t) != HTTP_RUNNING);
 	return 1;
 }
@@ -227,7 +268,7 @@ static void set_string_field(lua_State *L, const char *name, const char *value)
 /* t:result() -> table describing the outcome so far (see docs/DESIGN.md). */
 static int l_transfer_result(lua_State *L)
 {
-	struct lchat_transfer *lt = check_open(L, 1);
+	struct lchat_transfer *lt = lchat_check_open_transfer(L, 1);
 	const struct http_result *r = http_result(lt->t);
 	const struct buf *body = http_body(lt->t);
 	lua_createtable(L, 0, 14);
@@ -262,7 +303,7 @@ static int l_transfer_result(lua_State *L)
 /* t:cancel(): stop a running transfer (kept readable: result() says "cancelled"). */
 static int l_transfer_cancel(lua_State *L)
 {
-	struct lchat_transfer *lt = check_transfer(L, 1);
+	struct lchat_transfer *lt = lchat_check_transfer(L, 1);
 	if (lt->t) {
 		http_cancel(lt->t);
 		unpin(L, 1, lt);
@@ -273,7 +314,7 @@ static int l_transfer_cancel(lua_State *L)
 /* t:close(), __gc, __close: cancel and free; idempotent. */
 static int l_transfer_close(lua_State *L)
 {
-	struct lchat_transfer *lt = check_transfer(L, 1);
+	struct lchat_transfer *lt = lchat_check_transfer(L, 1);
 	if (lt->t) {
 		http_free(lt->t);
 		lt->t = NULL;
@@ -284,7 +325,7 @@ static int l_transfer_close(lua_State *L)
 
 static int l_transfer_tostring(lua_State *L)
 {
-	struct lchat_transfer *lt = check_transfer(L, 1);
+	struct lchat_transfer *lt = lchat_check_transfer(L, 1);
 	if (lt->t == NULL)
 		lua_pushliteral(L, "luachat.Transfer (closed)");
 	else
@@ -297,6 +338,8 @@ void lchat_transfer_open(lua_State *L)
 {
 	static const luaL_Reg methods[] = {
 		{ "take", l_transfer_take },
+		{ "take_one", l_transfer_take_one },
+		{ "has_events", l_transfer_has_events },
 		{ "done", l_transfer_done },
 		{ "result", l_transfer_result },
 		{ "cancel", l_transfer_cancel },
@@ -312,6 +355,7 @@ void lchat_transfer_open(lua_State *L)
 	if (luaL_newmetatable(L, LCHAT_TRANSFER_MT)) {
 		luaL_setfuncs(L, meta, 0);
 		luaL_newlib(L, methods);
+		luaL_setfuncs(L, lchat_chunk_methods, 0);
 		lua_setfield(L, -2, "__index");
 	}
 	lua_pop(L, 1);

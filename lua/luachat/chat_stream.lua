@@ -147,36 +147,67 @@ function Stream:on_transfer_done()
   self:finish(nil) -- ended cleanly without [DONE]: complete
 end
 
+-- One step of the Lua path: handle the next queued event (its chunk, if any), or wait for one.
+function Stream:step()
+  local t = self.transfer
+  local ev = t:take_one()
+  if ev then return self:handle(ev) end
+  if t:done() then
+    self:on_transfer_done()
+  else
+    sched.wait_transfer(t)
+  end
+  return nil
+end
+
 -- The next decoded chunk, or nil at the end (see :result() for the outcome).
+-- Plain chunks come from C (t:next_chunk); the rest from the Lua path.
 function Stream:next()
   while not self.finished do
-    local evs = self.pending
-    if evs then
-      local i = self.pi
-      if i <= #evs then
-        self.pi = i + 1
-        local chunk = self:handle(evs[i])
-        if chunk then return chunk end
-      else
-        self.pending, self.pi = nil, 1
-      end
-    else
-      local t = self.transfer
-      local nxt = t:take()
-      if nxt then
-        self.pending, self.pi = nxt, 1
-      elseif t:done() then
-        self:on_transfer_done()
-      else
-        sched.wait_transfer(t)
-      end
+    local chunk = self.transfer:next_chunk(self.acc)
+    if chunk then
+      self.nevents = self.nevents + 1
+      return chunk
     end
+    chunk = self:step()
+    if chunk then return chunk end
   end
   return nil
 end
 
 function Stream:chunks()
   return function() return self:next() end
+end
+
+-- Hand every chunk to fn until the stream ends or fn returns false; a Lua error in fn
+-- closes the stream and propagates with its traceback.
+function Stream:each(fn)
+  local t, acc = self.transfer, self.acc
+  while not self.finished do
+    local status, n, err = t:drain(acc, fn) -- plain chunks, in C
+    self.nevents = self.nevents + n
+    if status == "error" then
+      self:close()
+      error(err, 0)
+    elseif status == "stop" then
+      self:fail("cancelled", string.format("stream cancelled by the callback after %d events", self.nevents))
+      return
+    elseif status == "closed" then
+      return
+    end
+    local chunk = self:step() -- "slow" or "empty": one event the Lua path owns, or a wait
+    if chunk then
+      local ok, ret = xpcall(fn, debug.traceback, chunk)
+      if not ok then
+        self:close()
+        error(ret, 0)
+      end
+      if ret == false then
+        self:fail("cancelled", string.format("stream cancelled by the callback after %d events", self.nevents))
+        return
+      end
+    end
+  end
 end
 
 -- Drain what is left; return the accumulated final (always) and the error, if any.
@@ -204,19 +235,13 @@ function M.open(client, req, opts)
   local spec = client:transfer_spec("POST", "chat/completions", stream_body(req), opts, true,
     "luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)))
   local what = client_mod.describe(spec)
-  local first
   local t, err = client:with_retries(spec, function()
     local tr, serr = core.start(spec)
     if not tr then return nil, nil, serr end
-    local evs = tr:take()
-    while not evs and not tr:done() do
+    while not tr:has_events() and not tr:done() do
       sched.wait_transfer(tr)
-      evs = tr:take()
     end
-    if evs then
-      first = evs
-      return tr
-    end
+    if tr:has_events() then return tr end
     local r = tr:result()
     local e = client:error_for(r, what)
     if e then
@@ -228,7 +253,7 @@ function M.open(client, req, opts)
   if not t then return nil, err end
   return setmetatable({
     client = client, transfer = t, what = what, acc = accumulate.accumulator(),
-    pending = first, pi = 1, nevents = 0, finished = false, done_seen = false,
+    nevents = 0, finished = false, done_seen = false,
   }, Stream)
 end
 
@@ -239,21 +264,7 @@ function M.stream(client, req, on_chunk, opts)
   end
   local s, err = M.open(client, req, opts)
   if not s then return nil, err end
-  if on_chunk then
-    while true do
-      local chunk = s:next()
-      if not chunk then break end
-      local ok, ret = xpcall(on_chunk, debug.traceback, chunk)
-      if not ok then
-        s:close()
-        error(ret, 0)
-      end
-      if ret == false then
-        s:fail("cancelled", string.format("stream cancelled by the callback after %d events", s.nevents))
-        break
-      end
-    end
-  end
+  if on_chunk then s:each(on_chunk) end
   return s:result()
 end
 

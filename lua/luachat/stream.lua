@@ -187,18 +187,9 @@ function Acc:result()
   return final
 end
 
--- The text of choice 0's delta, "" when there is none.
-function M.delta_text(chunk)
-  local choices = type(chunk) == "table" and chunk.choices
-  if type(choices) ~= "table" then return "" end
-  local c = choices[1]
-  if type(c) ~= "table" then return "" end
-  local d = c.delta
-  if type(d) ~= "table" then return "" end
-  local t = d.content
-  if type(t) == "string" then return t end
-  return ""
-end
+-- The text of the first choice's delta, "" when there is none. In C (luachat.core):
+-- it reads a lazy chunk's text without decoding the chunk.
+M.delta_text = require("luachat.core").delta_text
 
 -- Is this SSE data the end marker?
 function M.is_done_data(data)

@@ -1,13 +1,20 @@
 -- accumulate.lua: the Lua half of the accumulation fuzzer (spec/c/fuzz_accumulate.c).
 -- Returns check(events): decode each SSE data string, feed the accumulator,
 -- and raise "invariant: ..." when a property that must hold does not.
+-- Also differential: a second accumulator takes plain chunks through the C
+-- fast path (core.accumulate_plain) and must end with the same result.
+local core = require "luachat.core"
 local json = require "luachat.json"
 local stream = require "luachat.stream"
 
 return function(events)
-  local acc = stream.accumulator()
+  local acc, fast = stream.accumulator(), stream.accumulator()
   local text = {}
   for _, data in ipairs(events) do
+    if not core.accumulate_plain(fast, data) then
+      local c = json.decode(data)
+      if type(c) == "table" then fast:add(c) end
+    end
     local chunk = json.decode(data)
     if type(chunk) == "table" then
       local before = acc:result()
@@ -31,6 +38,9 @@ return function(events)
   end
   local final = acc:result()
   if type(final) ~= "table" or final.object ~= "chat.completion" then error("invariant: final shape") end
+  if json.encode(final, { sort_keys = true }) ~= json.encode(fast:result(), { sort_keys = true }) then
+    error("invariant: the C fast path and the Lua path accumulated different results")
+  end
   local expected = table.concat(text)
   for _, c in ipairs(final.choices) do
     if c.index == 0 then
