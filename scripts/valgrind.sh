@@ -1,5 +1,5 @@
 #!/bin/sh
-# valgrind.sh BUILD_DIR: the C tests, then the streaming and agent specs
+# valgrind.sh BUILD_DIR: the C tests, then the streaming (fast path included) and agent specs
 # under the host, all under valgrind memcheck. Fails on any memory error or
 # definite leak. Slow (valgrind is ~30x): run by hand or `make valgrind`.
 set -u
@@ -11,7 +11,7 @@ for t in "$build"/spec/test_*; do
 	echo "== valgrind $t"
 	$vg "$t" spec/fixtures/sse >/dev/null || { echo "valgrind: $t failed"; status=1; }
 done
-specs=${VALGRIND_SPECS:-"spec/stream_spec.lua spec/agent_spec.lua spec/client_spec.lua"}
+specs=${VALGRIND_SPECS:-"spec/stream_spec.lua spec/chunk_fast_path_spec.lua spec/agent_spec.lua spec/client_spec.lua"}
 for s in $specs; do
 	[ -f "$s" ] || continue
 	echo "== valgrind ./luachat busted $s"

@@ -65,6 +65,15 @@ static int hex4(const char *p, unsigned *v)
 	return 0;
 }
 
+/* Bytes that need a look inside a string: control bytes, the quote (34), the backslash (92). */
+static const unsigned char special[256] = {
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	/* 128..255: UTF-8 bytes, plain (the full decoder does not check them either) */
+};
+
 /* A string at the cursor (after whitespace); its body goes to *t (t may be NULL). */
 static int scan_string(struct cursor *c, struct chunk_text *t)
 {
@@ -75,6 +84,8 @@ static int scan_string(struct cursor *c, struct chunk_text *t)
 	start = c->p;
 	for (;;) {
 		unsigned char ch;
+		while (c->p < c->end && !special[(unsigned char)*c->p]) /* the hot loop: plain text */
+			c->p++;
 		if (c->p >= c->end)
 			return -1;
 		ch = (unsigned char)*c->p;
@@ -82,10 +93,6 @@ static int scan_string(struct cursor *c, struct chunk_text *t)
 			break;
 		if (ch < 0x20)
 			return -1; /* raw control byte: let the full decoder judge it */
-		if (ch != '\\') {
-			c->p++;
-			continue;
-		}
 		escaped = 1;
 		if (c->end - c->p < 2)
 			return -1;

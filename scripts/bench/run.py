@@ -550,7 +550,9 @@ def profile(tmp, srv):
               ("... + plain lua-cjson decode of each event", [HOST, "bench/luachat_floor.lua", srv.api, "cjson"]),
               ("... + luachat.json.decode (cjson + integer/array fix-ups)",
                [HOST, "bench/luachat_floor.lua", srv.api, "luachat"]),
-              ("client:stream with a counting callback (workload 1)", cmd)]
+              ("client:stream with a counting callback (workload 1): delta_text, lazy chunks", cmd),
+              ("client:stream with a callback reading every chunk's fields (each decoded)",
+               cmd[:3] + ["tables"] + cmd[4:])]
     lines += ["", "**Layers** (workload (1) at %d chunks; medians of 3 runs):" % n, "",
               "| what runs | CPU s | µs per chunk |", "|---|--:|--:|"]
     for what, c in layers:
