@@ -15,7 +15,9 @@ SOVERSION := 0
 AR        ?= ar
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(LUA_PC) $(CURL_PC) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(LUA_PC) $(CURL_PC) 2>/dev/null)
+# libcurl is not linked: src/curl_dl.c dlopen()s it on the first transfer
+# (curl.h still comes from CURL_PC). dlopen is in libc from glibc 2.34.
+PKG_LIBS   := $(shell pkg-config --libs $(LUA_PC) 2>/dev/null)
 
 WARN    := -Wall -Wextra -Wpedantic -Werror -Wshadow -Wwrite-strings \
            -Wmissing-prototypes -Wstrict-prototypes
@@ -26,7 +28,7 @@ ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 
 # Layers: no Lua below the bindings, so the C tests link them alone.
 BASE_SRC  := src/buf.c src/sse.c src/chunk_scan.c
-HTTP_SRC  := src/http.c
+HTTP_SRC  := src/http.c src/curl_dl.c
 BIND_SRC  := src/lchat_core.c src/lchat_transfer.c src/lchat_chunks.c src/lchat_err.c src/lchat_json.c
 HOST_SRC  := src/main.c src/lchat_readline.c
 API_SRC   := src/lchat_api.c
@@ -72,7 +74,7 @@ $(HOST): $(HOST_OBJ) $(ENGINE_OBJ)
 # The module for a stock lua5.4: Lua symbols come from the interpreter.
 $(MODULE): $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -shared -o $@ $^ $(ALL_LDFLAGS) $(shell pkg-config --libs $(CURL_PC)) -lm
+	$(CC) $(ALL_CFLAGS) -shared -o $@ $^ $(ALL_LDFLAGS) -lm
 
 # Install paths the library and luachat.pc are built with. Rewritten only
 # when they change (make PREFIX=...), so a changed PREFIX rebuilds exactly

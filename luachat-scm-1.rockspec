@@ -1,6 +1,7 @@
 -- luachat-scm-1.rockspec: the luachat Lua library (luachat.core in C, the
 -- rest in Lua) for any Lua 5.4, built by luarocks' builtin backend
--- against the system libcurl:
+-- against the system libcurl's headers (libcurl.so.4 itself is loaded with
+-- dlopen on the first request, src/curl_dl.c, so it is not linked):
 --   luarocks --lua-version=5.4 make luachat-scm-1.rockspec
 -- (the host binary, libluachat and the man page come from `make install`).
 rockspec_format = "3.0"
@@ -31,7 +32,7 @@ dependencies = {
 
 -- Only the library is checked: Debian's multiarch curl.h
 -- (/usr/include/<triplet>/curl) is where the compiler looks anyway, but
--- luarocks' header search would not find it.
+-- luarocks' header search would not find it. Checked, not linked.
 external_dependencies = {
   CURL = { library = "curl" },
 }
@@ -41,13 +42,13 @@ build = {
   modules = {
     ["luachat.core"] = {
       sources = {
-        "src/buf.c", "src/sse.c", "src/http.c",
-        "src/lchat_core.c", "src/lchat_transfer.c", "src/lchat_err.c", "src/lchat_json.c",
+        "src/buf.c", "src/sse.c", "src/chunk_scan.c", "src/http.c", "src/curl_dl.c",
+        "src/lchat_core.c", "src/lchat_transfer.c", "src/lchat_chunks.c", "src/lchat_err.c",
+        "src/lchat_json.c",
       },
       defines = { "_POSIX_C_SOURCE=200809L" },
       incdirs = { "src", "include", "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
-      libraries = { "curl", "m" },
+      libraries = { "m" },
     },
     ["luachat"] = "lua/luachat/init.lua",
     ["luachat.agent"] = "lua/luachat/agent.lua",

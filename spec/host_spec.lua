@@ -83,6 +83,24 @@ describe("luachat host", function()
     assert.matches("^luachat %d+%.%d+%.%d+\nLua 5%.4%.%d+\nlibcurl %d+%.%d+", out)
   end)
 
+  it("maps libcurl on first need (src/curl_dl.c), not at start-up or on require", function()
+    local out, err, code = host("-e " .. shell_quote([[
+local function mapped()
+  for l in io.lines("/proc/self/maps") do
+    if l:find("libcurl", 1, true) then return "curl" end
+  end
+  return "no curl"
+end
+io.write(mapped(), "|")
+local core = require "luachat.core"
+core.poll(0.001) -- an engine with no transfer sleeps without curl
+io.write(mapped(), "|", tostring(core.next_timeout()), "|", #core.fds(), "|")
+local v = core.curl_version
+io.write(mapped(), "|", v, "\n")]]))
+    assert.equal(0, code, err)
+    assert.matches("^no curl|no curl|nil|0|curl|%d+%.%d+%.%d+\n$", out)
+  end)
+
   it("-h prints usage on stdout", function()
     local out, _, code = host("--help")
     assert.equal(0, code)

@@ -5,10 +5,14 @@
  * response buffers, each streaming transfer's SSE parser and event queue,
  * and the idle-timeout bookkeeping. libcurl callbacks here only append to
  * C buffers and set flags; handles are removed and cleaned up only in the
- * drain loop (or by an explicit cancel/free from the owner).
+ * drain loop (or by an explicit cancel/free from the owner). libcurl is
+ * called through curl_dl (loaded on the first transfer, see curl_dl.h): an
+ * engine that never starts one never loads it.
  * Never: includes lua.h, calls into a script, or prints anything.
  */
 #include "http.h"
+
+#include "curl_dl.h"
 
 #include <curl/curl.h>
 #include <poll.h>
@@ -48,7 +52,7 @@ struct http_transfer {
 };
 
 struct http_engine {
-	CURLM *multi;
+	CURLM *multi;                     /* NULL until the first transfer loads libcurl */
 	struct http_transfer *all;        /* every transfer not yet freed */
 	struct http_transfer *ready_head, *ready_tail;
 	size_t live;
@@ -261,21 +265,28 @@ struct http_engine *http_engine_new(char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	/* Idempotent after the first call; not thread-safe, like the rest of the engine. */
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-		snprintf(err, errlen, "curl_global_init failed");
-		free(e);
-		return NULL;
-	}
-	e->multi = curl_multi_init();
+	e->wakeup_fd = -1;
+	return e; /* no curl yet: engine_multi makes the CURLM on the first transfer */
+}
+
+/*
+ * The engine's CURLM, made on first need: loads libcurl (curl_dl_load runs
+ * curl_global_init once per process) then curl_multi_init. 0, or -1 with a
+ * message in err, e.g. "cannot load libcurl.so.4: ...".
+ */
+static int engine_multi(struct http_engine *e, char *err, size_t errlen)
+{
+	if (e->multi)
+		return 0;
+	if (curl_dl_load(err, errlen) != 0)
+		return -1;
+	e->multi = curl_dl.multi_init();
 	if (e->multi == NULL) {
 		snprintf(err, errlen, "curl_multi_init failed");
-		free(e);
-		return NULL;
+		return -1;
 	}
-	curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-	e->wakeup_fd = -1;
-	return e;
+	curl_dl.multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	return 0;
 }
 
 /* Release a transfer's curl state (not its result or buffers). */
@@ -283,11 +294,12 @@ static void release_curl(struct http_transfer *t)
 {
 	if (t->easy) {
 		if (t->engine && t->state == HTTP_RUNNING)
-			curl_multi_remove_handle(t->engine->multi, t->easy);
-		curl_easy_cleanup(t->easy);
+			curl_dl.multi_remove_handle(t->engine->multi, t->easy);
+		curl_dl.easy_cleanup(t->easy);
 		t->easy = NULL;
 	}
-	curl_slist_free_all(t->headers);
+	if (t->headers) /* none means libcurl may never have been loaded */
+		curl_dl.slist_free_all(t->headers);
 	t->headers = NULL;
 	free(t->body);
 	t->body = NULL;
@@ -313,7 +325,8 @@ void http_engine_free(struct http_engine *e)
 		t->engine = NULL;
 		t->prev = t->next = NULL;
 	}
-	curl_multi_cleanup(e->multi);
+	if (e->multi)
+		curl_dl.multi_cleanup(e->multi);
 	free(e);
 }
 
@@ -329,7 +342,7 @@ size_t http_engine_live(const struct http_engine *e)
 
 static int add_header(struct http_transfer *t, const char *line)
 {
-	struct curl_slist *l = curl_slist_append(t->headers, line);
+	struct curl_slist *l = curl_dl.slist_append(t->headers, line);
 	if (l == NULL)
 		return -1;
 	t->headers = l;
@@ -339,8 +352,11 @@ static int add_header(struct http_transfer *t, const char *line)
 struct http_transfer *http_start(struct http_engine *e, const struct http_request *req,
                                  char *err, size_t errlen)
 {
-	struct http_transfer *t = calloc(1, sizeof *t);
+	struct http_transfer *t;
 	size_t i;
+	if (engine_multi(e, err, errlen) != 0)
+		return NULL;
+	t = calloc(1, sizeof *t);
 	if (t == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;
@@ -353,7 +369,7 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	buf_init(&t->events, 0);
 	sse_init(&t->sse, req->max_event);
 	t->state = HTTP_DONE; /* until it is in the multi handle */
-	t->easy = curl_easy_init();
+	t->easy = curl_dl.easy_init();
 	if (t->easy == NULL) {
 		snprintf(err, errlen, "curl_easy_init failed");
 		goto fail;
@@ -369,38 +385,38 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 		if (t->body == NULL)
 			goto nomem;
 		memcpy(t->body, req->body, req->body_len);
-		curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
-		curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+		curl_dl.easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+		curl_dl.easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
 	}
-	curl_easy_setopt(t->easy, CURLOPT_URL, req->url);
-	curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, req->method ? req->method : "GET");
+	curl_dl.easy_setopt(t->easy, CURLOPT_URL, req->url);
+	curl_dl.easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, req->method ? req->method : "GET");
 	if (req->method && strcmp(req->method, "HEAD") == 0)
-		curl_easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
-	curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
-	curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf);
-	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
-	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
-	curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L); /* never carry a key elsewhere */
-	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(t->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-	curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_ACCEPT_ENCODING, "");
-	curl_easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_BUFFERSIZE, 65536L);
-	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+		curl_dl.easy_setopt(t->easy, CURLOPT_NOBODY, 1L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+	curl_dl.easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+	curl_dl.easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_dl.easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_body);
+	curl_dl.easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+	curl_dl.easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
+	curl_dl.easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+	curl_dl.easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L); /* never carry a key elsewhere */
+	curl_dl.easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_dl.easy_setopt(t->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	curl_dl.easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_ACCEPT_ENCODING, "");
+	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_BUFFERSIZE, 65536L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (req->ca_file)
-		curl_easy_setopt(t->easy, CURLOPT_CAINFO, req->ca_file);
+		curl_dl.easy_setopt(t->easy, CURLOPT_CAINFO, req->ca_file);
 	if (req->timeout_ms > 0)
-		curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+		curl_dl.easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
 	if (req->connect_timeout_ms > 0)
-		curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
-	if (curl_multi_add_handle(e->multi, t->easy) != CURLM_OK) {
+		curl_dl.easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
+	if (curl_dl.multi_add_handle(e->multi, t->easy) != CURLM_OK) {
 		snprintf(err, errlen, "curl_multi_add_handle failed");
 		goto fail;
 	}
@@ -459,7 +475,7 @@ static void finish(struct http_transfer *t, CURLcode code, enum http_failure for
 	} else if (code != CURLE_OK) {
 		r->failure = failure_of(code);
 		/* errbuf names host and port but never headers, so no key can leak here. */
-		snprintf(r->message, sizeof r->message, "%.100s%s%.150s", curl_easy_strerror(code),
+		snprintf(r->message, sizeof r->message, "%.100s%s%.150s", curl_dl.easy_strerror(code),
 		         t->errbuf[0] ? ": " : "", t->errbuf);
 	} else if (!t->headers_done && r->status != 0) {
 		/* curl ends a response cut inside its headers as if it were complete. */
@@ -482,11 +498,11 @@ static void drain_finished(struct http_engine *e)
 {
 	CURLMsg *m;
 	int left;
-	while ((m = curl_multi_info_read(e->multi, &left)) != NULL) {
+	while ((m = curl_dl.multi_info_read(e->multi, &left)) != NULL) {
 		struct http_transfer *t = NULL;
 		if (m->msg != CURLMSG_DONE)
 			continue;
-		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+		curl_dl.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
 		if (t)
 			finish(t, m->data.result, HTTP_OK, NULL);
 	}
@@ -523,21 +539,24 @@ int http_poll(struct http_engine *e, int timeout_ms, char *err, size_t errlen)
 	int running = 0, nfds = 0, count = 0;
 	long idle_ms;
 	struct http_transfer *t;
-	CURLMcode mc = curl_multi_perform(e->multi, &running);
-	if (mc != CURLM_OK)
-		goto multi_error;
-	drain_finished(e);
+	CURLMcode mc = CURLM_OK;
+	if (e->multi) { /* else libcurl is not loaded: no transfer ever ran, only sleep below */
+		mc = curl_dl.multi_perform(e->multi, &running);
+		if (mc != CURLM_OK)
+			goto multi_error;
+		drain_finished(e);
+	}
 	idle_ms = check_idle(e);
 	if (e->ready_head == NULL && timeout_ms > 0 && e->live > 0) {
 		struct curl_waitfd extra = { e->wakeup_fd, CURL_WAIT_POLLIN, 0 };
 		int wait = timeout_ms;
 		if (idle_ms >= 0 && idle_ms < wait)
 			wait = (int)idle_ms;
-		mc = curl_multi_poll(e->multi, e->wakeup_fd >= 0 ? &extra : NULL,
+		mc = curl_dl.multi_poll(e->multi, e->wakeup_fd >= 0 ? &extra : NULL,
 		                     e->wakeup_fd >= 0 ? 1u : 0u, wait, &nfds);
 		if (mc != CURLM_OK)
 			goto multi_error;
-		mc = curl_multi_perform(e->multi, &running);
+		mc = curl_dl.multi_perform(e->multi, &running);
 		if (mc != CURLM_OK)
 			goto multi_error;
 		drain_finished(e);
@@ -553,7 +572,7 @@ int http_poll(struct http_engine *e, int timeout_ms, char *err, size_t errlen)
 		count++;
 	return count;
 multi_error:
-	snprintf(err, errlen, "curl multi error: %s", curl_multi_strerror(mc));
+	snprintf(err, errlen, "curl multi error: %s", curl_dl.multi_strerror(mc));
 	return -1;
 }
 
@@ -572,7 +591,8 @@ long http_next_timeout(struct http_engine *e)
 	struct http_transfer *t;
 	if (e->ready_head)
 		return 0;
-	curl_multi_timeout(e->multi, &ms);
+	if (e->multi)
+		curl_dl.multi_timeout(e->multi, &ms);
 	for (t = e->all; t; t = t->next) {
 		long left;
 		if (t->state != HTTP_RUNNING || t->idle_timeout_ms <= 0 || t->paused)
@@ -595,7 +615,7 @@ int http_fds(struct http_engine *e, int *fds, short *events, int max)
 	FD_ZERO(&r);
 	FD_ZERO(&w);
 	FD_ZERO(&x);
-	if (curl_multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK)
+	if (e->multi == NULL || curl_dl.multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK)
 		return 0;
 	for (fd = 0; fd <= maxfd && n < max; fd++) {
 		short ev = 0;
@@ -643,7 +663,7 @@ void http_events_consumed(struct http_transfer *t)
 		t->paused = 0;
 		t->last_rx = now_seconds(); /* time spent paused by us is not idle time */
 		/* May deliver the held data right here, through on_body. */
-		curl_easy_pause(t->easy, CURLPAUSE_CONT);
+		curl_dl.easy_pause(t->easy, CURLPAUSE_CONT);
 	}
 }
 

@@ -70,7 +70,11 @@ struct http_result {
 struct http_engine;
 struct http_transfer;
 
-/* A new engine with its own CURLM; NULL on failure (message in err). */
+/*
+ * A new engine; NULL on failure (message in err). Its own CURLM, and
+ * libcurl itself (curl_dl.h), come with the first http_start, which
+ * reports a failure to load it.
+ */
 struct http_engine *http_engine_new(char *err, size_t errlen);
 /* Cancel and free every live transfer's curl state, then the engine. */
 void http_engine_free(struct http_engine *e);

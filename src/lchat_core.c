@@ -3,16 +3,18 @@
  *
  * Owns: the engine context userdata (one http_engine per lua_State, an
  * upvalue of every function, its pin table as user value) and the module
- * table: start, poll, live, now, next_timeout, fds, error, json_*.
+ * table: start, poll, live, now, next_timeout, fds, error, json_*, and
+ * curl_version, read on first use (it loads libcurl, see curl_dl.h).
  * Never: keeps state in C globals, blocks without a bound, or calls Lua
  * from inside curl (http_poll runs no Lua; ready transfers are pushed after).
  */
-#include <curl/curl.h>
 #include <math.h>
 #include <poll.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "curl_dl.h"
 #include "lchat.h"
 #include "lchat_json.h"
 #include "luachat.h"
@@ -155,6 +157,28 @@ static int l_engine_gc(lua_State *L)
 	return 0;
 }
 
+/*
+ * __index of the module table: the first read of curl_version loads
+ * libcurl for its runtime version and stores it as a plain field. nil when
+ * libcurl cannot be loaded (the first request reports why). [-0, +1]
+ */
+static int l_core_index(lua_State *L)
+{
+	char err[320];
+	const char *v;
+	if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "curl_version") != 0)
+		return 0;
+	v = curl_dl_version(err, sizeof err);
+	if (v == NULL) {
+		lua_pushnil(L);
+		return 1;
+	}
+	lua_pushstring(L, v);
+	lua_pushvalue(L, -1);
+	lua_setfield(L, 1, "curl_version"); /* raw: the metatable has no __newindex */
+	return 1;
+}
+
 int luaopen_luachat_core(lua_State *L)
 {
 	static const luaL_Reg fns[] = {
@@ -203,7 +227,9 @@ int luaopen_luachat_core(lua_State *L)
 	lchat_json_register(L);
 	lua_pushliteral(L, LUACHAT_VERSION);
 	lua_setfield(L, -2, "version");
-	lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
-	lua_setfield(L, -2, "curl_version");
+	lua_newtable(L); /* metatable: curl_version on demand, so require never loads libcurl */
+	lua_pushcfunction(L, l_core_index);
+	lua_setfield(L, -2, "__index");
+	lua_setmetatable(L, -2);
 	return 1;
 }

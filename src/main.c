@@ -17,13 +17,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <readline/history.h>
 #include <readline/readline.h>
 
+#include "curl_dl.h"
 #include "lchat.h"
 #include "luachat.h"
 
@@ -295,15 +295,30 @@ static int run_script(lua_State *L, const struct options *o)
 	return report(L, docall(L, n, 0));
 }
 
+/*
+ * libcurl's version for the banners, which loads libcurl (curl_dl.h); when
+ * it cannot be loaded, why, in parentheses. Returns buf.
+ */
+static const char *curl_version_text(char *buf, size_t len)
+{
+	char err[320];
+	const char *v = curl_dl_version(err, sizeof err);
+	if (v)
+		snprintf(buf, len, "%s", v);
+	else
+		snprintf(buf, len, "(%s)", err);
+	return buf;
+}
+
 /* The interactive prompt: readline with history, `=`-less expressions printed. */
 static void repl(lua_State *L)
 {
-	char *line;
+	char *line, curl_ver[340];
 	/* Its setup makes Ctrl-C at the prompt discard the line instead of interrupting the next chunk. */
 	luaL_requiref(L, "luachat.readline", luaopen_luachat_readline, 0);
 	lua_pop(L, 1);
 	printf("luachat %s (%s, libcurl %s)  Ctrl-D to leave\n", LUACHAT_VERSION, LUA_RELEASE,
-	       curl_version_info(CURLVERSION_NOW)->version);
+	       curl_version_text(curl_ver, sizeof curl_ver));
 	while ((line = readline("> ")) != NULL) {
 		int status;
 		size_t len;
@@ -405,8 +420,9 @@ static int pmain(lua_State *L)
 	lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
 	h->exit_code = EXIT_FAILURE;
 	if (o->version) {
+		char curl_ver[340];
 		printf("luachat %s\n%s\nlibcurl %s\n", LUACHAT_VERSION, LUA_RELEASE,
-		       curl_version_info(CURLVERSION_NOW)->version);
+		       curl_version_text(curl_ver, sizeof curl_ver));
 		if (!o->script && !o->interactive && o->argc == 2) {
 			h->exit_code = EXIT_SUCCESS;
 			return 0;
@@ -487,8 +503,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: %s\n", PROGNAME, lua_tostring(L, -1));
 		h.exit_code = EXIT_FAILURE;
 	}
-	lua_close(L);
-	curl_global_cleanup();
+	lua_close(L); /* frees every engine, so no curl handle outlives the cleanup */
+	curl_dl_cleanup();
 	fflush(stdout);
 	if (interrupted)
 		return EXIT_INTERRUPTED;

@@ -20,7 +20,14 @@ Client.__name = "luachat.Client"
 -- Secrets live here, keyed by client, so no field of the client holds them.
 local secrets = setmetatable({}, { __mode = "k" })
 
-local USER_AGENT = string.format("luachat/%s (%s; libcurl %s)", core.version, _VERSION, core.curl_version)
+-- Built on the first request: reading core.curl_version loads libcurl, which
+-- a script that never makes a request should not pay for (see src/curl_dl.h).
+local user_agent
+local function get_user_agent()
+  user_agent = user_agent or string.format("luachat/%s (%s; libcurl %s)", core.version, _VERSION,
+    core.curl_version or "not loaded")
+  return user_agent
+end
 
 local DEFAULTS = {
   timeout = 600, connect_timeout = 10, idle_timeout = 120, max_retries = 2,
@@ -131,7 +138,7 @@ end
 
 function Client:header_lines(accept, has_body, idempotency_key, extra)
   local h = {
-    "User-Agent: " .. USER_AGENT,
+    "User-Agent: " .. get_user_agent(),
     "Accept: " .. accept,
   }
   if has_body then h[#h + 1] = "Content-Type: application/json" end

@@ -6,12 +6,10 @@
 local core = require "luachat.core"
 local sched = require "luachat.sched"
 local client = require "luachat.client"
-local stream = require "luachat.stream"
 
 local M = {
   _VERSION = "luachat " .. core.version,
   version = core.version,
-  curl_version = core.curl_version,
   json = require "luachat.json",
 
   client = client.new,
@@ -23,7 +21,6 @@ local M = {
   run = sched.run,
   now = core.now,
 
-  delta_text = stream.delta_text,
   error = core.error,
 }
 
@@ -32,10 +29,20 @@ function M.fds() return core.fds() end
 function M.next_timeout() return sched.next_timeout() end
 function M.live() return core.live() end
 
--- The agent layer loads on first use, so scripts that only chat stay light.
+-- Loaded on first use, so scripts that only chat stay light: the agent layer,
+-- stream accumulation (delta_text), and libcurl, which reading curl_version
+-- loads (nil if it cannot be).
 setmetatable(M, {
   __index = function(t, k)
-    if k == "agent" or k == "tool" then
+    if k == "curl_version" then
+      local v = core.curl_version
+      rawset(t, k, v)
+      return v
+    elseif k == "delta_text" then
+      local v = require("luachat.stream").delta_text
+      rawset(t, k, v)
+      return v
+    elseif k == "agent" or k == "tool" then
       local agent = require "luachat.agent"
       rawset(t, "agent", agent)
       rawset(t, "tool", agent.tool)
