@@ -407,7 +407,7 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	curl_dl.easy_setopt(t->easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
-	curl_dl.easy_setopt(t->easy, CURLOPT_BUFFERSIZE, 65536L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_BUFFERSIZE, 16384L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (req->ca_file)
@@ -658,7 +658,12 @@ const struct buf *http_events(const struct http_transfer *t)
 
 void http_events_consumed(struct http_transfer *t)
 {
-	buf_reset(&t->events);
+	/* A queue that grew past the usual few KiB gives its memory back: with
+	 * hundreds of streams, each keeping its peak would add up. */
+	if (t->events.cap > HTTP_QUEUE_KEEP)
+		buf_free(&t->events);
+	else
+		buf_reset(&t->events);
 	if (t->paused && t->easy && t->state == HTTP_RUNNING) {
 		t->paused = 0;
 		t->last_rx = now_seconds(); /* time spent paused by us is not idle time */
