@@ -201,6 +201,26 @@ describe("lazy chunks", function()
     assert.equal(json.null, seen[2].choices[1].logprobs)
   end)
 
+  it("once the script reads a chunk's fields, later chunks come decoded (and read the same)", function()
+    local many = { first }
+    for i = 1, 20 do many[#many + 1] = delta('{"content":"' .. i .. ' "}') end
+    many[#many + 1] = finish("stop")
+    local text = {}
+    for _, r in ipairs(many) do text[#text + 1] = "data: " .. r .. "\n\n" end
+    srv:script { { body = table.concat(text) .. "data: [DONE]\n\n", content_type = "text/event-stream" } }
+    local lazy, decoded, got = 0, 0, {}
+    local final = assert(c:stream(req, function(ch)
+      if getmetatable(ch) then lazy = lazy + 1 else decoded = decoded + 1 end
+      if #got >= 3 then got[#got + 1] = ch.choices[1].delta.content or "" else got[#got + 1] = luachat.delta_text(ch) end
+    end))
+    assert.equal(22, lazy + decoded)
+    assert.is_true(lazy >= 3 and decoded >= 15, lazy .. " lazy, " .. decoded .. " decoded")
+    local want = {}
+    for i = 1, 20 do want[#want + 1] = i .. " " end
+    assert.equal(table.concat(want), final.choices[1].message.content)
+    assert.equal(table.concat(want), table.concat(got))
+  end)
+
   it("in the pull form too", function()
     srv:script { { body = body, content_type = "text/event-stream" } }
     local s <close> = assert(c:open_stream(req))

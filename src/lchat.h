@@ -34,7 +34,10 @@ struct lchat_transfer {
 	struct http_transfer *t;  /* NULL when closed */
 	int ref;                  /* pin in the engine's pin table, LUA_NOREF if none */
 	size_t ev_off;            /* queued events before this offset were handed out */
+	int eager;                /* the script reads chunk fields: decode plain chunks up front */
 };
+/* User value of a transfer: the last lazy chunk handed out (lchat_chunks.c). */
+#define LCHAT_UV_LAST_CHUNK 2
 
 /* One queued SSE event, pointing into the transfer's queue (valid until the next poll). */
 struct lchat_event {

@@ -5,7 +5,8 @@
  * (chunk_scan.h) off a streaming transfer's queue, append their text to the
  * Lua accumulator's own part lists, and hand each one on as a lazy chunk:
  * a table that decodes its JSON on first access, so a script that only
- * wants luachat.delta_text and the final message never pays for a decode.
+ * wants luachat.delta_text and the final message never pays for a decode
+ * (and once a script does read fields, that stream's chunks come decoded).
  * Also luachat.delta_text and the lazy chunk's metamethods.
  * Never: decides an accumulation rule (luachat.stream owns them; a chunk
  * that needs one is left on the queue for Lua), or calls Lua while a curl
@@ -25,9 +26,13 @@ static const char key_text = 't'; /* choices[1].delta.content, when non-empty */
 /* Stack slots of t:drain and t:next_chunk. */
 enum { S_T = 1, S_ACC, S_FN, S_MSGH, S_BYINDEX, S_TOP = S_BYINDEX };
 
+static void push_decoded(lua_State *L, const char *json, size_t len);
+
 /* Decode a lazy chunk in place: its fields become real, its metatable goes. */
 void lchat_chunk_materialize(lua_State *L, int idx)
 {
+	size_t len;
+	const char *json;
 	idx = lua_absindex(L, idx);
 	luaL_checkstack(L, 6, "materializing a chunk");
 	lua_rawgetp(L, idx, KEY_RAW);
@@ -35,14 +40,9 @@ void lchat_chunk_materialize(lua_State *L, int idx)
 		lua_pop(L, 1);
 		return;
 	}
-	luaL_getmetatable(L, LCHAT_LAZY_CHUNK_MT);
-	lua_getfield(L, -1, "decode");
-	lua_replace(L, -2);
-	lua_insert(L, -2);
-	lua_call(L, 1, 2); /* decode(raw) -> value | nil, err */
-	if (lua_type(L, -2) != LUA_TTABLE)
-		luaL_error(L, "luachat: a stream chunk could not be decoded: %s", lua_tostring(L, -1));
-	lua_pop(L, 1);
+	json = lua_tolstring(L, -1, &len);
+	push_decoded(L, json, len);
+	lua_remove(L, -2);
 	lua_pushnil(L);
 	lua_rawsetp(L, idx, KEY_RAW);
 	lua_pushnil(L);
@@ -231,15 +231,47 @@ static void touch(lua_State *L)
 	lua_setfield(L, S_ACC, "cache");
 }
 
+/* Push json decoded (it is a plain chunk, so the decoder accepts it). */
+static void push_decoded(lua_State *L, const char *json, size_t len)
+{
+	luaL_getmetatable(L, LCHAT_LAZY_CHUNK_MT);
+	lua_getfield(L, -1, "decode");
+	lua_replace(L, -2);
+	lua_pushlstring(L, json, len);
+	lua_call(L, 1, 2);
+	if (lua_type(L, -2) != LUA_TTABLE)
+		luaL_error(L, "luachat: a stream chunk could not be decoded: %s", lua_tostring(L, -1));
+	lua_pop(L, 1);
+}
+
 /*
- * Take the next queued event if it is a plain chunk that fits; push the lazy
- * chunk and return 1, or push nothing and return 0 (the event stays queued).
+ * Lazy chunks pay off only while the script does not read their fields.
+ * Once it has decoded one (the last chunk handed out lost its lazy
+ * metatable), hand this stream's plain chunks out decoded.
+ */
+static void update_eager(lua_State *L, struct lchat_transfer *lt)
+{
+	if (lt->eager)
+		return;
+	if (lua_getiuservalue(L, S_T, LCHAT_UV_LAST_CHUNK) == LUA_TTABLE && !lchat_is_lazy_chunk(L, -1)) {
+		lt->eager = 1;
+		lua_pushnil(L);
+		lua_setiuservalue(L, S_T, LCHAT_UV_LAST_CHUNK);
+	}
+	lua_pop(L, 1);
+}
+
+/*
+ * Take the next queued event if it is a plain chunk that fits; push the
+ * chunk (lazy, or decoded once the script reads fields) and return 1, or
+ * push nothing and return 0 (the event stays queued).
  */
 static int take_plain(lua_State *L, struct lchat_transfer *lt, unsigned missing)
 {
 	struct lchat_event ev;
 	struct chunk_scan sc;
 	int base = lua_gettop(L);
+	update_eager(L, lt);
 	if (!lchat_transfer_peek(lt, &ev) || ev.type_len != 0)
 		return 0;
 	if (!chunk_scan(ev.data, ev.data_len, &sc) || !fits(L, &sc, missing)) {
@@ -247,14 +279,20 @@ static int take_plain(lua_State *L, struct lchat_transfer *lt, unsigned missing)
 		return 0;
 	}
 	apply(L, &sc);
-	lua_createtable(L, 0, 2);
-	lua_pushlstring(L, ev.data, ev.data_len);
-	lua_rawsetp(L, -2, KEY_RAW);
-	if (lua_type(L, -2) == LUA_TSTRING) {
-		lua_pushvalue(L, -2);
-		lua_rawsetp(L, -2, KEY_TEXT);
+	if (lt->eager) {
+		push_decoded(L, ev.data, ev.data_len);
+	} else {
+		lua_createtable(L, 0, 2);
+		lua_pushlstring(L, ev.data, ev.data_len);
+		lua_rawsetp(L, -2, KEY_RAW);
+		if (lua_type(L, -2) == LUA_TSTRING) {
+			lua_pushvalue(L, -2);
+			lua_rawsetp(L, -2, KEY_TEXT);
+		}
+		luaL_setmetatable(L, LCHAT_LAZY_CHUNK_MT);
+		lua_pushvalue(L, -1);
+		lua_setiuservalue(L, S_T, LCHAT_UV_LAST_CHUNK);
 	}
-	luaL_setmetatable(L, LCHAT_LAZY_CHUNK_MT);
 	lua_replace(L, base + 1);
 	lua_settop(L, base + 1);
 	lchat_transfer_pop(lt, &ev);

@@ -13,7 +13,7 @@
 
 #include "lchat.h"
 
-/* User values of a transfer: 1 = the engine userdata. */
+/* User values of a transfer: 1 = the engine userdata; LCHAT_UV_LAST_CHUNK (lchat.h). */
 #define UV_ENGINE 1
 /* User values of the engine: 1 = the pin table. */
 #define UV_PINS 1
@@ -132,10 +132,11 @@ int lchat_transfer_start(lua_State *L)
 	req.nheaders = n;
 
 	/* Create the object closed, then acquire: a memory error leaves nothing half-made. */
-	lt = lua_newuserdatauv(L, sizeof *lt, 1);
+	lt = lua_newuserdatauv(L, sizeof *lt, 2);
 	lt->t = NULL;
 	lt->ref = LUA_NOREF;
 	lt->ev_off = 0;
+	lt->eager = 0;
 	luaL_setmetatable(L, LCHAT_TRANSFER_MT);
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_setiuservalue(L, -2, UV_ENGINE);
