@@ -5,7 +5,8 @@
 # Never a pass/fail test: it fails only when the harness itself cannot run.
 # Environment: BENCH_RUNS=N (3), BENCH_QUICK=1 (smoke run, ~1 min, writes
 # build/bench-quick.md), BENCH_ONLY=stream_text,nonstream,... (a subset),
-# BENCH_PROFILE=0|1 (callgrind profile never / always; default when a target is missed).
+# BENCH_PROFILE=0|1 (callgrind profile never / always; default: full runs, and quick runs
+# that miss a target).
 set -eu
 cd "$(dirname "$0")/.."
 

@@ -13,8 +13,8 @@ or lets the server outlive it (--parent-pid, and it is killed on exit).
 
 Environment: BENCH_RUNS=N (3), BENCH_QUICK=1 (small sizes, 1 run, writes
 build/bench-quick.md instead), BENCH_ONLY=w1,w3 (a subset, written to build/bench-subset.md),
-BENCH_PROFILE=0|1 (never / always run the callgrind profile; default: when a
-target is missed), BENCH_OUT=path.
+BENCH_PROFILE=0|1 (never / always run the callgrind profile; default: full runs,
+and quick runs that miss a target), BENCH_OUT=path.
 """
 import datetime
 import json
@@ -652,7 +652,7 @@ def main():
             b.run_workload(wl)
         tlines, missed = targets(b.results)
         prof = None
-        if PROFILE == "1" or (missed and PROFILE != "0"):
+        if PROFILE == "1" or ((missed or not QUICK) and PROFILE != "0"):
             prof = profile(tmp, srv)
         server_total = srv.stats()["cpu_seconds"]
     finally:
