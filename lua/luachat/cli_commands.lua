@@ -1,0 +1,115 @@
+-- luachat.cli_commands: the chat's slash commands (/help, /model, /save, ...).
+--
+-- Owns: what each command does to the chat context (ctx.agent, ctx.model,
+-- ctx.system) and the notes it shows on stderr.
+-- Never: sends a request or writes to stdout.
+local luachat = require "luachat"
+local term = require "luachat.cli_term"
+local setup = require "luachat.cli_setup"
+
+local note, one_line = term.note, term.one_line
+
+local M = {}
+
+local CHAT_HELP = [[
+/help          this list
+/model [NAME]  show or switch the model
+/system [TEXT] show or set the system prompt (applies from the next reply)
+/tools         list the tools the model may call
+/reset         forget the conversation
+/save FILE     write the transcript to FILE
+/load FILE     continue the transcript in FILE
+/usage         tokens used in this session
+/quit          leave (so does Ctrl-D)
+A line ending in \ continues on the next; """ opens and closes a block.
+Ctrl-C cancels a reply in progress; //text sends "/text".]]
+
+local commands = {}
+
+function commands.help(ctx)
+  note(ctx, CHAT_HELP)
+end
+
+function commands.model(ctx, arg)
+  if arg == "" then
+    note(ctx, "model: " .. tostring(ctx.model))
+    return
+  end
+  ctx.model = arg
+  ctx.agent.model = arg
+  note(ctx, "model: " .. arg)
+end
+
+function commands.system(ctx, arg)
+  if arg == "" then
+    note(ctx, "system: " .. (ctx.system or "(none)"))
+    return
+  end
+  ctx.system = arg
+  ctx.agent.system = arg
+  -- A transcript that starts with a system message carries it.
+  local first = type(ctx.agent.messages) == "table" and ctx.agent.messages[1]
+  if first and first.role == "system" then first.content = arg end
+  note(ctx, "system prompt set")
+end
+
+function commands.tools(ctx)
+  if not ctx.tools or #ctx.tools == 0 then
+    note(ctx, "no tools (load some with --tools FILE.lua)")
+    return
+  end
+  for _, t in ipairs(ctx.tools) do
+    local desc = t.description or (t["function"] and t["function"].description) or ""
+    local name = t.name or (t["function"] and t["function"].name) or "?"
+    note(ctx, string.format("%-20s %s", name, one_line(desc, 90)))
+  end
+end
+
+function commands.reset(ctx)
+  ctx.agent = setup.new_agent(ctx)
+  note(ctx, "conversation cleared")
+end
+
+function commands.save(ctx, arg)
+  if arg == "" then note(ctx, "usage: /save FILE") return end
+  local ok, err = ctx.agent:save(arg)
+  if ok == nil and err then
+    note(ctx, "cannot save: " .. one_line(tostring(err)))
+  else
+    note(ctx, string.format("saved %d messages to %s", #ctx.agent.messages, arg))
+  end
+end
+
+function commands.load(ctx, arg)
+  if arg == "" then note(ctx, "usage: /load FILE") return end
+  local agent, err = luachat.agent.load(arg, setup.agent_options(ctx))
+  if not agent then
+    note(ctx, "cannot load: " .. one_line(tostring(err)))
+    return
+  end
+  ctx.agent = agent
+  ctx.system = agent.system
+  note(ctx, string.format("loaded %d messages from %s", #agent.messages, arg))
+end
+
+function commands.usage(ctx)
+  local u, l = ctx.usage, ctx.last_usage or {}
+  note(ctx, string.format("session: %d prompt + %d completion = %d tokens; last reply: %d",
+    u.prompt_tokens or 0, u.completion_tokens or 0, u.total_tokens or 0, l.total_tokens or 0))
+end
+
+commands.quit = function() return "quit" end
+commands.exit = commands.quit
+
+-- run(ctx, text) -> "quit" to leave, else nothing. text: "/name args".
+function M.run(ctx, text)
+  local name, arg = text:match("^/(%S+)%s*(.-)%s*$")
+  local fn = commands[name]
+  if not fn then
+    note(ctx, "unknown command /" .. tostring(name) .. " (/help lists them)")
+    return
+  end
+  return fn(ctx, arg)
+end
+
+return M

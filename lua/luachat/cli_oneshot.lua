@@ -1,0 +1,132 @@
+-- luachat.cli_oneshot: `luachat -p PROMPT`, one answer.
+--
+-- Owns: the prompt (with piped stdin), one request (or the agent's tool loop
+-- with --tools), streaming the answer or printing --json, and the exit code.
+-- Never: reads more than one input, or writes anything but the answer (or
+-- the JSON) to stdout.
+local luachat = require "luachat"
+local json = require "luachat.json"
+local options = require "luachat.cli_options"
+local term = require "luachat.cli_term"
+local cli_error = require "luachat.cli_error"
+local setup = require "luachat.cli_setup"
+
+local EXIT = options.EXIT
+local out, end_line = term.out, term.end_line
+
+local M = {}
+
+-- The prompt, with the text piped on stdin after a blank line.
+local function full_prompt(ctx)
+  local text = ctx.o.prompt
+  if not ctx.in_tty then
+    local piped = io.stdin:read("a")
+    if piped and piped:match("%S") then
+      text = text .. "\n\n" .. piped
+    end
+  end
+  return text
+end
+
+local function print_json(v)
+  io.stdout:write(json.encode(v, { sort_keys = true }), "\n")
+  io.stdout:flush()
+end
+
+-- The end both paths share once the spinner has stopped: close the answer's
+-- line, then an exit code if stdout went away or err is set; nil to go on.
+local function finish(ctx, err)
+  end_line(ctx)
+  if ctx.stdout_gone then return EXIT.error end
+  if err then
+    io.stderr:write(cli_error.format_error(err, ctx.s), "\n")
+    return EXIT.error
+  end
+  return nil
+end
+
+-- No tools: one chat request, streamed unless --no-stream.
+local function one_shot_direct(ctx, prompt)
+  local messages = {}
+  if ctx.system then messages[#messages + 1] = { role = "system", content = ctx.system } end
+  messages[#messages + 1] = { role = "user", content = prompt }
+  local req = { model = ctx.model, messages = messages }
+  local res, err
+  ctx.spinner.start()
+  if ctx.o.no_stream then
+    res, err = ctx.client:chat(req)
+    ctx.spinner.stop()
+    if res and not ctx.o.json then
+      local choice = type(res.choices) == "table" and res.choices[1]
+      local msg = choice and choice.message
+      out(ctx, msg and type(msg.content) == "string" and msg.content or "")
+    end
+  else
+    res, err = ctx.client:stream(req, function(chunk)
+      if ctx.o.json then return end
+      local t = luachat.delta_text(chunk)
+      if t and t ~= "" then
+        if not out(ctx, t) then return false end
+      end
+    end)
+    ctx.spinner.stop()
+  end
+  local code = finish(ctx, err)
+  if code then return code end
+  if ctx.o.json then
+    print_json(res)
+  else
+    local choice = type(res) == "table" and type(res.choices) == "table" and res.choices[1]
+    term.warn_finish(ctx, choice and choice.finish_reason)
+  end
+  return EXIT.ok
+end
+
+-- --tools: the agent's loop, each tool call shown on stderr.
+local function one_shot_agent(ctx, prompt)
+  ctx.partial = {}
+  local agent = setup.new_agent(ctx)
+  ctx.spinner.start()
+  local result, err = agent:run(prompt)
+  ctx.spinner.stop()
+  local code = finish(ctx, err)
+  if code then return code end
+  if ctx.o.json then
+    print_json {
+      content = result.content, finish_reason = result.finish_reason,
+      turns = result.turns, usage = result.usage, messages = result.messages,
+    }
+  else
+    -- Without streaming (or a silent on_text), the answer comes whole at the end.
+    if #ctx.partial == 0 and type(result.content) == "string" then
+      out(ctx, result.content)
+      end_line(ctx)
+    end
+    term.warn_finish(ctx, result.finish_reason)
+  end
+  return EXIT.ok
+end
+
+-- run(ctx) -> exit code.
+function M.run(ctx)
+  local prompt = full_prompt(ctx)
+  local ok, intr, code = term.protect(function()
+    if ctx.tools then return one_shot_agent(ctx, prompt) end
+    return one_shot_direct(ctx, prompt)
+  end)
+  if intr then
+    ctx.spinner.stop()
+    end_line(ctx)
+    io.stderr:write("luachat: interrupted\n")
+    return EXIT.interrupted
+  end
+  if not ok then
+    ctx.spinner.stop()
+    end_line(ctx)
+    io.stderr:write(cli_error.format_error(code, ctx.s), "\n")
+    return EXIT.error
+  end
+  return code
+end
+
+return M

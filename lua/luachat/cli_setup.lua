@@ -1,0 +1,109 @@
+-- luachat.cli_setup: the run context both chat modes share.
+--
+-- Owns: reading the config and the environment (via luachat.profiles), the
+-- client, loading --tools, the output styles and spinner, and the agent a
+-- context makes. A setup failure is one stderr line and an exit code.
+-- Never: sends a request, writes to stdout, or prints an API key.
+local luachat = require "luachat"
+local profiles = require "luachat.profiles"
+local options = require "luachat.cli_options"
+local term = require "luachat.cli_term"
+
+local EXIT = options.EXIT
+local one_line = term.one_line
+
+local M = {}
+
+-- An environment variable; set but empty counts as unset.
+function M.getenv(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+local getenv = M.getenv
+
+-- load_tools(path) -> list of tools | nil, message.
+local function load_tools(path)
+  local chunk, err = loadfile(path, "t")
+  if not chunk then return nil, "--tools: " .. err end
+  local ok, res = xpcall(chunk, debug.traceback)
+  if not ok then return nil, "--tools: " .. path .. ": " .. one_line(res, 400) end
+  if type(res) ~= "table" then
+    return nil, "--tools: " .. path .. " must return a list of luachat.tool{...}, got " .. type(res)
+  end
+  for i, t in ipairs(res) do
+    if type(t) ~= "table" then
+      return nil, string.format("--tools: %s: item %d is a %s, not a luachat.tool", path, i, type(t))
+    end
+  end
+  return res
+end
+
+-- setup(opts) -> ctx | nil, exit code. ctx: everything a run needs:
+-- settings, client, tools, output styles, spinner.
+function M.setup(o)
+  local env_names = { XDG_CONFIG_HOME = getenv("XDG_CONFIG_HOME"), HOME = getenv("HOME") }
+  local config, cerr = profiles.load_config(profiles.config_path(env_names))
+  if not config then
+    io.stderr:write("luachat: ", one_line(cerr, 400), "\n")
+    return nil, EXIT.error
+  end
+  local s, err, kind = profiles.resolve(
+    { profile = o.profile, base_url = o.base_url, model = o.model, system = o.system },
+    profiles.environment(config), config)
+  if not s then
+    io.stderr:write("luachat: ", err, "\n")
+    return nil, kind == "usage" and EXIT.usage or EXIT.error
+  end
+  local ok, client = pcall(luachat.client, {
+    base_url = s.base_url, api_key = s.api_key, headers = s.headers, query = s.query,
+  })
+  if not ok then
+    io.stderr:write("luachat: ", s.profile, ": ", one_line((tostring(client):gsub("^.-bad argument", "bad argument"))), "\n")
+    return nil, EXIT.usage
+  end
+  local tools
+  if o.tools then
+    local terr
+    tools, terr = load_tools(o.tools)
+    if not tools then
+      io.stderr:write("luachat: ", terr, "\n")
+      return nil, EXIT.error
+    end
+  end
+  local color = getenv("NO_COLOR") == nil
+  local ctx = {
+    o = o, s = s, client = client, tools = tools,
+    model = s.model, system = s.system,
+    err_tty = term.isatty(2), out_tty = term.isatty(1), in_tty = term.isatty(0),
+  }
+  ctx.estyle = term.styler(color and ctx.err_tty)
+  ctx.ostyle = term.styler(color and ctx.out_tty)
+  ctx.spinner = term.spinner(ctx.err_tty, ctx.estyle)
+  return ctx
+end
+
+-- An agent's options: this context's model, system prompt, tools, and
+-- callbacks that show the reply and the tool calls (text also goes to
+-- ctx.partial, which the caller resets per run).
+function M.agent_options(ctx)
+  return {
+    client = ctx.client,
+    model = ctx.model,
+    system = ctx.system,
+    tools = ctx.tools,
+    stream = not ctx.o.no_stream,
+    on_text = function(text)
+      ctx.partial[#ctx.partial + 1] = text
+      if not ctx.o.json then term.out(ctx, text) end
+    end,
+    on_tool_call = function(call) term.show_tool_call(ctx, call) end,
+    on_tool_result = function(call, result, err_text) term.show_tool_result(ctx, call, result, err_text) end,
+  }
+end
+
+function M.new_agent(ctx)
+  return luachat.agent(M.agent_options(ctx))
+end
+
+return M

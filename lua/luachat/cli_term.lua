@@ -1,0 +1,158 @@
+-- luachat.cli_term: the chat command line's terminal.
+--
+-- Owns: what reaches stdout (the answer, ended by a newline) and stderr
+-- (spinner, tool calls, notes, warnings), colour, and the two host hooks the
+-- modes share: the line editor (luachat.readline) and a Ctrl-C-aware pcall.
+-- Never: writes anything but answer text to stdout, or builds error lines
+-- (luachat.cli_error does).
+local core = require "luachat.core"
+local luachat = require "luachat"
+local json = require "luachat.json"
+
+local M = {}
+
+-- The host's line editor; absent under a stock lua5.4.
+local have_rl, rl = pcall(require, "luachat.readline")
+if not have_rl then rl = nil end
+M.rl = rl
+
+-- A pcall that also reports (and clears) a pending Ctrl-C. The host's version
+-- does the clearing in C, where the interrupt hook cannot fire in between.
+M.protect = rl and rl.protect or function(f, ...)
+  local r = table.pack(pcall(f, ...))
+  local intr = core.take_interrupt and core.take_interrupt() or false
+  return r[1], intr, table.unpack(r, 2, r.n)
+end
+
+function M.isatty(fd)
+  return core.isatty and core.isatty(fd) or false
+end
+
+-- A styling function: wraps text in an SGR code when colour is on.
+function M.styler(on)
+  return function(code, s)
+    if on then return "\27[" .. code .. "m" .. s .. "\27[0m" end
+    return s
+  end
+end
+
+-- s on one line, cut to max bytes (300 by default).
+local function one_line(s, max)
+  s = tostring(s):gsub("%s*[\r\n]+%s*", " ")
+  max = max or 300
+  if #s > max then
+    -- Cut on a UTF-8 character boundary.
+    local cut = max
+    while cut > 1 and (s:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+    s = s:sub(1, cut) .. "…"
+  end
+  return s
+end
+M.one_line = one_line
+
+-- The waiting indicator: a task redrawing one stderr line until the first token.
+local FRAMES = { "⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏" }
+
+function M.spinner(enabled, style)
+  local sp = { active = false, shown = false }
+  function sp.start()
+    if not enabled or sp.active then return end
+    sp.active = true
+    local me = {}
+    sp.token = me
+    luachat.spawn(function()
+      local n = 0
+      luachat.sleep(0.15) -- a fast answer shows no spinner at all
+      while sp.active and sp.token == me do
+        n = n + 1
+        io.stderr:write("\r", style("2", FRAMES[(n - 1) % #FRAMES + 1] .. " waiting…"))
+        io.stderr:flush()
+        sp.shown = true
+        luachat.sleep(0.1)
+      end
+    end)
+  end
+  function sp.stop()
+    sp.active = false
+    sp.token = nil
+    if sp.shown then
+      io.stderr:write("\r\27[K")
+      io.stderr:flush()
+      sp.shown = false
+    end
+  end
+  return sp
+end
+
+-- Write answer text to stdout; false when stdout is gone (a closed pipe).
+function M.out(ctx, text)
+  if text == nil or text == "" then return true end
+  ctx.spinner.stop()
+  local ok = io.stdout:write(text)
+  io.stdout:flush()
+  if not ok then
+    ctx.stdout_gone = true
+    return false
+  end
+  ctx.last_char = text:sub(-1)
+  ctx.wrote = true
+  return true
+end
+
+-- End the answer with a newline if it has none.
+function M.end_line(ctx)
+  if ctx.wrote and ctx.last_char ~= "\n" and not ctx.stdout_gone then
+    io.stdout:write("\n")
+    io.stdout:flush()
+  end
+  ctx.wrote, ctx.last_char = false, nil
+end
+
+-- A dim line on stderr: chat notes, command output.
+function M.note(ctx, s)
+  io.stderr:write(ctx.estyle("2", s), "\n")
+end
+
+function M.warn_finish(ctx, reason)
+  if reason == "length" then
+    io.stderr:write(ctx.estyle("33", "luachat: the answer was cut at the token limit (finish_reason: length)"), "\n")
+  elseif reason == "content_filter" then
+    io.stderr:write(ctx.estyle("33", "luachat: the answer was stopped by the provider's content filter"), "\n")
+  end
+end
+
+-- The name of a tool call, and its arguments as text, whatever the shape.
+local function call_parts(call)
+  if type(call) ~= "table" then return tostring(call), "" end
+  local fn = type(call["function"]) == "table" and call["function"] or call
+  local args = fn.arguments
+  if type(args) == "table" then
+    local ok, s = pcall(json.encode, args)
+    args = ok and s or "{…}"
+  end
+  return tostring(fn.name or "?"), tostring(args or "")
+end
+
+local function result_text(result)
+  if type(result) == "table" then
+    local ok, s = pcall(json.encode, result)
+    return ok and s or tostring(result)
+  end
+  return tostring(result)
+end
+
+function M.show_tool_call(ctx, call)
+  ctx.spinner.stop()
+  M.end_line(ctx)
+  local name, args = call_parts(call)
+  io.stderr:write(ctx.estyle("36", "→ " .. name .. " " .. one_line(args, 200)), "\n")
+end
+
+-- on_tool_result(info, content, err_text): err_text when the call failed.
+function M.show_tool_result(ctx, call, result, err_text)
+  local text = one_line(err_text and ("error: " .. tostring(err_text)) or result_text(result), 120)
+  io.stderr:write(ctx.estyle("2", "← " .. text), "\n")
+  ctx.spinner.start()
+end
+
+return M
