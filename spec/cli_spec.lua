@@ -316,6 +316,14 @@ describe("luachat -p (subprocess)", function()
     assert.equal("Bearer sk-dummy-test-key", header(reqs[1], "authorization"))
   end)
 
+  it("a closed stdout is an error on stderr and exit 1, not a silent success", function()
+    srv:script { hello_sse() }
+    local out, err, code = luachat_p("-p hi >&-")
+    assert.equal("", out)
+    assert.equal(1, code)
+    assert.matches("^luachat: cannot write the answer to stdout: ", err)
+  end)
+
   it("-m and -s set the model and the system message", function()
     srv:script { hello_sse() }
     local _, _, code = luachat_p("-m other-model -s " .. shell_quote("Be terse.") .. " -p hi")

@@ -37,7 +37,10 @@ end
 -- line, then an exit code if stdout went away or err is set; nil to go on.
 local function finish(ctx, err)
   end_line(ctx)
-  if ctx.stdout_gone then return EXIT.error end
+  if ctx.stdout_gone then
+    io.stderr:write("luachat: cannot write the answer to stdout: ", tostring(ctx.stdout_gone), "\n")
+    return EXIT.error
+  end
   if err then
     io.stderr:write(cli_error.format_error(err, ctx.s), "\n")
     return EXIT.error

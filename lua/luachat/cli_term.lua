@@ -88,10 +88,11 @@ end
 function M.out(ctx, text)
   if text == nil or text == "" then return true end
   ctx.spinner.stop()
-  local ok = io.stdout:write(text)
-  io.stdout:flush()
+  -- flush too: with stdout closed, write only fills the buffer and flush reports it
+  local ok, why = io.stdout:write(text)
+  if ok then ok, why = io.stdout:flush() end
   if not ok then
-    ctx.stdout_gone = true
+    ctx.stdout_gone = why or "write failed"
     return false
   end
   ctx.last_char = text:sub(-1)
