@@ -1,10 +1,12 @@
 -- luachat.chat_stream: streamed chat completions (the luachat.Stream object).
 --
 -- Owns: starting a streaming request (retried only until the first event
--- arrives), turning SSE events into decoded chunks, in-band errors, the end
--- of a stream ([DONE], a clean close, a cut), and handing back one
--- accumulated final message beside any error, so nothing that arrived is lost.
--- Accumulation itself is luachat.stream's.
+-- arrives), turning SSE events into chunks, in-band errors, the end of a
+-- stream ([DONE], a clean close, a cut), and handing back one accumulated
+-- final message beside any error, so nothing that arrived is lost.
+-- Plain chunks take the C fast path (t:drain, t:next_chunk: lazy chunks, text
+-- appended to the accumulator's part lists); every other event comes here
+-- one at a time (Stream:step). Accumulation rules are luachat.stream's.
 -- Never: retries once data has been delivered, or lets a callback error
 -- leave a transfer running.
 local core = require "luachat.core"
