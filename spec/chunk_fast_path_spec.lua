@@ -221,6 +221,64 @@ describe("lazy chunks", function()
     assert.equal(table.concat(want), table.concat(got))
   end)
 
+  it("a finalizer that closes the stream mid-drain stops it cleanly (no use of the freed queue)", function()
+    -- GC timing decides when the finalizer runs; every outcome must be clean, and
+    -- each form must see at least one close in mid-stream within a few tries.
+    for _, form in ipairs { "callback", "pull", "take_one" } do
+      local mid = false
+      for _ = 1, 5 do
+        srv:script { { generate = { kind = "text", chunks = 30000 } } }
+        local s = assert(c:open_stream(req))
+        collectgarbage("collect")
+        collectgarbage("restart")
+        collectgarbage("incremental", 1, 1000) -- short cycles: the finalizer runs soon
+        setmetatable({}, { __gc = function() s:close() end }) -- garbage at once
+        local n = 0
+        if form == "callback" then
+          s:each(function() n = n + 1 end)
+        elseif form == "pull" then
+          for _ in s:chunks() do n = n + 1 end
+        else
+          local t = s.transfer
+          while true do
+            local ok, ev = pcall(t.take_one, t) -- once closed it raises "closed transfer"
+            if not ok or ev == nil then break end
+            n = n + 1
+          end
+        end
+        collectgarbage("incremental", 200, 100)
+        collectgarbage("collect")
+        local final, err = s:result()
+        assert.is_table(final, form)
+        if err then
+          assert.equal("cancelled", err.kind, form)
+          mid = mid or n < 30000
+        end
+        if mid then break end
+      end
+      assert.is_true(mid, form .. ": the finalizer never ran in mid-stream")
+    end
+  end)
+
+  it("keep their metatable to themselves and iterate without the global next", function()
+    srv:script { { body = body, content_type = "text/event-stream" } }
+    local seen = {}
+    assert(c:stream(req, function(ch) seen[#seen + 1] = ch end))
+    local lazy = seen[2]
+    assert.equal("luachat.LazyChunk", getmetatable(lazy))
+    assert.has_error(function() setmetatable(lazy, {}) end)
+    local saved = next
+    _G.next = nil
+    local ok, keys = pcall(function()
+      local k = {}
+      for key in pairs(lazy) do k[#k + 1] = key end
+      return k
+    end)
+    _G.next = saved
+    assert.is_true(ok, tostring(keys))
+    assert.equal(5, #keys)
+  end)
+
   it("in the pull form too", function()
     srv:script { { body = body, content_type = "text/event-stream" } }
     local s <close> = assert(c:open_stream(req))

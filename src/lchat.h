@@ -34,6 +34,7 @@ struct lchat_transfer {
 	struct http_transfer *t;  /* NULL when closed */
 	int ref;                  /* pin in the engine's pin table, LUA_NOREF if none */
 	size_t ev_off;            /* queued events before this offset were handed out */
+	unsigned long popped;     /* events handed out so far (detects a queue changed under us) */
 	int eager;                /* the script reads chunk fields: decode plain chunks up front */
 };
 /* User value of a transfer: the last lazy chunk handed out (lchat_chunks.c). */
@@ -50,9 +51,16 @@ struct lchat_event {
 
 struct lchat_transfer *lchat_check_transfer(lua_State *L, int i);
 struct lchat_transfer *lchat_check_open_transfer(lua_State *L, int i);
-/* The next queued event of an open transfer: 1 and *ev, or 0 when none is queued. */
+/* The next queued event: 1 and *ev (pointing into the queue), or 0 when none is queued or closed. */
 int lchat_transfer_peek(struct lchat_transfer *lt, struct lchat_event *ev);
-/* Hand out the event just peeked; resumes a paused transfer once the queue is empty. */
+/*
+ * Push a copy of the next queued event (a Lua string: for a message event
+ * its data, else the whole record) and point *ev into the copy (ev->type is
+ * not valid when type_len is 0); 0, nothing pushed, when none. The transfer may be closed on
+ * return (a finalizer ran): then lchat_transfer_pop does nothing.
+ */
+int lchat_transfer_copy_next(lua_State *L, struct lchat_transfer *lt, struct lchat_event *ev);
+/* Hand out the event just copied (ev->size); resumes a paused transfer once the queue is empty. */
 void lchat_transfer_pop(struct lchat_transfer *lt, const struct lchat_event *ev);
 void lchat_transfer_open(lua_State *L);
 int lchat_transfer_start(lua_State *L);

@@ -87,13 +87,22 @@ static int l_lazy_newindex(lua_State *L)
 	return 0;
 }
 
+/* The iterator of __pairs: next(t, k), independent of the global 'next'. */
+static int l_lazy_next(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 2);
+	if (lua_next(L, 1))
+		return 2;
+	lua_pushnil(L);
+	return 1;
+}
+
 /* __pairs(t): decode, then iterate as a plain table. */
 static int l_lazy_pairs(lua_State *L)
 {
 	lchat_chunk_materialize(L, 1);
-	lua_getglobal(L, "next");
-	if (!lua_isfunction(L, -1))
-		return luaL_error(L, "luachat: no global 'next' to iterate a chunk");
+	lua_pushcfunction(L, l_lazy_next);
 	lua_pushvalue(L, 1);
 	lua_pushnil(L);
 	return 3;
@@ -272,18 +281,20 @@ static int take_plain(lua_State *L, struct lchat_transfer *lt, unsigned missing)
 	struct chunk_scan sc;
 	int base = lua_gettop(L);
 	update_eager(L, lt);
-	if (!lchat_transfer_peek(lt, &ev) || ev.type_len != 0)
+	if (!lchat_transfer_copy_next(L, lt, &ev)) /* base + 1: the chunk's JSON, ours to read */
 		return 0;
-	if (!chunk_scan(ev.data, ev.data_len, &sc) || !fits(L, &sc, missing)) {
+	if (lt->t == NULL || ev.type_len != 0 || !chunk_scan(ev.data, ev.data_len, &sc) ||
+	    !fits(L, &sc, missing)) {
 		lua_settop(L, base);
-		return 0;
+		return 0; /* left queued for the Lua path */
 	}
+	lchat_transfer_pop(lt, &ev); /* taken: an error below cannot hand it out twice */
 	apply(L, &sc);
 	if (lt->eager) {
 		push_decoded(L, ev.data, ev.data_len);
 	} else {
 		lua_createtable(L, 0, 2);
-		lua_pushlstring(L, ev.data, ev.data_len);
+		lua_pushvalue(L, base + 1);
 		lua_rawsetp(L, -2, KEY_RAW);
 		if (lua_type(L, -2) == LUA_TSTRING) {
 			lua_pushvalue(L, -2);
@@ -295,7 +306,6 @@ static int take_plain(lua_State *L, struct lchat_transfer *lt, unsigned missing)
 	}
 	lua_replace(L, base + 1);
 	lua_settop(L, base + 1);
-	lchat_transfer_pop(lt, &ev);
 	return 1;
 }
 
@@ -363,7 +373,10 @@ static int drain_loop(lua_State *L, lua_Integer n)
 		}
 		if (!take_plain(L, lt, missing)) {
 			struct lchat_event ev;
-			lua_pushstring(L, lchat_transfer_peek(lt, &ev) ? "slow" : "empty");
+			if (lt->t == NULL) /* closed by a finalizer */
+				lua_pushliteral(L, "closed");
+			else
+				lua_pushstring(L, lchat_transfer_peek(lt, &ev) ? "slow" : "empty");
 			lua_pushinteger(L, n);
 			return 2;
 		}
@@ -453,6 +466,9 @@ void lchat_chunks_register(lua_State *L, int mod, int decode)
 		luaL_setfuncs(L, meta, 0);
 		lua_pushvalue(L, decode);
 		lua_setfield(L, -2, "decode");
+		/* Protected: scripts cannot edit it, nor swap it (which would lose the fields). */
+		lua_pushliteral(L, LCHAT_LAZY_CHUNK_MT);
+		lua_setfield(L, -2, "__metatable");
 	}
 	lua_pop(L, 1);
 	lua_pushcfunction(L, l_delta_text);

@@ -136,6 +136,7 @@ int lchat_transfer_start(lua_State *L)
 	lt->t = NULL;
 	lt->ref = LUA_NOREF;
 	lt->ev_off = 0;
+	lt->popped = 0;
 	lt->eager = 0;
 	luaL_setmetatable(L, LCHAT_TRANSFER_MT);
 	lua_pushvalue(L, lua_upvalueindex(1));
@@ -167,14 +168,10 @@ void lchat_transfer_push_ready(lua_State *L, int engine_idx, struct http_transfe
 		unpin(L, -1, lt);
 }
 
-int lchat_transfer_peek(struct lchat_transfer *lt, struct lchat_event *ev)
+/* Point *ev at the event record starting at p. */
+static void parse_record(const char *p, struct lchat_event *ev)
 {
-	const struct buf *q = http_events(lt->t);
-	const char *p;
 	uint32_t tl, dl;
-	if (lt->ev_off >= q->len)
-		return 0;
-	p = q->data + lt->ev_off;
 	memcpy(&tl, p, 4);
 	memcpy(&dl, p + 4 + tl, 4);
 	ev->type = p + 4;
@@ -182,11 +179,57 @@ int lchat_transfer_peek(struct lchat_transfer *lt, struct lchat_event *ev)
 	ev->data = p + 8 + tl;
 	ev->data_len = dl;
 	ev->size = 8 + (size_t)tl + dl;
+}
+
+int lchat_transfer_peek(struct lchat_transfer *lt, struct lchat_event *ev)
+{
+	const struct buf *q;
+	if (lt->t == NULL)
+		return 0;
+	q = http_events(lt->t);
+	if (lt->ev_off >= q->len)
+		return 0;
+	parse_record(q->data + lt->ev_off, ev);
 	return 1;
+}
+
+/*
+ * Any Lua allocation may run a GC step, and so finalizers, which may close,
+ * poll or drain this very transfer (freeing or moving its queue). So the
+ * record (for a message event, just its data) is copied into a Lua string
+ * first (lua_pushlstring copies before its GC step) and everything after
+ * reads the copy.
+ */
+int lchat_transfer_copy_next(lua_State *L, struct lchat_transfer *lt, struct lchat_event *ev)
+{
+	for (;;) {
+		struct lchat_event q;
+		unsigned long popped = lt->popped;
+		if (!lchat_transfer_peek(lt, &q))
+			return 0;
+		if (q.type_len == 0) /* the usual message event: its data is the copy */
+			lua_pushlstring(L, q.data, q.data_len);
+		else
+			lua_pushlstring(L, q.type - 4, q.size);
+		if (lt->t != NULL && lt->popped != popped) { /* taken meanwhile: the copy is stale */
+			lua_pop(L, 1);
+			continue;
+		}
+		if (q.type_len == 0) {
+			*ev = q;
+			ev->data = lua_tostring(L, -1);
+		} else {
+			parse_record(lua_tostring(L, -1), ev);
+		}
+		return 1;
+	}
 }
 
 void lchat_transfer_pop(struct lchat_transfer *lt, const struct lchat_event *ev)
 {
+	if (lt->t == NULL) /* closed meanwhile: the queue is gone */
+		return;
+	lt->popped++;
 	lt->ev_off += ev->size;
 	if (lt->ev_off >= http_events(lt->t)->len) {
 		lt->ev_off = 0;
@@ -194,7 +237,7 @@ void lchat_transfer_pop(struct lchat_transfer *lt, const struct lchat_event *ev)
 	}
 }
 
-/* Push one event as a string (message) or {event=, data=}. */
+/* Replace the record copy on top with the event: a string (message) or {event=, data=}. */
 static void push_event(lua_State *L, const struct lchat_event *ev)
 {
 	if (ev->type_len == 0) {
@@ -206,6 +249,7 @@ static void push_event(lua_State *L, const struct lchat_event *ev)
 		lua_pushlstring(L, ev->data, ev->data_len);
 		lua_setfield(L, -2, "data");
 	}
+	lua_replace(L, -2);
 }
 
 /* t:take() -> list of events, or nil when none are queued. Resumes a paused transfer. */
@@ -214,16 +258,15 @@ static int l_transfer_take(lua_State *L)
 	struct lchat_transfer *lt = lchat_check_open_transfer(L, 1);
 	struct lchat_event ev;
 	lua_Integer n = 0;
-	if (!lchat_transfer_peek(lt, &ev)) {
-		lua_pushnil(L);
-		return 1;
-	}
+	lua_settop(L, 1);
 	lua_createtable(L, 16, 0);
-	do {
+	while (lchat_transfer_copy_next(L, lt, &ev)) {
 		push_event(L, &ev);
-		lua_rawseti(L, -2, ++n);
+		lua_rawseti(L, 2, ++n);
 		lchat_transfer_pop(lt, &ev);
-	} while (lchat_transfer_peek(lt, &ev));
+	}
+	if (n == 0)
+		lua_pushnil(L);
 	return 1;
 }
 
@@ -232,7 +275,7 @@ static int l_transfer_take_one(lua_State *L)
 {
 	struct lchat_transfer *lt = lchat_check_open_transfer(L, 1);
 	struct lchat_event ev;
-	if (!lchat_transfer_peek(lt, &ev)) {
+	if (!lchat_transfer_copy_next(L, lt, &ev)) {
 		lua_pushnil(L);
 		return 1;
 	}

@@ -171,6 +171,7 @@ function Stream:next()
       self.nevents = self.nevents + 1
       return chunk
     end
+    if self.finished then break end -- closed meanwhile (a finalizer, say)
     chunk = self:step()
     if chunk then return chunk end
   end
