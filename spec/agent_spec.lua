@@ -44,17 +44,7 @@ local function streamed(calls, text)
   return { sse = ev, done = true }
 end
 
-local weather_calls = {}
-local weather = luachat.tool {
-  name = "get_weather",
-  description = "Current weather for a city",
-  parameters = { type = "object", properties = { city = { type = "string" } }, required = { "city" },
-    additionalProperties = false },
-  handler = function(args, c)
-    weather_calls[#weather_calls + 1] = { args = args, call = c }
-    return { city = args.city, temp_c = 21 }
-  end,
-}
+local weather, weather_calls, reset_weather = require("spec.helpers.weather")(luachat.tool)
 
 describe("agent", function()
   local srv, client
@@ -63,7 +53,7 @@ describe("agent", function()
   teardown(function() if srv then srv:stop() end end)
   before_each(function()
     srv:reset()
-    weather_calls = {}
+    reset_weather()
     client = luachat.client { base_url = srv.base_url, api_key = "sk-agent" }
   end)
   after_each(function() assert.equal(0, core.live(), "a transfer was left running") end)

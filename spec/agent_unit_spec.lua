@@ -74,17 +74,7 @@ local function chunk(text)
     finish_reason = null } } }
 end
 
-local weather_args = {}
-local weather = agent_mod.tool {
-  name = "get_weather",
-  description = "Current weather for a city",
-  parameters = { type = "object", properties = { city = { type = "string" } }, required = { "city" },
-    additionalProperties = false },
-  handler = function(args, c)
-    weather_args[#weather_args + 1] = { args = args, call = c }
-    return { city = args.city, temp_c = 21 }
-  end,
-}
+local weather, weather_args, reset_weather = require("spec.helpers.weather")(agent_mod.tool)
 
 -- The tool messages of a transcript, by tool_call_id, and their ids in order.
 local function tool_messages(messages)
@@ -99,7 +89,7 @@ local function tool_messages(messages)
 end
 
 describe("agent (unit, fake client)", function()
-  before_each(function() weather_args = {} end)
+  before_each(function() reset_weather() end)
 
   describe("definitions", function()
     it("tool() validates the name, handler and parameters", function()

@@ -330,20 +330,32 @@ static int tool_call_field(struct cursor *c, const char *key, size_t len, void *
 	return skip_value(c);
 }
 
-/* delta.tool_calls: null, [], or one fragment with an index. */
-static int scan_tool_calls(struct cursor *c, struct chunk_scan *out)
+/*
+ * null, [], or a list of exactly one object, whose members go to field
+ * (a second element is not plain). *present says whether there was one.
+ */
+static int scan_single_list(struct cursor *c, field_fn field, void *state, int *present)
 {
+	*present = 0;
 	if (accept_null(c))
 		return 0;
 	if (expect(c, '[') != 0)
 		return -1;
 	if (accept(c, ']'))
 		return 0;
-	out->tool_index = -1;
-	if (scan_object(c, tool_call_field, out) != 0 || out->tool_index < 0)
+	*present = 1;
+	if (scan_object(c, field, state) != 0)
 		return -1;
-	out->has_args = 1;
-	return expect(c, ']'); /* a second call in one delta is not plain */
+	return expect(c, ']');
+}
+
+/* delta.tool_calls: null, [], or one fragment with an index. */
+static int scan_tool_calls(struct cursor *c, struct chunk_scan *out)
+{
+	out->tool_index = -1;
+	if (scan_single_list(c, tool_call_field, out, &out->has_args) != 0)
+		return -1;
+	return out->has_args && out->tool_index < 0 ? -1 : 0;
 }
 
 struct delta_state {
@@ -407,16 +419,7 @@ static int choice_field(struct cursor *c, const char *key, size_t len, void *sta
 /* choices: null, [], or exactly one choice object. */
 static int scan_choices(struct cursor *c, struct chunk_scan *out)
 {
-	if (accept_null(c))
-		return 0;
-	if (expect(c, '[') != 0)
-		return -1;
-	if (accept(c, ']'))
-		return 0;
-	out->has_choice = 1;
-	if (scan_object(c, choice_field, out) != 0)
-		return -1;
-	return expect(c, ']');
+	return scan_single_list(c, choice_field, out, &out->has_choice);
 }
 
 /* A head field: *bit is set when its value is one the accumulator would keep. */
