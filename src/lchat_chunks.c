@@ -26,13 +26,11 @@ static const char key_text = 't'; /* choices[1].delta.content, when non-empty */
 /* Stack slots of t:drain and t:next_chunk. */
 enum { S_T = 1, S_ACC, S_FN, S_MSGH, S_BYINDEX, S_TOP = S_BYINDEX };
 
-static void push_decoded(lua_State *L, const char *json, size_t len);
+static void push_decoded(lua_State *L, int json);
 
 /* Decode a lazy chunk in place: its fields become real, its metatable goes. */
 void lchat_chunk_materialize(lua_State *L, int idx)
 {
-	size_t len;
-	const char *json;
 	idx = lua_absindex(L, idx);
 	luaL_checkstack(L, 6, "materializing a chunk");
 	lua_rawgetp(L, idx, KEY_RAW);
@@ -40,8 +38,7 @@ void lchat_chunk_materialize(lua_State *L, int idx)
 		lua_pop(L, 1);
 		return;
 	}
-	json = lua_tolstring(L, -1, &len);
-	push_decoded(L, json, len);
+	push_decoded(L, -1);
 	lua_remove(L, -2);
 	lua_pushnil(L);
 	lua_rawsetp(L, idx, KEY_RAW);
@@ -141,16 +138,23 @@ static void push_text(lua_State *L, const struct chunk_text *t)
 }
 
 /* parts[#parts + 1] = the string on top (kept on the stack); field names the parts list in st. */
-static int append_part(lua_State *L, int st, const char *field)
+static void append_part(lua_State *L, int st, const char *field)
 {
-	if (lua_getfield(L, st, field) != LUA_TTABLE) {
-		lua_pop(L, 1);
-		return -1;
+	if (lua_getfield(L, st, field) == LUA_TTABLE) {
+		lua_pushvalue(L, -2);
+		lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 	}
-	lua_pushvalue(L, -2);
-	lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 	lua_pop(L, 1);
-	return 0;
+}
+
+/* Append scanned text t, when present, to st's parts list field. */
+static void append_text(lua_State *L, int st, const char *field, const struct chunk_text *t)
+{
+	if (t->p == NULL)
+		return;
+	push_text(L, t);
+	append_part(L, st, field);
+	lua_pop(L, 1);
 }
 
 /* Head fields the accumulator still lacks (a plain chunk must not carry one). */
@@ -200,32 +204,19 @@ static int fits(lua_State *L, const struct chunk_scan *sc, unsigned missing)
 /* Apply a chunk that fits: text appended where Acc:add would put it. Leaves the text on top. */
 static void apply(lua_State *L, const struct chunk_scan *sc)
 {
-	int st, call = 0;
+	int st;
 	lua_pushnil(L); /* delta_text, replaced below */
 	if (!sc->has_choice)
 		return;
 	st = lua_gettop(L) - 1;
-	if (sc->has_args) {
-		call = st;
-		st--;
-		if (sc->args.p) {
-			push_text(L, &sc->args);
-			append_part(L, call, "args");
-			lua_pop(L, 1);
-		}
+	if (sc->has_args) { /* the stack holds st, call (see fits) */
+		int call = st--;
+		append_text(L, call, "args", &sc->args);
 		lua_pushvalue(L, call);
 		lua_setfield(L, st, "last_call");
 	}
-	if (sc->refusal.p) {
-		push_text(L, &sc->refusal);
-		append_part(L, st, "refusal");
-		lua_pop(L, 1);
-	}
-	if (sc->reasoning.p) {
-		push_text(L, &sc->reasoning);
-		append_part(L, st, "reasoning");
-		lua_pop(L, 1);
-	}
+	append_text(L, st, "refusal", &sc->refusal);
+	append_text(L, st, "reasoning", &sc->reasoning);
 	if (sc->content.p) {
 		push_text(L, &sc->content);
 		append_part(L, st, "content");
@@ -240,13 +231,14 @@ static void touch(lua_State *L)
 	lua_setfield(L, S_ACC, "cache");
 }
 
-/* Push json decoded (it is a plain chunk, so the decoder accepts it). */
-static void push_decoded(lua_State *L, const char *json, size_t len)
+/* Push the JSON string at index json decoded (a plain chunk, so the decoder accepts it). */
+static void push_decoded(lua_State *L, int json)
 {
+	json = lua_absindex(L, json);
 	luaL_getmetatable(L, LCHAT_LAZY_CHUNK_MT);
 	lua_getfield(L, -1, "decode");
 	lua_replace(L, -2);
-	lua_pushlstring(L, json, len);
+	lua_pushvalue(L, json);
 	lua_call(L, 1, 2);
 	if (lua_type(L, -2) != LUA_TTABLE)
 		luaL_error(L, "luachat: a stream chunk could not be decoded: %s", lua_tostring(L, -1));
@@ -291,7 +283,7 @@ static int take_plain(lua_State *L, struct lchat_transfer *lt, unsigned missing)
 	lchat_transfer_pop(lt, &ev); /* taken: an error below cannot hand it out twice */
 	apply(L, &sc);
 	if (lt->eager) {
-		push_decoded(L, ev.data, ev.data_len);
+		push_decoded(L, base + 1);
 	} else {
 		lua_createtable(L, 0, 2);
 		lua_pushvalue(L, base + 1);
@@ -309,6 +301,15 @@ static int take_plain(lua_State *L, struct lchat_transfer *lt, unsigned missing)
 	return 1;
 }
 
+/* Fill S_MSGH (nil) and S_BYINDEX from the accumulator at S_ACC (argument acc_arg). */
+static void push_slots(lua_State *L, int acc_arg)
+{
+	lua_settop(L, S_FN);
+	lua_pushnil(L); /* S_MSGH, set by drain */
+	if (lua_getfield(L, S_ACC, "by_index") != LUA_TTABLE)
+		luaL_argerror(L, acc_arg, "a luachat.stream accumulator expected");
+}
+
 /* Checks shared by drain and next_chunk; leaves the stack as S_T..S_TOP. */
 static struct lchat_transfer *prepare(lua_State *L, int with_fn)
 {
@@ -316,10 +317,7 @@ static struct lchat_transfer *prepare(lua_State *L, int with_fn)
 	luaL_checktype(L, S_ACC, LUA_TTABLE);
 	if (with_fn)
 		luaL_checktype(L, S_FN, LUA_TFUNCTION);
-	lua_settop(L, S_FN);
-	lua_pushnil(L); /* S_MSGH, set by drain */
-	if (lua_getfield(L, S_ACC, "by_index") != LUA_TTABLE)
-		luaL_argerror(L, S_ACC, "a luachat.stream accumulator expected");
+	push_slots(L, S_ACC);
 	return lt;
 }
 
@@ -432,10 +430,7 @@ static int l_accumulate_plain(lua_State *L)
 	lua_settop(L, 2);
 	lua_rotate(L, 1, 1); /* acc to slot S_ACC; the text takes S_T (there is no transfer) */
 	s = lua_tolstring(L, 1, &n);
-	lua_settop(L, S_FN);
-	lua_pushnil(L);
-	if (lua_getfield(L, S_ACC, "by_index") != LUA_TTABLE)
-		return luaL_argerror(L, S_ACC, "a luachat.stream accumulator expected");
+	push_slots(L, 1);
 	if (!chunk_scan(s, n, &sc) || !fits(L, &sc, head_missing(L))) {
 		lua_pushboolean(L, 0);
 		return 1;

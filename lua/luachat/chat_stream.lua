@@ -189,6 +189,17 @@ function Stream:each(fn)
   while not self.finished do
     local status, n, err = t:drain(acc, fn) -- plain chunks, in C
     self.nevents = self.nevents + n
+    if status == "slow" or status == "empty" then
+      local chunk = self:step() -- one event the Lua path owns, or a wait
+      if chunk then
+        local ok, ret = xpcall(fn, debug.traceback, chunk)
+        if not ok then
+          status, err = "error", ret
+        elseif ret == false then
+          status = "stop"
+        end
+      end
+    end
     if status == "error" then
       self:close()
       error(err, 0)
@@ -197,18 +208,6 @@ function Stream:each(fn)
       return
     elseif status == "closed" then
       return
-    end
-    local chunk = self:step() -- "slow" or "empty": one event the Lua path owns, or a wait
-    if chunk then
-      local ok, ret = xpcall(fn, debug.traceback, chunk)
-      if not ok then
-        self:close()
-        error(ret, 0)
-      end
-      if ret == false then
-        self:fail("cancelled", string.format("stream cancelled by the callback after %d events", self.nevents))
-        return
-      end
     end
   end
 end
