@@ -14,7 +14,13 @@ VERSION   := 0.1.0
 SOVERSION := 0
 AR        ?= ar
 
+DEPS      ?= scripts/deps.sh
+
+# pkg-config runs when make reads this file. On a fresh machine the packages
+# appear only once `deps` has run, so the targets that install them (test,
+# demo, bench, asan, valgrind) build in a sub-make that reads the file anew.
 PKG_CFLAGS := $(shell pkg-config --cflags $(LUA_PC) $(CURL_PC) 2>/dev/null)
+PKG_OK     := $(shell pkg-config --exists $(LUA_PC) $(CURL_PC) 2>/dev/null && echo yes)
 # libcurl is not linked: src/curl_dl.c dlopen()s it on the first transfer
 # (curl.h still comes from CURL_PC). dlopen is in libc from glibc 2.34.
 PKG_LIBS   := $(shell pkg-config --libs $(LUA_PC) 2>/dev/null)
@@ -57,11 +63,11 @@ CONFIG_H   := $(BUILD)/lchat_config.h
 EXAMPLES   := $(BUILD)/examples/embed $(BUILD)/examples/poll_loop
 MAN_PAGE   := $(wildcard luachat.1)
 
-.PHONY: all test check asan valgrind fuzz bench demo install uninstall clean deps FORCE
+.PHONY: all test check asan valgrind fuzz bench demo install uninstall clean deps pkgcheck FORCE
 
 all: $(HOST) $(MODULE) $(LIB_A) $(LIB_SO) $(LIB_LINKS) $(PC) $(EXAMPLES) $(C_TESTS)
 
-$(BUILD)/%.o: src/%.c
+$(BUILD)/%.o: src/%.c | pkgcheck
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
@@ -115,17 +121,24 @@ $(BUILD)/spec/test_%: spec/c/test_%.c $(BASE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LDFLAGS)
 
-deps:
-	@scripts/deps.sh
+# A clear stop instead of "lua.h: No such file or directory".
+pkgcheck:
+	@$(if $(PKG_OK),:,echo "luachat: pkg-config finds no $(LUA_PC) or $(CURL_PC): run 'make deps' (or make test / make demo, which do)" >&2; exit 1)
 
-test: deps all
+deps:
+	@$(DEPS)
+
+SUBMAKE = $(MAKE) --no-print-directory
+
+test: deps
+	@$(SUBMAKE) all
 	@scripts/run-tests.sh $(BUILD)
 
 check: test asan
 
 # AddressSanitizer + UBSan: a separate tree, then the whole suite.
 asan: deps
-	@$(MAKE) --no-print-directory BUILD=build-asan HOST=build-asan/bin/luachat \
+	@$(SUBMAKE) BUILD=build-asan HOST=build-asan/bin/luachat \
 	  EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
 	@ln -sfn ../../lua build-asan/bin/lua # the host finds its Lua files beside itself
@@ -137,13 +150,16 @@ asan: deps
 fuzz:
 	@scripts/fuzz.sh
 
-valgrind: all
+valgrind: deps
+	@$(SUBMAKE) all
 	@scripts/valgrind.sh $(BUILD)
 
-demo: deps all
+demo: deps
+	@$(SUBMAKE) all
 	@./$(HOST) scripts/demo.lua ./$(HOST)
 
-bench: deps all
+bench: deps
+	@$(SUBMAKE) all
 	@scripts/bench.sh
 
 INST_LUA  = $(DESTDIR)$(PREFIX)/share/lua/$(LUA_VER)/luachat
