@@ -4,10 +4,13 @@
 # apt-get (running `apt-get update` first only then); otherwise prints the
 # exact command to run and exits 1.
 # Usage: scripts/deps.sh [--bench]   (--bench adds what `make bench` needs)
+# The base list is everything `make test` needs: the build, the test server
+# (python3, curl), the TLS specs (openssl), the `-c` specs (tmux);
+# scripts/run-tests.sh fails when one is missing.
 set -eu
 
 packages="lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted pkg-config \
-make gcc libreadline-dev python3 curl openssl"
+make gcc libreadline-dev python3 curl openssl tmux"
 if [ "${1:-}" = "--bench" ]; then
 	packages="$packages time"
 	# node may come from elsewhere (nodesource bundles npm): ask for the commands, not the packages.
@@ -15,7 +18,7 @@ if [ "${1:-}" = "--bench" ]; then
 	command -v npm >/dev/null 2>&1 || packages="$packages npm"
 fi
 if [ "${1:-}" = "--dev" ]; then
-	packages="$packages clang valgrind luarocks tmux"
+	packages="$packages clang valgrind luarocks"
 fi
 
 missing=""

@@ -1,7 +1,8 @@
 -- `luachat -c` on a real terminal, driven through tmux: a streamed reply,
 -- Ctrl-C cancelling a slow reply without leaving, /save and /load, Ctrl-D.
--- Pending (with a note) when tmux is not installed. Every wait polls
+-- Fails when tmux is not installed (scripts/deps.sh installs it). Every wait polls
 -- capture-pane with a bound; the session is always killed in teardown.
+-- run-tests: once (it only drives the host in tmux; scripts/run-tests.sh)
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 
 local proc = require "spec.helpers.proc"
@@ -26,11 +27,11 @@ local have_core = pcall(require, "luachat.core")
 
 describe("luachat -c in tmux", function()
   if not have_tmux then
-    pending("tmux is not installed: the interactive chat test is skipped")
+    error("tmux is not installed (scripts/deps.sh installs it): the -c specs cannot run")
     return
   end
   if not (have_server and have_core) then
-    pending("needs the engine and spec/helpers/server.lua")
+    error("needs the engine and spec/helpers/server.lua")
     return
   end
   local json = require "luachat.json"

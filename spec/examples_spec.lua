@@ -1,5 +1,6 @@
 -- The examples/ agents, run as a user runs them (the host, a subprocess),
 -- against the test server scripted as a model that calls their tools.
+-- run-tests: once (it only runs the examples in the host; scripts/run-tests.sh)
 local server = require "spec.helpers.server"
 local json = require "luachat.json"
 

@@ -1,5 +1,6 @@
 -- The luachat host binary, run as a user would: arguments, exit codes,
 -- stdin scripts, error output, SIGINT, the library search path.
+-- run-tests: once (it only drives the host as a subprocess; scripts/run-tests.sh)
 local proc = require "spec.helpers.proc"
 local HOST, shell_quote, run, abspath = proc.host, proc.shell_quote, proc.run, proc.abspath
 

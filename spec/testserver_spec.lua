@@ -2,6 +2,7 @@
 -- checked from outside with the curl command-line tool only.
 -- Must never use luachat: this is the harness every integration spec trusts.
 -- Run: busted spec/testserver_spec.lua (from the repository root).
+-- run-tests: once (it never loads luachat; scripts/run-tests.sh)
 local cjson = require "cjson"
 local server = require "spec.helpers.server"
 
