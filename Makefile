@@ -63,7 +63,7 @@ CONFIG_H   := $(BUILD)/lchat_config.h
 EXAMPLES   := $(BUILD)/examples/embed $(BUILD)/examples/poll_loop
 MAN_PAGE   := $(wildcard luachat.1)
 
-.PHONY: all test check asan valgrind fuzz bench demo install uninstall clean deps pkgcheck FORCE
+.PHONY: all test check asan valgrind fuzz bench demo install uninstall clean deps pkgcheck FORCE mutants
 
 all: $(HOST) $(MODULE) $(LIB_A) $(LIB_SO) $(LIB_LINKS) $(PC) $(EXAMPLES) $(C_TESTS)
 
@@ -157,6 +157,12 @@ valgrind: deps
 demo: deps
 	@$(SUBMAKE) all
 	@./$(HOST) scripts/demo.lua ./$(HOST)
+
+# Deliberate breakages (the mutants.txt files in src/, lua/luachat/, scripts/),
+# each built and run in a scratch copy under /tmp: every one must make its
+# specs fail. MUTANTS="word ..." runs only the mutants whose names contain one.
+mutants: deps
+	@lua5.4 scripts/mutants.lua $(MUTANTS)
 
 bench: deps
 	@$(SUBMAKE) all

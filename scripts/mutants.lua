@@ -1,0 +1,405 @@
+-- scripts/mutants.lua: `make mutants`. Applies each deliberate breakage listed
+-- in the mutant list files, in a scratch copy of the tree under /tmp, runs the
+-- specs that must catch it, and prints one line per mutant, then
+-- "N mutants, N caught". Exits non-zero when a mutant is missed, a list entry
+-- is malformed, or a mutant does not build.
+--
+--   lua5.4 scripts/mutants.lua [options] [NAME-FILTER...]
+--     NAME-FILTER        run only mutants whose name contains one of these (plain text, any case)
+--     --list             parse and check every entry, print the names, run nothing
+--     --timeout S        per spec run (default 300 s)
+--     --no-baseline      skip the check that each spec passes on the unmutated tree
+--     --keep             keep the scratch directory (its path is printed)
+--
+-- List files (blocks separated by blank lines; a block's first line "# name"):
+--   src/mutants.txt  lua/luachat/mutants.txt  scripts/mutants.txt
+--     # Ollama: a new id at a used index starts a new tool call
+--     file: lua/luachat/stream.lua
+--     find: if tc.id and slot.id and tc.id ~= slot.id then
+--     replace: if false then
+--     specs: spec/stream_spec.lua spec/agent_unit_spec.lua
+-- `find` and `replace` are literal text in which \n means a newline, \t a tab
+-- and \\ a backslash; `replace:` alone deletes. `find` must occur exactly once
+-- in `file`: 0 or 2+ times is a hard error naming the entry, so a refactor that
+-- moves the code has to update its mutant. `specs`: busted spec files, or
+-- `build:spec/test_x` for a C test built by `make all`. Further lines starting
+-- with '#' in a block are comments; a block of only '#' lines is a comment.
+--
+-- How: the tree (git ls-files, cached and untracked-not-ignored, with the
+-- working-tree content; build directories left out) is copied once to
+-- /tmp/luachat-mutants.XXXXXX/base and built there (`make all`); each spec is
+-- run there once unmutated (a spec that already fails proves nothing). Each
+-- mutant gets a fresh `cp -a` of base, so make sees only the mutated file as
+-- newer and a C mutant recompiles one object and relinks. Specs run under the
+-- copy's own ./luachat (LUACHAT_HOST is cleared), one file at a time, each
+-- under `timeout`; the first failing spec catches the mutant.
+-- A spec run that times out counts as caught: the mutant hung the suite, which
+-- `make test` (per-file timeouts) reports as a failure too; the line says
+-- "timed out" so a hang stays visible.
+
+local LIST_FILES = { "src/mutants.txt", "lua/luachat/mutants.txt", "scripts/mutants.txt" }
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Run a shell command; true when it exited 0, plus the exit code.
+local function sh(cmd)
+  local ok, how, code = os.execute(cmd)
+  if how == "signal" then code = 128 + code end
+  return ok == true, code
+end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function now()
+  return tonumber(capture("date +%s.%N")) or os.time()
+end
+
+-- \n, \t, \\ in list text; any other backslash is kept as is.
+local function unescape(s)
+  return (s:gsub("\\(.)", function(c)
+    if c == "n" then return "\n" elseif c == "t" then return "\t" elseif c == "\\" then return "\\" end
+    return "\\" .. c
+  end))
+end
+
+local function count_plain(hay, needle)
+  local n, i = 0, 1
+  while true do
+    local a, b = hay:find(needle, i, true)
+    if not a then return n end
+    n = n + 1
+    i = b + 1
+  end
+end
+
+-- Options and filters.
+local opts = { timeout = 300, baseline = true, keep = false, list = false, filters = {} }
+do
+  local i = 1
+  while i <= #arg do
+    local a = arg[i]
+    if a == "--timeout" then
+      i = i + 1
+      opts.timeout = tonumber(arg[i]) or error("--timeout wants seconds")
+    elseif a == "--no-baseline" then opts.baseline = false
+    elseif a == "--keep" then opts.keep = true
+    elseif a == "--list" then opts.list = true
+    elseif a == "-h" or a == "--help" then
+      io.write("usage: lua5.4 scripts/mutants.lua [--list] [--timeout S] [--no-baseline] [--keep] [NAME-FILTER...]\n")
+      os.exit(0)
+    elseif a:sub(1, 2) == "--" then
+      io.stderr:write("mutants: unknown option ", a, "\n")
+      os.exit(2)
+    else
+      opts.filters[#opts.filters + 1] = a:lower()
+    end
+    i = i + 1
+  end
+end
+
+-- Parse every list file strictly; problems are collected, each naming its entry.
+local problems = {}
+local mutants = {}
+local names = {}
+
+local function problem(where, msg)
+  problems[#problems + 1] = where .. ": " .. msg
+end
+
+local KEYS = { file = true, find = true, replace = true, specs = true }
+
+for _, list in ipairs(LIST_FILES) do
+  local text = read_file(list)
+  if text then
+    local blocks, cur, start = {}, nil, nil
+    local lineno = 0
+    for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+      lineno = lineno + 1
+      if line:match("^%s*$") then
+        if cur then blocks[#blocks + 1] = { lines = cur, line = start } end
+        cur = nil
+      else
+        if not cur then cur, start = {}, lineno end
+        cur[#cur + 1] = line
+      end
+    end
+    if cur then blocks[#blocks + 1] = { lines = cur, line = start } end
+    for _, b in ipairs(blocks) do
+      local where = list .. ":" .. b.line
+      local only_comments = true
+      for _, l in ipairs(b.lines) do
+        if l:sub(1, 1) ~= "#" then only_comments = false end
+      end
+      if not only_comments then
+        local m = { list = list, line = b.line }
+        local first = b.lines[1]
+        if first:sub(1, 1) ~= "#" then
+          problem(where, "the block's first line must be '# name', got: " .. first)
+        else
+          m.name = first:gsub("^#%s*", ""):gsub("%s+$", "")
+          if m.name == "" then problem(where, "empty mutant name") end
+          where = where .. " (" .. m.name .. ")"
+        end
+        for k = 2, #b.lines do
+          local l = b.lines[k]
+          if l:sub(1, 1) ~= "#" then
+            local key, value = l:match("^(%a+):%s?(.*)$")
+            if not key or not KEYS[key] then
+              problem(where, "unknown line: " .. l)
+            elseif m[key] ~= nil then
+              problem(where, "'" .. key .. ":' given twice")
+            else
+              m[key] = value
+            end
+          end
+        end
+        for _, key in ipairs { "file", "find", "replace", "specs" } do
+          if m[key] == nil then problem(where, "missing '" .. key .. ":'") end
+        end
+        if m.name and names[m.name] then
+          problem(where, "duplicate name (also " .. names[m.name] .. ")")
+        end
+        if m.name then names[m.name] = where end
+        if m.file and m.find and m.replace and m.specs then
+          m.file = m.file:gsub("%s+$", "")
+          m.find, m.replace = unescape(m.find), unescape(m.replace)
+          m.spec_list = {}
+          for s in m.specs:gmatch("%S+") do m.spec_list[#m.spec_list + 1] = s end
+          local src = read_file(m.file)
+          if m.find == "" then
+            problem(where, "empty 'find:'")
+          elseif m.find == m.replace then
+            problem(where, "'replace:' equals 'find:' (no change)")
+          elseif not src then
+            problem(where, "no such file: " .. m.file)
+          else
+            local n = count_plain(src, m.find)
+            if n ~= 1 then
+              problem(where, string.format("'find:' occurs %d times in %s (must be exactly once): %s",
+                n, m.file, m.find))
+            end
+          end
+          if #m.spec_list == 0 then problem(where, "no specs") end
+          for _, s in ipairs(m.spec_list) do
+            local c = s:match("^build:(.+)$")
+            if c then
+              if not read_file(c:gsub("^spec/", "spec/c/") .. ".c") then
+                problem(where, "no C test source for " .. s .. " (spec/c/<name>.c)")
+              end
+            elseif not read_file(s) then
+              problem(where, "no such spec file: " .. s)
+            end
+          end
+          m.is_c = m.file:match("%.[ch]$") ~= nil
+          mutants[#mutants + 1] = m
+        end
+      end
+    end
+  end
+end
+
+local selected = {}
+for _, m in ipairs(mutants) do
+  local keep = #opts.filters == 0
+  for _, f in ipairs(opts.filters) do
+    if m.name:lower():find(f, 1, true) then keep = true end
+  end
+  if keep then selected[#selected + 1] = m end
+end
+
+for _, p in ipairs(problems) do io.write("MALFORMED  ", p, "\n") end
+
+if opts.list then
+  for _, m in ipairs(selected) do io.write(m.name, "  [", m.file, " -> ", m.specs, "]\n") end
+  io.write(#selected, " mutants listed, ", #problems, " malformed entries\n")
+  os.exit(#problems == 0 and 0 or 1)
+end
+
+if #selected == 0 then
+  io.write("0 mutants, 0 caught\n")
+  os.exit(#problems == 0 and 0 or 1)
+end
+
+-- The scratch copy.
+local root = capture("mktemp -d /tmp/luachat-mutants.XXXXXX"):gsub("%s+$", "")
+assert(root ~= "", "mktemp failed")
+local base = root .. "/base"
+local logdir = root .. "/logs"
+sh("mkdir -p " .. q(base) .. " " .. q(logdir))
+local function cleanup()
+  if opts.keep then
+    io.write("scratch kept: ", root, "\n")
+  else
+    sh("rm -rf " .. q(root))
+  end
+end
+
+local t0 = now()
+-- Tracked files plus untracked ones not ignored, as they are in the working
+-- tree now; build output (build*/, the host binary) and deleted files left out.
+local copied = sh(string.format(
+  "git ls-files -z --cached --others --exclude-standard | " ..
+  "tr '\\0' '\\n' | grep -v -E '^(build[^/]*/|luachat$|bench/node_modules/)' | " ..
+  "while IFS= read -r f; do [ -f \"$f\" ] && printf '%%s\\n' \"$f\"; done | " ..
+  "tar -cf - -T - | tar -xf - -C %s", q(base)))
+if not copied then
+  io.write("mutants: could not copy the tree to ", base, "\n")
+  cleanup()
+  os.exit(2)
+end
+
+local MAKE = "make --no-print-directory -j2 all"
+local function build(dir, log)
+  return sh(string.format("cd %s && %s >%s 2>&1", q(dir), MAKE, q(log)))
+end
+
+io.write(string.format("mutants: building the unmutated tree in %s\n", base))
+io.flush()
+if not build(base, logdir .. "/base-build.log") then
+  io.write("mutants: the unmutated tree does not build:\n", read_file(logdir .. "/base-build.log") or "", "\n")
+  cleanup()
+  os.exit(2)
+end
+
+-- The failing tests of a busted log, as a set of "file @ line name" (utfTerminal
+-- prints "Failure → spec/x_spec.lua @ 12" and the test's full name below it).
+local function failures(log)
+  local set, n = {}, 0
+  local prev
+  for line in ((read_file(log) or "") .. "\n"):gmatch("([^\n]*)\n") do
+    if prev then
+      set[prev .. " " .. line] = true
+      n = n + 1
+      prev = nil
+    end
+    local loc = line:match("^Failure → (.*)$") or line:match("^Error → (.*)$")
+    if loc then prev = loc end
+  end
+  return set, n
+end
+
+-- Run one spec in dir: "pass", "fail" or "timeout", the failing tests (a
+-- set, see failures) and the log path.
+local seq = 0
+local function run_spec(dir, spec)
+  seq = seq + 1
+  local log = string.format("%s/%03d-%s.log", logdir, seq, spec:gsub("[^%w]", "_"))
+  local c = spec:match("^build:(.+)$")
+  local cmd
+  if c then
+    cmd = string.format("build/%s spec/fixtures/sse", c)
+  else
+    cmd = "busted --lua=./luachat -o utfTerminal " .. q(spec)
+  end
+  -- timeout runs the spec in its own process group and kills all of it;
+  -- -k: a spec that ignores TERM is killed 10 s later.
+  local ok, code = sh(string.format(
+    "cd %s && env -u LUACHAT_HOST -u LUACHAT_SKIP_STOCK_LUA timeout -k 10 %d %s </dev/null >%s 2>&1",
+    q(dir), opts.timeout, cmd, q(log)))
+  if ok then return "pass", {}, log end
+  if code == 124 or code == 137 then return "timeout", {}, log end
+  return "fail", (failures(log)), log
+end
+
+-- Baseline: each spec the selected mutants name, run unmutated. A test that
+-- fails there proves nothing, so only new failures catch a mutant; a spec
+-- that times out unmutated is not used at all.
+local baseline = {} -- spec -> set of failing tests, or false when it timed out
+local baseline_bad = 0
+local seen = {}
+for _, m in ipairs(selected) do
+  for _, s in ipairs(m.spec_list) do
+    if not seen[s] then
+      seen[s] = true
+      if opts.baseline then
+        local st, fails, log = run_spec(base, s)
+        baseline[s] = st ~= "timeout" and fails
+        if st ~= "pass" then
+          baseline_bad = baseline_bad + 1
+          local list = {}
+          for id in pairs(fails) do list[#list + 1] = "\n    " .. id end
+          table.sort(list)
+          io.write(string.format("BASELINE  %s %s on the unmutated tree (log %s)%s\n", s,
+            st == "timeout" and "times out" or "fails", log, table.concat(list)))
+          io.flush()
+        end
+      else
+        baseline[s] = {}
+      end
+    end
+  end
+end
+
+local caught, missed, broken = 0, {}, 0
+for i, m in ipairs(selected) do
+  local dir = string.format("%s/m%03d", root, i)
+  sh(string.format("cp -a %s %s", q(base), q(dir)))
+  local path = dir .. "/" .. m.file
+  local src = read_file(path)
+  local a, b = src:find(m.find, 1, true)
+  write_file(path, src:sub(1, a - 1) .. m.replace .. src:sub(b + 1))
+  local line
+  if m.is_c and not build(dir, logdir .. string.format("/m%03d-build.log", i)) then
+    broken = broken + 1
+    line = string.format("BROKEN  %s  (does not build: %s/m%03d-build.log)", m.name, logdir, i)
+  else
+    local why
+    local unused = {}
+    for _, s in ipairs(m.spec_list) do
+      local known = baseline[s]
+      if known == false then
+        unused[#unused + 1] = s
+      else
+        local st, fails = run_spec(dir, s)
+        if st == "timeout" then
+          why = string.format("%s timed out after %d s", s, opts.timeout)
+        elseif st == "fail" then
+          local new = next(fails) == nil -- failed without naming a test: a crash, a load error
+          for id in pairs(fails) do
+            if not known[id] then new = true end
+          end
+          if new then why = s .. " failed" end
+        end
+        if why then break end
+      end
+    end
+    if why then
+      caught = caught + 1
+      line = string.format("caught  %s  (%s)", m.name, why)
+    else
+      missed[#missed + 1] = m.name
+      line = string.format("MISSED  %s%s", m.name,
+        #unused > 0 and ("  (not run: " .. table.concat(unused, " ") .. " times out unmutated)") or "")
+    end
+  end
+  io.write(line, "\n")
+  io.flush()
+  sh("rm -rf " .. q(dir))
+end
+
+cleanup()
+io.write(string.format("%d mutants, %d caught\n", #selected, caught))
+io.stderr:write(string.format("mutants: %.0f s%s\n", now() - t0,
+  #problems > 0 and string.format(", %d malformed entries", #problems) or ""))
+os.exit((#missed == 0 and broken == 0 and #problems == 0 and baseline_bad == 0) and 0 or 1)
