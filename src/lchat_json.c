@@ -1,13 +1,17 @@
 /*
  * lchat_json.c: JSON that round-trips chat payloads exactly.
  *
- * Owns: decoding through a private lua-cjson instance plus fix-ups (cjson
- * 2.1.0 makes every number a float and every `[]` an empty table), and
- * luachat's own encoder (exact integers, shortest round-trip floats, marked
- * empty arrays, null, error paths).
- * Never: keeps malloc'ed memory live across a call that can raise (the
- * encoder's scratch is a Lua-owned box with __gc), or keeps state in C globals.
+ * Owns: luachat's own decoder (strict RFC 8259; integers stay integers, `[]`
+ * becomes an empty table carrying the array metatable, -0.0 stays a float,
+ * lone surrogate escapes become U+FFFD, or their WTF-8 bytes at a string's
+ * edges for streams to join) and encoder (exact integers, shortest
+ * round-trip floats, marked arrays, null, error paths). Neither ever drops
+ * data: what it cannot represent faithfully is an error naming where.
+ * Never: marks anything in band (inside the data), keeps malloc'ed memory
+ * live across a call that can raise (the encoder's scratch is a Lua-owned
+ * box with __gc), or keeps state in C globals.
  */
+#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,184 +23,413 @@
 #include "lchat_json.h"
 
 #define JSON_MAX_DEPTH 1000
-#define JSON_EMPTY_ARRAY_MARKER "\\u0000luachat:[]"  /* as written into the text */
-#define JSON_EMPTY_ARRAY_VALUE "\0luachat:[]"        /* as cjson decodes it */
-#define JSON_EMPTY_ARRAY_VALUE_LEN 11
 #define JSON_SCRATCH_MT "luachat.JSONScratch"
+#define JSON_EXACT 9007199254740992.0 /* 2^53: integral floats below it become integers */
+#define JSON_SPARSE_SAFE 10           /* an array may have holes up to this index... */
+#define JSON_SPARSE_RATIO 2           /* ...or up to this many times its element count */
 
 /* Upvalues of json_decode / json_encode. */
-#define UV_DECODE 1   /* the private cjson instance's decode */
-#define UV_ARRAY_MT 2
-#define UV_OBJECT_MT 3
+#define UV_ARRAY_MT 1
+#define UV_OBJECT_MT 2
 
 /* ---------------------------------------------------------------- decode */
 
-/* Is there a `[` followed by optional blanks and `]` anywhere (strings included)? memchr-fast. */
-static int may_have_empty_array(const char *s, size_t n)
+struct decoder {
+	lua_State *L;
+	const char *s, *p, *end;
+	int wtf8;          /* lone surrogates at a string's edges keep their WTF-8 bytes */
+	int depth;
+	const char *error; /* what went wrong (static), at error_at */
+	const char *error_at;
+};
+
+static int decode_value(struct decoder *d);
+
+/* Record the first error; returns -1 for the caller to pass up. */
+static int decode_fail(struct decoder *d, const char *what, const char *at)
 {
-	const char *p = s, *end = s + n;
-	while ((p = memchr(p, '[', (size_t)(end - p))) != NULL) {
-		p++;
-		while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-			p++;
-		if (p < end && *p == ']')
-			return 1;
+	d->error = what;
+	d->error_at = at;
+	return -1;
+}
+
+static void skip_blanks(struct decoder *d)
+{
+	while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t'))
+		d->p++;
+}
+
+static int hex4(const char *p, const char *end, unsigned *v)
+{
+	unsigned r = 0;
+	int i;
+	if (end - p < 4)
+		return -1;
+	for (i = 0; i < 4; i++) {
+		char h = p[i];
+		r <<= 4;
+		if (h >= '0' && h <= '9')
+			r |= (unsigned)(h - '0');
+		else if (h >= 'a' && h <= 'f')
+			r |= (unsigned)(h - 'a' + 10);
+		else if (h >= 'A' && h <= 'F')
+			r |= (unsigned)(h - 'A' + 10);
+		else
+			return -1;
 	}
+	*v = r;
 	return 0;
 }
 
-/* Does the text hold an empty array `[ ]` outside strings? Cheap, no allocation. */
-static int has_empty_array(const char *s, size_t n)
+/* UTF-8 (or, for a surrogate, WTF-8) of cp into b. */
+static void add_utf8(luaL_Buffer *b, unsigned cp)
 {
-	size_t i = 0;
-	if (!may_have_empty_array(s, n))
-		return 0; /* the common case: no string-aware scan needed */
-	while (i < n) {
-		char c = s[i++];
-		if (c == '"') {
-			while (i < n && s[i] != '"')
-				i += s[i] == '\\' ? 2 : 1;
-			i++;
-		} else if (c == '[') {
-			size_t j = i;
-			while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'))
-				j++;
-			if (j < n && s[j] == ']')
-				return 1;
-		}
+	char u[4];
+	size_t n;
+	if (cp < 0x80) {
+		u[0] = (char)cp;
+		n = 1;
+	} else if (cp < 0x800) {
+		u[0] = (char)(0xC0 | (cp >> 6));
+		u[1] = (char)(0x80 | (cp & 0x3F));
+		n = 2;
+	} else if (cp < 0x10000) {
+		u[0] = (char)(0xE0 | (cp >> 12));
+		u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+		u[2] = (char)(0x80 | (cp & 0x3F));
+		n = 3;
+	} else {
+		u[0] = (char)(0xF0 | (cp >> 18));
+		u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+		u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+		u[3] = (char)(0x80 | (cp & 0x3F));
+		n = 4;
 	}
-	return 0;
-}
-
-/* Push a copy of the text with every empty array holding one marker string. */
-static void push_marked_text(lua_State *L, const char *s, size_t n)
-{
-	luaL_Buffer b;
-	size_t i = 0, run = 0;
-	luaL_buffinit(L, &b);
-	while (i < n) {
-		char c = s[i];
-		if (c == '"') {
-			size_t j = i + 1;
-			while (j < n && s[j] != '"')
-				j += s[j] == '\\' ? 2 : 1;
-			i = j + 1;
-			continue;
-		}
-		i++;
-		if (c == '[') {
-			size_t j = i;
-			while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r'))
-				j++;
-			if (j < n && s[j] == ']') {
-				luaL_addlstring(&b, s + run, i - run); /* up to and including '[' */
-				luaL_addstring(&b, "\"" JSON_EMPTY_ARRAY_MARKER "\"");
-				run = j; /* resume at ']' */
-				i = j;
-			}
-		}
-	}
-	if (i > n)
-		i = n;
-	luaL_addlstring(&b, s + run, n - run);
-	luaL_pushresult(&b);
-}
-
-static int is_marker(lua_State *L, int idx)
-{
-	size_t len;
-	const char *s;
-	if (lua_type(L, idx) != LUA_TSTRING)
-		return 0;
-	s = lua_tolstring(L, idx, &len);
-	return len == JSON_EMPTY_ARRAY_VALUE_LEN && memcmp(s, JSON_EMPTY_ARRAY_VALUE, len) == 0;
+	luaL_addlstring(b, u, n);
 }
 
 /*
- * Walk a decoded table: integral floats become integers, marked empty
- * arrays become empty tables with the array metatable. Returns 0, or -1 when
- * a number overflowed to inf (`1e999`): nothing could send it back. Stack-neutral.
+ * The \u escape at p (inside a string whose body starts at body) into b;
+ * returns the bytes consumed, or 0 when it is invalid. A pair becomes its
+ * character. A lone half becomes U+FFFD, except in wtf8 mode a high half
+ * ending the string or a low half starting it: its partner may be at the
+ * other side of a stream chunk, so it keeps its WTF-8 bytes for the
+ * accumulator to join (lua/luachat/stream.lua).
  */
-static int fix_up(lua_State *L, int t, int marked, int depth)
+static size_t decode_escape_u(struct decoder *d, luaL_Buffer *b, const char *p, const char *body)
 {
-	t = lua_absindex(L, t);
-	if (depth > JSON_MAX_DEPTH + 8)
-		return 0; /* cjson refused deeper input already */
-	luaL_checkstack(L, 4, "JSON too deeply nested");
-	if (marked && lua_rawlen(L, t) == 1) {
-		lua_rawgeti(L, t, 1);
-		if (is_marker(L, -1)) {
-			lua_pop(L, 1);
-			lua_pushnil(L);
-			lua_rawseti(L, t, 1);
-			lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
-			lua_setmetatable(L, t);
-			return 0;
+	unsigned cp, lo;
+	if (hex4(p + 2, d->end, &cp) != 0)
+		return 0;
+	if (cp >= 0xD800 && cp <= 0xDBFF) {
+		if (d->end - p >= 12 && p[6] == '\\' && p[7] == 'u' && hex4(p + 8, d->end, &lo) == 0 &&
+		    lo >= 0xDC00 && lo <= 0xDFFF) {
+			add_utf8(b, 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00));
+			return 12;
 		}
-		lua_pop(L, 1);
+		add_utf8(b, d->wtf8 && d->end - p > 6 && p[6] == '"' ? cp : 0xFFFD);
+		return 6;
 	}
-	lua_pushnil(L);
-	while (lua_next(L, t) != 0) {
-		int ty = lua_type(L, -1);
-		if (ty == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-			lua_Number v = lua_tonumber(L, -1);
-			if (v == floor(v) && fabs(v) < 9007199254740992.0) { /* 2^53: exact */
-				lua_pushvalue(L, -2);
-				lua_pushinteger(L, (lua_Integer)v);
-				lua_rawset(L, t); /* assigning an existing field is allowed during lua_next */
-			} else if (isinf(v)) {
-				lua_pop(L, 2);
-				return -1;
-			}
-		} else if (ty == LUA_TTABLE && fix_up(L, -1, marked, depth + 1) != 0) {
-			lua_pop(L, 2);
-			return -1;
+	if (cp >= 0xDC00 && cp <= 0xDFFF)
+		cp = d->wtf8 && p == body ? cp : 0xFFFD;
+	add_utf8(b, cp);
+	return 6;
+}
+
+/* The string at d->p (on its opening quote): push it. */
+static int decode_string(struct decoder *d)
+{
+	lua_State *L = d->L;
+	const char *open = d->p, *body = d->p + 1, *p = body, *run;
+	luaL_Buffer b;
+	while (p < d->end && *p != '"' && *p != '\\') /* the common case: no escape */
+		p++;
+	if (p >= d->end)
+		return decode_fail(d, "unterminated string", open);
+	if (*p == '"') {
+		lua_pushlstring(L, body, (size_t)(p - body));
+		d->p = p + 1;
+		return 0;
+	}
+	luaL_buffinit(L, &b);
+	run = body;
+	for (;;) {
+		char esc = 0;
+		size_t used = 2;
+		while (p < d->end && *p != '"' && *p != '\\')
+			p++;
+		if (p >= d->end)
+			return decode_fail(d, "unterminated string", open);
+		luaL_addlstring(&b, run, (size_t)(p - run));
+		if (*p == '"')
+			break;
+		if (d->end - p < 2)
+			return decode_fail(d, "unterminated string", open);
+		switch (p[1]) {
+		case '"': esc = '"'; break;
+		case '\\': esc = '\\'; break;
+		case '/': esc = '/'; break;
+		case 'b': esc = '\b'; break;
+		case 'f': esc = '\f'; break;
+		case 'n': esc = '\n'; break;
+		case 'r': esc = '\r'; break;
+		case 't': esc = '\t'; break;
+		case 'u':
+			used = decode_escape_u(d, &b, p, body);
+			if (used == 0)
+				return decode_fail(d, "invalid \\u escape", p);
+			break;
+		default:
+			return decode_fail(d, "invalid escape", p);
 		}
-		lua_pop(L, 1);
+		if (esc)
+			luaL_addchar(&b, esc);
+		p += used;
+		run = p;
 	}
+	luaL_pushresult(&b);
+	d->p = p + 1;
 	return 0;
 }
 
-/* json_decode(s) -> value | nil, "invalid JSON: ... at character N" */
+static int is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/*
+ * The number at d->p: push it. An integer literal that fits 64 bits is that
+ * integer; -0 is the float -0.0; other integral values within 2^53 become
+ * integers (1.0 -> 1, 1e2 -> 100); beyond the double range is an error.
+ */
+static int decode_number(struct decoder *d)
+{
+	lua_State *L = d->L;
+	const char *start = d->p, *p = d->p;
+	int negative = 0, fraction = 0;
+	size_t len;
+	lua_Number v;
+	if (*p == '-') {
+		negative = 1;
+		p++;
+	}
+	if (p >= d->end || !is_digit(*p))
+		return decode_fail(d, "invalid number", start);
+	if (*p == '0')
+		p++;
+	else
+		while (p < d->end && is_digit(*p))
+			p++;
+	if (p < d->end && *p == '.') {
+		fraction = 1;
+		if (++p >= d->end || !is_digit(*p))
+			return decode_fail(d, "invalid number", start);
+		while (p < d->end && is_digit(*p))
+			p++;
+	}
+	if (p < d->end && (*p == 'e' || *p == 'E')) {
+		fraction = 1;
+		p++;
+		if (p < d->end && (*p == '+' || *p == '-'))
+			p++;
+		if (p >= d->end || !is_digit(*p))
+			return decode_fail(d, "invalid number", start);
+		while (p < d->end && is_digit(*p))
+			p++;
+	}
+	d->p = p;
+	len = (size_t)(p - start);
+	if (!fraction && len - (size_t)negative <= 18) { /* fits: no conversion needed */
+		lua_Integer i = 0;
+		const char *q;
+		for (q = start + negative; q < p; q++)
+			i = i * 10 + (*q - '0');
+		if (negative && i == 0)
+			lua_pushnumber(L, -0.0);
+		else
+			lua_pushinteger(L, negative ? -i : i);
+		return 0;
+	}
+	if (len <= 200) { /* Lua's own conversion: exact integers, locale-proof */
+		char num[201];
+		memcpy(num, start, len);
+		num[len] = '\0';
+		if (lua_stringtonumber(L, num) == 0)
+			return decode_fail(d, "invalid number", start);
+		if (lua_isinteger(L, -1))
+			return 0;
+		v = lua_tonumber(L, -1);
+		lua_pop(L, 1);
+	} else { /* longer than Lua converts: strtod on a Lua-owned copy */
+		char *num = lua_newuserdatauv(L, len + 1, 0), *dot;
+		memcpy(num, start, len);
+		num[len] = '\0';
+		if ((dot = memchr(num, '.', len)) != NULL)
+			*dot = lua_getlocaledecpoint();
+		v = (lua_Number)strtod(num, NULL);
+		lua_pop(L, 1);
+	}
+	if (isinf(v))
+		return decode_fail(d, "a number is out of range (beyond 1.8e308)", NULL);
+	if (v == floor(v) && fabs(v) < JSON_EXACT && !(v == 0 && signbit(v)))
+		lua_pushinteger(L, (lua_Integer)v);
+	else
+		lua_pushnumber(L, v);
+	return 0;
+}
+
+static int decode_literal(struct decoder *d, const char *word, size_t n)
+{
+	if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0)
+		return decode_fail(d, "expected a value", d->p);
+	d->p += n;
+	return 0;
+}
+
+/* Enter an array or object (d->p on its bracket): the table is pushed. */
+static int open_container(struct decoder *d)
+{
+	if (++d->depth > JSON_MAX_DEPTH)
+		return decode_fail(d, "too deeply nested (over 1000 levels)", d->p);
+	luaL_checkstack(d->L, 4, "JSON too deeply nested");
+	lua_newtable(d->L);
+	d->p++;
+	skip_blanks(d);
+	return 0;
+}
+
+static int decode_array(struct decoder *d)
+{
+	lua_Integer n = 0;
+	if (open_container(d) != 0)
+		return -1;
+	if (d->p < d->end && *d->p == ']') { /* `[]`: an empty table that knows it is an array */
+		lua_pushvalue(d->L, lua_upvalueindex(UV_ARRAY_MT));
+		lua_setmetatable(d->L, -2);
+		d->p++;
+		d->depth--;
+		return 0;
+	}
+	for (;;) {
+		if (decode_value(d) != 0)
+			return -1;
+		lua_rawseti(d->L, -2, ++n);
+		skip_blanks(d);
+		if (d->p < d->end && *d->p == ',') {
+			d->p++;
+			continue;
+		}
+		if (d->p < d->end && *d->p == ']')
+			break;
+		return decode_fail(d, "expected ',' or ']'", d->p);
+	}
+	d->p++;
+	d->depth--;
+	return 0;
+}
+
+static int decode_object(struct decoder *d)
+{
+	if (open_container(d) != 0)
+		return -1;
+	if (d->p < d->end && *d->p == '}') {
+		d->p++;
+		d->depth--;
+		return 0;
+	}
+	for (;;) {
+		skip_blanks(d);
+		if (d->p >= d->end || *d->p != '"')
+			return decode_fail(d, "expected a string key", d->p);
+		if (decode_string(d) != 0)
+			return -1;
+		skip_blanks(d);
+		if (d->p >= d->end || *d->p != ':')
+			return decode_fail(d, "expected ':'", d->p);
+		d->p++;
+		if (decode_value(d) != 0)
+			return -1;
+		lua_rawset(d->L, -3); /* a repeated key keeps the last value, as JSON.parse */
+		skip_blanks(d);
+		if (d->p < d->end && *d->p == ',') {
+			d->p++;
+			continue;
+		}
+		if (d->p < d->end && *d->p == '}')
+			break;
+		return decode_fail(d, "expected ',' or '}'", d->p);
+	}
+	d->p++;
+	d->depth--;
+	return 0;
+}
+
+/* Any value at d->p (after blanks): push it, or return -1 with d->error set. */
+static int decode_value(struct decoder *d)
+{
+	skip_blanks(d);
+	if (d->p >= d->end)
+		return decode_fail(d, "unexpected end", d->p);
+	switch (*d->p) {
+	case '"': return decode_string(d);
+	case '[': return decode_array(d);
+	case '{': return decode_object(d);
+	case 't':
+		if (decode_literal(d, "true", 4) != 0)
+			return -1;
+		lua_pushboolean(d->L, 1);
+		return 0;
+	case 'f':
+		if (decode_literal(d, "false", 5) != 0)
+			return -1;
+		lua_pushboolean(d->L, 0);
+		return 0;
+	case 'n':
+		if (decode_literal(d, "null", 4) != 0)
+			return -1;
+		lua_pushlightuserdata(d->L, NULL);
+		return 0;
+	default:
+		if (*d->p == '-' || is_digit(*d->p))
+			return decode_number(d);
+		return decode_fail(d, "expected a value", d->p);
+	}
+}
+
+/*
+ * json_decode(s [, {surrogates = "wtf8"}]) -> value | nil, "invalid JSON: ... at character N".
+ * Everything it builds is Lua's: an error just drops the partial value.
+ */
 static int l_json_decode(lua_State *L)
 {
+	struct decoder d;
 	size_t n;
-	const char *s = luaL_checklstring(L, 1, &n);
-	int marked = has_empty_array(s, n);
+	d.s = luaL_checklstring(L, 1, &n);
+	d.L = L;
+	d.p = d.s;
+	d.end = d.s + n;
+	d.wtf8 = 0;
+	d.depth = 0;
+	d.error = NULL;
+	d.error_at = NULL;
+	if (lua_type(L, 2) == LUA_TTABLE) {
+		lua_getfield(L, 2, "surrogates");
+		d.wtf8 = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "wtf8") == 0;
+	}
 	lua_settop(L, 1);
-	lua_pushvalue(L, lua_upvalueindex(UV_DECODE));
-	if (marked)
-		push_marked_text(L, s, n);
-	else
-		lua_pushvalue(L, 1);
-	if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-		if (marked) { /* report positions in the caller's text, not the marked copy */
-			lua_pop(L, 1);
-			lua_pushvalue(L, lua_upvalueindex(UV_DECODE));
-			lua_pushvalue(L, 1);
-			if (lua_pcall(L, 1, 1, 0) == LUA_OK)
-				lua_pushliteral(L, "malformed");
-		}
-		lua_pushnil(L);
-		lua_pushfstring(L, "invalid JSON: %s", lua_isstring(L, -2) ? lua_tostring(L, -2) : "?");
-		return 2;
+	if (decode_value(&d) == 0) {
+		skip_blanks(&d);
+		if (d.p == d.end)
+			return 1;
+		decode_fail(&d, "unexpected data after the value", d.p);
 	}
-	if (lua_type(L, -1) == LUA_TTABLE) {
-		if (fix_up(L, -1, marked, 0) != 0)
-			goto out_of_range;
-	} else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-		lua_Number v = lua_tonumber(L, -1);
-		if (isinf(v))
-			goto out_of_range;
-		if (v == floor(v) && fabs(v) < 9007199254740992.0) {
-			lua_pop(L, 1);
-			lua_pushinteger(L, (lua_Integer)v);
-		}
-	}
-	return 1;
-out_of_range:
+	lua_settop(L, 1);
 	lua_pushnil(L);
-	lua_pushliteral(L, "invalid JSON: a number is out of range (beyond 1.8e308)");
+	if (d.error_at)
+		lua_pushfstring(L, "invalid JSON: %s at character %I", d.error,
+		                (LUAI_UACINT)(d.error_at - d.s + 1));
+	else
+		lua_pushfstring(L, "invalid JSON: %s", d.error);
 	return 2;
 }
 
@@ -372,6 +605,7 @@ static lua_Integer sequence_length(lua_State *L, int t)
 	return count == max ? count : -1;
 }
 
+/* Elements 1..n; a hole (only in a marked array) is null. */
 static void encode_array(struct encoder *e, int t, lua_Integer n)
 {
 	lua_Integer i;
@@ -381,20 +615,74 @@ static void encode_array(struct encoder *e, int t, lua_Integer n)
 			put_char(e, ',');
 		e->path[e->depth - 1].key = NULL;
 		e->path[e->depth - 1].index = i;
-		lua_rawgeti(e->L, t, i);
-		encode_value(e, -1);
+		if (lua_rawgeti(e->L, t, i) == LUA_TNIL)
+			put(e, "null", 4);
+		else
+			encode_value(e, -1);
 		lua_pop(e->L, 1);
 	}
 	put_char(e, ']');
 }
 
-/* The key at idx (a copy the caller pushed) as a string; integer keys are converted in place. */
-static const char *object_key(struct encoder *e, int idx, size_t *len)
+/* An error about the table being encoded (not one of its members): the path names the table. */
+static int table_error(struct encoder *e, const char *what)
 {
-	int ty = lua_type(e->L, idx);
-	if (ty == LUA_TSTRING || (ty == LUA_TNUMBER && lua_isinteger(e->L, idx)))
-		return lua_tolstring(e->L, idx, len);
-	encode_error(e, lua_pushfstring(e->L, "a table key of type %s", luaL_typename(e->L, idx)));
+	e->path[e->depth - 1].key = NULL;
+	e->path[e->depth - 1].index = 0;
+	return encode_error(e, what);
+}
+
+/*
+ * A table marked as an array: every key must be an index; holes encode as
+ * null up to the largest index, as JSON.stringify does, unless the table is
+ * so sparse that writing it out would be absurd (lua-cjson's rule).
+ */
+static void encode_marked_array(struct encoder *e, int t)
+{
+	lua_State *L = e->L;
+	lua_Integer count = 0, max = 0;
+	lua_pushnil(L);
+	while (lua_next(L, t) != 0) {
+		lua_pop(L, 1);
+		if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
+			const char *key = lua_type(L, -1) == LUA_TSTRING
+				? lua_pushfstring(L, "\"%s\"", lua_tostring(L, -1))
+				: lua_type(L, -1) == LUA_TNUMBER ? lua_pushfstring(L, "%s", lua_tostring(L, -1))
+				: lua_pushfstring(L, "of type %s", luaL_typename(L, -1));
+			table_error(e, lua_pushfstring(L, "key %s in a table marked as an array", key));
+		}
+		if (lua_tointeger(L, -1) > max)
+			max = lua_tointeger(L, -1);
+		count++;
+	}
+	if (max > JSON_SPARSE_SAFE && max > count * JSON_SPARSE_RATIO)
+		table_error(e, lua_pushfstring(L, "a sparse array (largest index %I, %I elements)",
+		                               (LUAI_UACINT)max, (LUAI_UACINT)count));
+	encode_array(e, t, max);
+}
+
+/*
+ * The key at idx (a copy the caller pushed) as a string; integer keys are
+ * converted in place. An integer key whose string form is also a key of t
+ * would give a duplicate name (and one value lost when read back): an error.
+ */
+static const char *object_key(struct encoder *e, int t, int idx, size_t *len)
+{
+	lua_State *L = e->L;
+	int ty = lua_type(L, idx);
+	idx = lua_absindex(L, idx);
+	if (ty == LUA_TNUMBER && lua_isinteger(L, idx)) {
+		lua_Integer k = lua_tointeger(L, idx);
+		lua_pushfstring(L, "%I", (LUAI_UACINT)k);
+		if (lua_rawget(L, t) != LUA_TNIL)
+			table_error(e, lua_pushfstring(L, "a table with both %I and \"%I\" as keys",
+			                               (LUAI_UACINT)k, (LUAI_UACINT)k));
+		lua_pop(L, 1);
+		return lua_tolstring(L, idx, len);
+	}
+	if (ty == LUA_TSTRING)
+		return lua_tolstring(L, idx, len);
+	table_error(e, lua_pushfstring(L, "a table key of type %s", luaL_typename(L, idx)));
 	return NULL;
 }
 
@@ -418,7 +706,7 @@ static void encode_object(struct encoder *e, int t)
 			const char *k;
 			/* Keep the original key for lua_next; encode from a copy. */
 			lua_pushvalue(L, -2);
-			k = object_key(e, -1, &klen);
+			k = object_key(e, t, -1, &klen);
 			if (!first)
 				put_char(e, ',');
 			first = 0;
@@ -441,7 +729,7 @@ static void encode_object(struct encoder *e, int t)
 			size_t klen;
 			lua_pop(L, 1);
 			lua_pushvalue(L, -1);
-			object_key(e, -1, &klen);
+			object_key(e, t, -1, &klen);
 			lua_rawseti(L, kt, ++n);
 		}
 		keys = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *keys, 0);
@@ -459,7 +747,7 @@ static void encode_object(struct encoder *e, int t)
 			put_char(e, ':');
 			e->path[e->depth - 1] = keys[i];
 			lua_rawgeti(L, kt, keys[i].index);
-			if (lua_rawget(L, t) == LUA_TNIL) { /* an integer key stored as string */
+			if (lua_rawget(L, t) == LUA_TNIL) { /* an integer key stored as string (never both) */
 				lua_pop(L, 1);
 				lua_pushinteger(L, (lua_Integer)strtoll(keys[i].key, NULL, 10));
 				lua_rawget(L, t);
@@ -490,7 +778,7 @@ static void encode_table(struct encoder *e, int t)
 		int object = lua_rawequal(L, -1, lua_upvalueindex(UV_OBJECT_MT));
 		lua_pop(L, 1);
 		if (array) {
-			encode_array(e, t, (lua_Integer)lua_rawlen(L, t));
+			encode_marked_array(e, t);
 			e->depth--;
 			return;
 		}
@@ -569,29 +857,6 @@ static int l_json_encode(lua_State *L)
 	return 1;
 }
 
-/* Fetch a private cjson instance (its settings are ours alone) and its decode. */
-static void push_cjson_decode(lua_State *L)
-{
-	lua_getglobal(L, "require");
-	lua_pushliteral(L, "cjson");
-	lua_call(L, 1, 1);
-	lua_getfield(L, -1, "new");
-	lua_call(L, 0, 1);
-	lua_getfield(L, -1, "decode_invalid_numbers");
-	lua_pushboolean(L, 0);
-	lua_call(L, 1, 0);
-	lua_getfield(L, -1, "decode_max_depth");
-	lua_pushinteger(L, JSON_MAX_DEPTH);
-	lua_call(L, 1, 0);
-	lua_getfield(L, -1, "decode");
-	lua_getfield(L, -3, "null"); /* cjson.null, to check it is NULL */
-	if (lua_type(L, -1) != LUA_TLIGHTUSERDATA || lua_touserdata(L, -1) != NULL)
-		luaL_error(L, "luachat: unexpected lua-cjson: cjson.null is not a NULL lightuserdata");
-	lua_pop(L, 1);
-	lua_replace(L, -3);
-	lua_pop(L, 1);
-}
-
 void lchat_json_register(lua_State *L)
 {
 	int mod = lua_gettop(L);
@@ -600,23 +865,21 @@ void lchat_json_register(lua_State *L)
 		lua_setfield(L, -2, "__gc");
 	}
 	lua_pop(L, 1);
-	push_cjson_decode(L);                       /* upvalue 1 */
-	lua_newtable(L);                            /* upvalue 2: array_mt */
+	lua_newtable(L);                            /* upvalue 1: array_mt */
 	lua_pushliteral(L, "array");
 	lua_setfield(L, -2, "__jsontype");
-	lua_newtable(L);                            /* upvalue 3: object_mt */
+	lua_newtable(L);                            /* upvalue 2: object_mt */
 	lua_pushliteral(L, "object");
 	lua_setfield(L, -2, "__jsontype");
 	lua_pushvalue(L, -2);
 	lua_setfield(L, mod, "json_array_mt");
 	lua_pushvalue(L, -1);
 	lua_setfield(L, mod, "json_object_mt");
-	lua_pushvalue(L, -3);
-	lua_pushvalue(L, -3);
-	lua_pushvalue(L, -3);
-	lua_pushcclosure(L, l_json_encode, 3);
+	lua_pushvalue(L, -2);
+	lua_pushvalue(L, -2);
+	lua_pushcclosure(L, l_json_encode, 2);
 	lua_setfield(L, mod, "json_encode");
-	lua_pushcclosure(L, l_json_decode, 3);
+	lua_pushcclosure(L, l_json_decode, 2);
 	lchat_chunks_register(L, mod, -1);
 	lua_setfield(L, mod, "json_decode");
 	lua_pushlightuserdata(L, NULL);

@@ -23,6 +23,9 @@ Stream.__index = Stream
 Stream.__name = "luachat.Stream"
 
 local decode = json.decode
+-- Chunks keep a surrogate half at a string's edge as WTF-8 bytes: its partner may start the
+-- next chunk, and the accumulator joins them (luachat.stream, join_surrogate_halves).
+local CHUNK_DECODE = { surrogates = "wtf8" }
 local is_done_data = accumulate.is_done_data
 local AFTER_DONE_GRACE = 1.0 -- seconds to let the body end cleanly after [DONE], for keep-alive
 
@@ -96,7 +99,7 @@ function Stream:handle(ev)
     self:finish(nil)
     return nil
   end
-  local chunk, derr = decode(data)
+  local chunk, derr = decode(data, CHUNK_DECODE)
   if type(chunk) ~= "table" then
     if type(ev) == "table" then return nil end -- an unknown named event we cannot read: skip it
     self:fail("deserialise", string.format("invalid JSON in event %d: %s", n,

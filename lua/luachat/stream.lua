@@ -151,16 +151,41 @@ function Acc:add(chunk)
   return nil
 end
 
+-- A surrogate pair split across chunks ("\ud83d" ending one delta, "\ude00" starting the
+-- next) reaches the parts as the WTF-8 bytes of each half (ED A0-BF xx, see the stream
+-- decoder in chat_stream.lua). Joined here, on the whole text, so the C fast path and
+-- the Lua path (which append the same parts) agree by construction: a high half followed by
+-- a low half becomes the real character; any other half becomes U+FFFD. Other bytes are
+-- untouched.
+local function surrogate(b2, b3)
+  return 0xD000 | ((b2:byte() & 0x3F) << 6) | (b3:byte() & 0x3F)
+end
+
+local function join_pair(h2, h3, l2, l3)
+  return utf8.char(0x10000 + ((surrogate(h2, h3) - 0xD800) << 10) + (surrogate(l2, l3) - 0xDC00))
+end
+
+function M.join_surrogate_halves(s)
+  if not s:find("\xED", 1, true) then return s end -- the common case: one memchr
+  s = s:gsub("\xED([\xA0-\xAF])([\x80-\xBF])\xED([\xB0-\xBF])([\x80-\xBF])", join_pair)
+  return (s:gsub("\xED[\xA0-\xBF][\x80-\xBF]", "\u{FFFD}"))
+end
+local join_halves = M.join_surrogate_halves
+
+local function text_of(parts)
+  return join_halves(concat(parts))
+end
+
 local function build_choice(st)
   local msg = { role = st.role or "assistant" }
-  msg.content = #st.content > 0 and concat(st.content) or null
-  if #st.refusal > 0 then msg.refusal = concat(st.refusal) end
-  if #st.reasoning > 0 then msg.reasoning_content = concat(st.reasoning) end
+  msg.content = #st.content > 0 and text_of(st.content) or null
+  if #st.refusal > 0 then msg.refusal = text_of(st.refusal) end
+  if #st.reasoning > 0 then msg.reasoning_content = text_of(st.reasoning) end
   if #st.calls > 0 then
     local calls = json.array {}
     for i, call in ipairs(st.calls) do
       local out = { type = call.type or "function",
-        ["function"] = { name = call.name or "", arguments = concat(call.args) } }
+        ["function"] = { name = call.name or "", arguments = text_of(call.args) } }
       out.id = call.id
       calls[i] = out
     end
