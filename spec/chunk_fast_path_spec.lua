@@ -125,6 +125,76 @@ describe("plain-chunk fast path", function()
     end)
   end
 
+  -- Known answers for the sequences above, derived by hand from the chunks
+  -- (not from either path): a rule broken in both paths alike still fails.
+  local null = json.null
+  local function answer(choices, fields)
+    local f = { id = "c1", object = "chat.completion", created = 1, model = "m", choices = choices }
+    for k, v in pairs(fields or {}) do f[k] = v end
+    return f
+  end
+  local function choice(message, finish, index)
+    local m = { role = "assistant" }
+    for k, v in pairs(message) do m[k] = v end
+    return { index = index or 0, message = m, finish_reason = finish or null }
+  end
+  local function call(id, name, args)
+    return { id = id, type = "function", ["function"] = { name = name, arguments = args } }
+  end
+  local known = {
+    ["text, role resent in every delta"] = answer { choice({ content = "Hello" }, "stop") },
+    ["escapes: quotes, backslashes, control escapes, BMP and astral \\u"] = answer {
+      choice { content = 'a"b\\c/d\n\t\r\b\f' .. "caf\u{e9} \u{20ac} \u{1F600} \0end" } },
+    ["raw UTF-8 passes through"] = answer { choice { content = "h\u{e9}llo \u{2192} \u{4e16}\u{754c} \u{1F389}" } },
+    -- think (reasoning_content wins) + more + alt ("" reasoning_content falls back to reasoning)
+    ["reasoning_content and reasoning both sent: counted once"] = answer {
+      choice { content = "answer", reasoning_content = "thinkmorealt" } },
+    ["refusal"] = answer { choice { content = null, refusal = "I cannot." } },
+    -- call 1: "" + {"a": + 1} + " " (its empty id/null type/null name change nothing); call 2 whole
+    ["tool arguments in fragments"] = answer { choice { content = null,
+      tool_calls = { call("call_1", "f", '{"a":1} '), call("call_2", "g", "{}") } } },
+    ["Ollama: index 0 reused with a new id is a new call"] = answer { choice { content = null,
+      tool_calls = { call("a", "f", "{}"), call("b", "g", "{}") } } },
+    ["Gemini: calls without index continue the last call"] = answer { choice { content = null,
+      tool_calls = { call("a", "f", "{}") } } },
+    ["an index-less fragment continues the call an indexed fragment just touched"] = answer { choice {
+      content = null, tool_calls = { call("a", "f", '{"k":1}'), call("b", "g", "[") } } },
+    ["a tool fragment for a call never opened"] = answer { choice { content = null,
+      tool_calls = { { type = "function", ["function"] = { name = "", arguments = "x" } } } } },
+    ["several choices, interleaved and in one chunk"] = answer {
+      choice({ content = "Aa" }, nil, 0), choice({ content = "Bb!" }, nil, 1) },
+    ["nulls, empty strings, empty choices, usage on every chunk"] = answer({ choice { content = "x" } },
+      { usage = { total_tokens = 3 } }),
+    -- id: the first non-empty ("late"); model "m2" (7 is no string); created 5; fingerprint "fp"
+    ["head fields arriving late"] = answer({ choice { content = "abcd" } },
+      { id = "late", model = "m2", created = 5, system_fingerprint = "fp" }),
+    ["unknown fields anywhere, nested deeply"] = answer { choice { content = "ok" } },
+    -- b (the last of two "choices"), c (\u0063ontent is content), e, f (a whole message); not g:
+    -- luachat.json rejects 1e400 (out of range), so that chunk is never decoded;
+    -- d went to choice 1 (index 1.0); the arguments object became JSON text
+    ["odd shapes go to the Lua path"] = answer {
+      { index = 0, finish_reason = null, logprobs = { content = { { token = "e", logprob = -0.1 } } },
+        message = { role = "assistant", content = "bcef",
+          tool_calls = { { type = "function", ["function"] = { name = "", arguments = '{"k":1}' } } } } },
+      choice({ content = "d" }, nil, 1) },
+    ["an error chunk changes nothing"] = answer { choice { content = "kept" } },
+  }
+
+  for name, raws in pairs(sequences) do
+    it("gives the known answer, on both paths: " .. name, function()
+      local want = known[name]
+      assert.is_table(want, "no known answer for the sequence " .. name)
+      local slow, fast = stream.accumulator(), stream.accumulator()
+      for _, raw in ipairs(raws) do
+        local chunk = json.decode(raw)
+        if type(chunk) == "table" then slow:add(chunk) end
+        if not core.accumulate_plain(fast, raw) and type(chunk) == "table" then fast:add(json.decode(raw)) end
+      end
+      assert.same(want, slow:result(), "Lua path")
+      assert.same(want, fast:result(), "fast path")
+    end)
+  end
+
   it("takes ordinary text and argument deltas fast, and leaves rule-bearing chunks to Lua", function()
     local acc = stream.accumulator()
     assert.is_false(core.accumulate_plain(acc, first))          -- head fields and the role: Lua

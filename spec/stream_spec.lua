@@ -164,7 +164,7 @@ describe("streaming", function()
         local m = whole.choices[1] and whole.choices[1].message
         assert.truthy(m, "no message accumulated")
         assert.is_true((type(m.content) == "string" and #m.content > 0) or (m.tool_calls and #m.tool_calls > 0)
-          or (err1 ~= nil), "empty final from " .. name)
+          or (type(m.refusal) == "string" and #m.refusal > 0) or (err1 ~= nil), "empty final from " .. name)
       end)
     end
   end)

@@ -3,7 +3,7 @@
 --
 -- Owns: accumulation rules that hold across providers (see README
 -- "Streaming"): choices by index, text/refusal/reasoning concatenated,
--- first non-empty id/type/name, arguments concatenated byte for byte,
+-- first non-empty id/model/type/name (first non-zero created), arguments concatenated byte for byte,
 -- last non-null finish_reason and usage, nulls never overwriting values.
 -- Never: re-serialises tool arguments, or fails on a chunk shape it does not know.
 local json = require "luachat.json"
@@ -101,7 +101,8 @@ function Acc:add(chunk)
     v = chunk.model
     if self.model == nil and type(v) == "string" and v ~= "" then self.model = v end
     v = chunk.created
-    if self.created == nil and type(v) == "number" then self.created = v end
+    -- 0 is a placeholder (Azure's prompt-filter chunk), as "" is for id and model
+    if self.created == nil and type(v) == "number" and v > 0 then self.created = v end
     v = chunk.system_fingerprint
     if self.fingerprint == nil and type(v) == "string" and v ~= "" then self.fingerprint = v end
     self.need_head = self.id == nil or self.model == nil or self.created == nil or self.fingerprint == nil
