@@ -41,6 +41,7 @@ class State:
         self.counter = 0
         self.connections = 0
         self.generated = {}
+        self.progress = []  # one entry per response served with `sndbuf` (flow-control specs)
 
     def next_response(self):
         """Pop the head of the queue (honouring `repeat`), else the default."""
@@ -321,8 +322,11 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.default = DEFAULT_RESPONSE if arg is None else arg
             elif path == "/_control/reset":
                 STATE.queue, STATE.default, STATE.requests = [], DEFAULT_RESPONSE, []
+                STATE.progress = []
             elif path == "/_control/requests":
                 out = STATE.requests
+            elif path == "/_control/progress":
+                out = STATE.progress
             elif path == "/_control/stats":
                 ru = resource.getrusage(resource.RUSAGE_SELF)
                 out = {"cpu_seconds": ru.ru_utime + ru.ru_stime, "requests": STATE.counter,
@@ -341,6 +345,8 @@ class Handler(BaseHTTPRequestHandler):
     def respond(self, spec, rid, request_json):
         """Serve one response spec; a broken spec becomes a 500 naming the problem."""
         writer = Writer(self, spec)
+        if spec.get("sndbuf"):
+            writer.track(rid, int(spec["sndbuf"]))
         try:
             self.respond_spec(writer, spec, rid, request_json)
         except (Cut, OSError):
@@ -445,6 +451,7 @@ class Writer:
         self.stalled = False
         self.buf = []
         self.buffered = 0
+        self.progress = None
 
     def body_start(self):
         if self.size or self.drip:
@@ -509,7 +516,23 @@ class Writer:
         self.stalled = True
         time.sleep(self.stall)
 
+    def track(self, rid, sndbuf):
+        """`sndbuf`: a small kernel send buffer, and a progress entry that counts the
+        bytes the kernel has taken so far: a client that stops reading stops it."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.step = max(1024, sndbuf)
+        self.progress = {"request": rid, "sent": 0, "done": False}
+        with STATE.lock:
+            STATE.progress.append(self.progress)
+
     def send(self, data):
+        if self.progress is not None:
+            for i in range(0, len(data), self.step):
+                piece = data[i:i + self.step]
+                self.sock.sendall(piece)
+                self.written += len(piece)
+                self.progress["sent"] = self.written
+            return
         self.sock.sendall(data)
         self.written += len(data)
 
@@ -534,6 +557,8 @@ class Writer:
 
     def finish(self, close=False):
         self.flush()
+        if self.progress is not None:
+            self.progress["done"] = True
         if close:
             self.h.close_connection = True
 

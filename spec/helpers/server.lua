@@ -6,7 +6,7 @@
 --
 --   local srv = server.start()   srv.url, srv.base_url, srv.pid
 --   srv:script{R...}  srv:append{R...}  srv:default(R or nil)  srv:reset()
---   srv:requests()    srv:stats()       srv:stop()
+--   srv:requests()    srv:stats()       srv:progress()    srv:stop()
 --
 -- Lua tables go to the server as JSON via cjson, and Debian's cjson 2.1.0
 -- encodes an empty table as {}: an empty `sse = {}` is unusual anyway; a table
@@ -159,6 +159,8 @@ function Server:default(response)
 end
 function Server:reset() self:control("/_control/reset", {}) end
 function Server:stats() return self:control("/_control/stats") end
+-- Responses served with `sndbuf`: { {request = n, sent = bytes the kernel took, done = bool}, ... }
+function Server:progress() return self:control("/_control/progress") end
 
 -- The request log; each entry also gets .json, the decoded body when it is JSON.
 function Server:requests()
