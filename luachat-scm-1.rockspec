@@ -27,7 +27,6 @@ luachat.next_timeout.
 
 dependencies = {
   "lua >= 5.4, < 5.5",
-  "lua-cjson >= 2.1.0",
 }
 
 -- Only the library is checked: Debian's multiarch curl.h

@@ -4,7 +4,7 @@
  * anything.
  *
  * Owns: the "plain chunk" test. A plain chunk is strict JSON (a subset of
- * what lua-cjson accepts, so decoding it later always succeeds the same way)
+ * what luachat.json decodes, so decoding it later always succeeds the same way)
  * whose only effect on the accumulated message is text: content, refusal,
  * reasoning, or one tool call's argument fragment, for at most one choice.
  * Anything else (errors, usage, finish_reason, new tool calls, ids, several

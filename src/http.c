@@ -349,6 +349,12 @@ static int add_header(struct http_transfer *t, const char *line)
 	return 0;
 }
 
+/* Is url an https URL (scheme compared without case, as curl does)? */
+static int http_url_is_tls(const char *url)
+{
+	return url != NULL && strncasecmp(url, "https://", 8) == 0;
+}
+
 struct http_transfer *http_start(struct http_engine *e, const struct http_request *req,
                                  char *err, size_t errlen)
 {
@@ -402,8 +408,17 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	curl_dl.easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L); /* never carry a key elsewhere */
 	curl_dl.easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	/*
+	 * HTTP/2 only over TLS (2TLS: plain http is HTTP/1.1). PIPEWAIT only
+	 * where HTTP/2 can be negotiated: with it, libcurl 7.88 holds every
+	 * other request to a host whose first plain-HTTP connection has not
+	 * answered yet, so requests started together ran one at a time, and a
+	 * stream paused at the high-water mark whose callback waited on such a
+	 * request never resumed. Over https the wait ends with the handshake
+	 * (ALPN says h2: multiplex; http/1.1: new connections as needed).
+	 */
 	curl_dl.easy_setopt(t->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-	curl_dl.easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+	curl_dl.easy_setopt(t->easy, CURLOPT_PIPEWAIT, http_url_is_tls(req->url) ? 1L : 0L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);

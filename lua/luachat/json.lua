@@ -1,23 +1,27 @@
 -- luachat.json: JSON that round-trips chat payloads exactly (docs/JSON.md).
 --
--- Owns: the public face of the C codec in luachat.core: decode (lua-cjson
--- plus fix-ups: integers stay integers, `[]` stays `[]`), encode (exact),
--- the null sentinel and the array/object markers.
+-- Owns: the public face of the C codec in luachat.core (src/lchat_json.c):
+-- decode (strict; integers stay integers, `[]` stays `[]`, -0.0 stays -0.0),
+-- encode (exact, or an error naming the path: never drops data), the null
+-- sentinel and the array/object markers.
 local core = require "luachat.core"
 
 local M = {
-  null = core.json_null,          -- JSON null (cjson's null): truthy in Lua, compare with it
+  null = core.json_null,          -- JSON null (equal to cjson.null): truthy in Lua, compare with it
   array_mt = core.json_array_mt,  -- a table with it always encodes as an array
   object_mt = core.json_object_mt, -- a table with it always encodes as an object
 }
 
 local array_mt, object_mt = M.array_mt, M.object_mt
 
--- decode(s) -> value | nil, message (with the position: "at character N").
+-- decode(s [, {surrogates = "wtf8"}]) -> value | nil, message (with the position: "at character N").
+-- A lone surrogate escape is U+FFFD; with surrogates = "wtf8" a half at a string's start or end
+-- keeps its WTF-8 bytes instead (streams join halves split across chunks: docs/JSON.md).
 M.decode = core.json_decode
 
--- encode(value [, {sort_keys = true}]) -> string; raises for values JSON cannot hold,
--- naming where: "cannot encode a function at $.tools[1].handler".
+-- encode(value [, {sort_keys = true}]) -> string; raises for values JSON cannot hold
+-- faithfully, naming where: "cannot encode a function at $.tools[1].handler". A marked
+-- array's holes encode as null.
 M.encode = core.json_encode
 
 -- Mark t (or a new table) as a JSON array, so that even empty it encodes as [].

@@ -7,15 +7,17 @@ local core = require "luachat.core"
 local json = require "luachat.json"
 local stream = require "luachat.stream"
 
+local CHUNK_DECODE = { surrogates = "wtf8" } -- as chat_stream.lua decodes events
+
 return function(events)
   local acc, fast = stream.accumulator(), stream.accumulator()
   local text = {}
   for _, data in ipairs(events) do
     if not core.accumulate_plain(fast, data) then
-      local c = json.decode(data)
+      local c = json.decode(data, CHUNK_DECODE)
       if type(c) == "table" then fast:add(c) end
     end
-    local chunk = json.decode(data)
+    local chunk = json.decode(data, CHUNK_DECODE)
     if type(chunk) == "table" then
       local before = acc:result()
       local err = acc:add(chunk)
@@ -41,7 +43,8 @@ return function(events)
   if json.encode(final, { sort_keys = true }) ~= json.encode(fast:result(), { sort_keys = true }) then
     error("invariant: the C fast path and the Lua path accumulated different results")
   end
-  local expected = table.concat(text)
+  -- (surrogate halves split across deltas are joined, leftovers become U+FFFD)
+  local expected = stream.join_surrogate_halves(table.concat(text))
   for _, c in ipairs(final.choices) do
     if c.index == 0 then
       local got = c.message.content
