@@ -42,6 +42,7 @@ class State:
         self.connections = 0
         self.generated = {}
         self.progress = []  # one entry per response served with `sndbuf` (flow-control specs)
+        self.arrived = threading.Condition(self.lock)  # notified on every logged request (hold_until)
 
     def next_response(self):
         """Pop the head of the queue (honouring `repeat`), else the default."""
@@ -290,6 +291,7 @@ class Handler(BaseHTTPRequestHandler):
                 "method": self.command, "path": path, "query": query, "headers": headers,
                 "body": body.decode("utf-8", "replace"), "time": time.monotonic(),
             })
+            STATE.arrived.notify_all()
         self.respond(STATE.next_response(), rid, request_json)
 
     do_GET = do_POST = handle_any
@@ -344,6 +346,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def respond(self, spec, rid, request_json):
         """Serve one response spec; a broken spec becomes a 500 naming the problem."""
+        if spec.get("hold_until"):
+            spec = hold(spec)
         writer = Writer(self, spec)
         if spec.get("sndbuf"):
             writer.track(rid, int(spec["sndbuf"]))
@@ -430,6 +434,22 @@ class Handler(BaseHTTPRequestHandler):
             if chunked:
                 writer.write(b"0\r\n\r\n")
         writer.finish(close=closing or close_delimited)
+
+
+def hold(spec):
+    """hold_until N: answer only once N requests are in the log (since the last reset),
+    so a client that sends them one at a time is caught. Never hangs: after
+    hold_timeout seconds (default 30) the answer is a 504 naming the count."""
+    need = int(spec["hold_until"])
+    limit = float(spec.get("hold_timeout") or 30)
+    with STATE.lock:
+        ok = STATE.arrived.wait_for(lambda: len(STATE.requests) >= need, timeout=limit)
+        have = len(STATE.requests)
+    if ok:
+        return spec
+    return {"status": 504, "json": {"error": {
+        "message": "testserver: hold_until %d: only %d requests arrived in %g s" % (need, have, limit),
+        "type": "testserver_hold_timeout"}}}
 
 
 class Writer:

@@ -1,0 +1,220 @@
+-- Concurrent requests to one host (issue 13 item 2). Local servers (llama.cpp,
+-- Ollama, vLLM) speak plain HTTP/1.1: requests started together must reach the
+-- server together, each on its own connection, never one after another while
+-- curl waits to learn whether the first connection can multiplex (HTTP/2).
+-- No timings: the test server holds every answer until it has received N
+-- requests (`hold_until`), so a client that sends them one at a time gets a
+-- 504 from the server after `hold_timeout` and the spec fails cleanly; the
+-- clients' idle_timeout bounds the deadlock case the same way.
+local server = require "spec.helpers.server"
+local luachat = require "luachat"
+local core = require "luachat.core"
+local json = luachat.json
+
+local KEY = "sk-concurrency-0123456789"
+-- Generous: once fixed, every request arrives at once and a hold ends at the
+-- last arrival; unfixed, the first request waits this long, then gets a 504.
+local HOLD = 15
+
+local completion = {
+  id = "chatcmpl-c", object = "chat.completion", created = 1700000000, model = "m",
+  choices = { { index = 0, message = { role = "assistant", content = "hello" }, finish_reason = "stop" } },
+}
+
+local function text_chunk(text)
+  return { id = "chatcmpl-s", object = "chat.completion.chunk", created = 1700000000, model = "m",
+    choices = { { index = 0, delta = { content = text }, finish_reason = json.null } } }
+end
+
+local function have(cmd) return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true end
+
+-- `close`: answer with "Connection: close" and close, so no connection is reused.
+local function closing(spec, close)
+  if close then
+    spec.headers = { Connection = "close" }
+    spec.close_connection = true
+  end
+  return spec
+end
+
+-- A response spec held until `n` requests have arrived.
+local function held(spec, n, close)
+  spec.hold_until, spec.hold_timeout = n, HOLD
+  return closing(spec, close)
+end
+
+local function stream_body()
+  return { sse = { { json = text_chunk("a") }, { json = text_chunk("b") }, { json = text_chunk("c") } }, done = true }
+end
+
+-- n non-streamed chats and m streams spawned together: { {res, err}, ... }.
+local function run_together(c, n, m)
+  local tasks = {}
+  for i = 1, n do
+    tasks[#tasks + 1] = luachat.spawn(function()
+      local res, err = c:chat { model = "m", messages = { { role = "user", content = "chat " .. i } } }
+      return res and res.choices[1].message.content, err
+    end)
+  end
+  for i = 1, m do
+    tasks[#tasks + 1] = luachat.spawn(function()
+      local chunks = {}
+      local final, err = c:stream({ model = "m", messages = { { role = "user", content = "stream " .. i } } },
+        function(chunk) chunks[#chunks + 1] = luachat.delta_text(chunk) end)
+      -- every chunk reached the callback, and the final holds them all
+      return final and table.concat(chunks) .. "/" .. final.choices[1].message.content, err
+    end)
+  end
+  return luachat.gather(tasks)
+end
+
+local function assert_all_ok(all, n, m)
+  assert.equal(n + m, #all)
+  for i = 1, n do
+    assert.is_nil(all[i][2], "chat " .. i .. ": " .. tostring(all[i][2]))
+    assert.equal("hello", all[i][1])
+  end
+  for i = n + 1, n + m do
+    assert.is_nil(all[i][2], "stream " .. (i - n) .. ": " .. tostring(all[i][2]))
+    assert.equal("abc/abc", all[i][1])
+  end
+end
+
+-- The cases, for one way of reaching the server: start() gives a new server,
+-- client(srv) a client for it.
+local function cases(start, client)
+  local srv
+
+  -- A new server (a new port) for every case: curl's connection cache knows a
+  -- host:port once it has answered, and the first requests to a new host are
+  -- the ones a client may hold back.
+  before_each(function() srv = start() end)
+  after_each(function()
+    srv:stop()
+    assert.equal(0, core.live(), "a transfer was left running")
+  end)
+
+  for _, close in ipairs { false, true } do
+    local variant = close and " (Connection: close)" or " (keep-alive)"
+
+    it("4 chats started together all reach the server before any answer" .. variant, function()
+      srv:default(held({ json = completion }, 4, close))
+      assert_all_ok(run_together(client(srv), 4, 0), 4, 0)
+      local reqs = srv:requests()
+      assert.equal(4, #reqs)
+      for _, r in ipairs(reqs) do
+        assert.equal("/v1/chat/completions", r.path)
+        -- HTTP/1.1 as is: no h2c upgrade offer (HTTP/2 is for TLS only)
+        assert.is_nil(r.headers["upgrade"])
+        assert.is_nil(r.headers["http2-settings"])
+      end
+    end)
+
+    it("5 streams started together all reach the server before any answer" .. variant, function()
+      srv:default(held(stream_body(), 5, close))
+      assert_all_ok(run_together(client(srv), 0, 5), 0, 5)
+      assert.equal(5, #srv:requests())
+    end)
+
+    -- 2,000 events (about 200 KB): far past the 48 KiB of unread events at
+    -- which a stream's transfer pauses while its callback is busy.
+    local function big_stream()
+      local events = {}
+      for i = 1, 2000 do events[i] = { json = text_chunk(string.format("%04d,", i)) } end
+      return closing({ sse = events, done = true }, close)
+    end
+
+    -- Runs the outer stream in a task; its first callback calls wait_inner().
+    local function outer_stream(c, wait_inner)
+      local calls = 0
+      local t = luachat.spawn(function()
+        return c:stream({ model = "m", messages = { { role = "user", content = "outer" } } }, function()
+          calls = calls + 1
+          if calls == 1 then wait_inner() end
+        end)
+      end)
+      return t, function() return calls end
+    end
+
+    local function assert_outer_ok(final, err, calls)
+      assert.is_nil(err, "the stream: " .. tostring(err))
+      assert.equal(2000, calls)
+      local content = final.choices[1].message.content
+      assert.equal(2000 * 5, #content)
+      assert.equal("0001,0002,", content:sub(1, 10))
+      assert.equal("2000,", content:sub(-5))
+      local reqs = srv:requests()
+      assert.equal(2, #reqs)
+      assert.equal("outer", reqs[1].json.messages[1].content)
+      assert.equal("inner", reqs[2].json.messages[1].content)
+    end
+
+    local function inner_chat(c)
+      return c:chat { model = "m", messages = { { role = "user", content = "inner" } } }
+    end
+
+    it("a stream callback waits on a request started just after the stream" .. variant, function()
+      srv:script { big_stream(), closing({ json = completion }, close) }
+      local c = client(srv)
+      local inner, inner_res, inner_err
+      -- The inner request starts before the stream has any answer; the stream's
+      -- callback then waits for it while the stream's unread events pile up.
+      local t, calls = outer_stream(c, function() inner_res, inner_err = inner:wait() end)
+      inner = luachat.spawn(inner_chat, c)
+      local final, err = t:wait()
+      assert.is_nil(inner_err, "the inner request: " .. tostring(inner_err))
+      assert.equal("hello", inner_res.choices[1].message.content)
+      assert_outer_ok(final, err, calls())
+    end)
+
+    it("a stream callback starts a second request and waits for it" .. variant, function()
+      srv:script { big_stream(), closing({ json = completion }, close) }
+      local c = client(srv)
+      local inner_res, inner_err
+      local t, calls = outer_stream(c, function() inner_res, inner_err = inner_chat(c) end)
+      local final, err = t:wait()
+      assert.is_nil(inner_err, "the inner request: " .. tostring(inner_err))
+      assert.equal("hello", inner_res.choices[1].message.content)
+      assert_outer_ok(final, err, calls())
+    end)
+  end
+end
+
+-- Bounded, so a client that never sends a request fails rather than hangs.
+local function client_opts(srv, extra)
+  local o = { base_url = srv.base_url, api_key = KEY, max_retries = 0, timeout = 2 * HOLD + 10,
+    idle_timeout = HOLD + 5 }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+describe("concurrency over plain HTTP", function()
+  cases(server.start, function(srv) return luachat.client(client_opts(srv)) end)
+end)
+
+-- The Python test server speaks HTTP/1.1 only (no ALPN, no HTTP/2): over TLS
+-- curl still waits for the first handshake to learn that, then must open a
+-- connection per request as over plain HTTP. HTTP/2 multiplexing itself is not
+-- exercised here (no HTTP/2 server in the test tools).
+local tls_dir
+if not have("openssl") then
+  pending("concurrency over HTTPS: openssl is not installed")
+else
+  describe("concurrency over HTTPS to an HTTP/1.1 server", function()
+    setup(function()
+      tls_dir = os.tmpname()
+      os.remove(tls_dir)
+      assert(os.execute("mkdir -p " .. tls_dir))
+      assert(os.execute(string.format("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 "
+        .. "-addext subjectAltName=IP:127.0.0.1 -days 1 -keyout %s/key.pem -out %s/cert.pem >/dev/null 2>&1",
+        tls_dir, tls_dir)))
+    end)
+    teardown(function() os.execute("rm -rf " .. tls_dir) end)
+
+    cases(function()
+      return server.start { tls = { cert = tls_dir .. "/cert.pem", key = tls_dir .. "/key.pem" } }
+    end, function(srv)
+      return luachat.client(client_opts(srv, { ca_file = tls_dir .. "/cert.pem" }))
+    end)
+  end)
+end
