@@ -62,6 +62,11 @@ describe("plain-chunk fast path", function()
       delta('{"tool_calls":[{"index":0,"id":"b","function":{"name":"g","arguments":"{"}}]}'),
       delta('{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}'),
     },
+    ["Ollama: a new id alone (no name) at a used index is a new call"] = {
+      first,
+      delta('{"tool_calls":[{"index":0,"id":"a","function":{"name":"f","arguments":"{}"}}]}'),
+      delta('{"tool_calls":[{"index":0,"id":"b","function":{"arguments":"[]"}}]}'),
+    },
     ["Gemini: calls without index continue the last call"] = {
       first,
       delta('{"tool_calls":[{"id":"a","function":{"name":"f","arguments":"{"}}]}'),
@@ -155,6 +160,8 @@ describe("plain-chunk fast path", function()
       tool_calls = { call("call_1", "f", '{"a":1} '), call("call_2", "g", "{}") } } },
     ["Ollama: index 0 reused with a new id is a new call"] = answer { choice { content = null,
       tool_calls = { call("a", "f", "{}"), call("b", "g", "{}") } } },
+    ["Ollama: a new id alone (no name) at a used index is a new call"] = answer { choice { content = null,
+      tool_calls = { call("a", "f", "{}"), { id = "b", type = "function", ["function"] = { name = "", arguments = "[]" } } } } },
     ["Gemini: calls without index continue the last call"] = answer { choice { content = null,
       tool_calls = { call("a", "f", "{}") } } },
     ["an index-less fragment continues the call an indexed fragment just touched"] = answer { choice {
