@@ -352,6 +352,21 @@ describe("test server", function()
     assert.equal(3, after - before) -- curl had to connect again
   end)
 
+  it("hold_until answers once N requests have arrived; after hold_timeout, a 504 naming the count", function()
+    srv:default { json = { ok = true }, hold_until = 2, hold_timeout = 30 }
+    -- two requests at once, on two connections (no waiting to multiplex)
+    local r = curl("-Z --parallel-immediate", url(), url())
+    assert.equal(0, r.code)
+    assert.equal('{"ok":true}{"ok":true}', r.body)
+    assert.equal(2, #srv:requests())
+    srv:reset() -- the count starts again from the reset
+    srv:default { json = { ok = true }, hold_until = 2, hold_timeout = 0.2 }
+    r = curl(nil, url())
+    assert.equal(504, r.status)
+    assert.same({ error = { type = "testserver_hold_timeout",
+      message = "testserver: hold_until 2: only 1 requests arrived in 0.2 s" } }, cjson.decode(r.body))
+  end)
+
   it("reset clears the queue, the default and the request log", function()
     srv:script { { json = { n = 1 } }, { json = { n = 2 } } }
     srv:default { json = { ok = true } }
