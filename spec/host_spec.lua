@@ -139,19 +139,30 @@ io.write(mapped(), "|", v, "\n")]]))
     assert.equal("from mymod\ttrue\n", out)
   end)
 
+  -- Run `code` in the host; once it has created the file named by the global
+  -- READY (or exited), send SIGINT. An event, not a sleep, says when.
+  local function interrupt_when_ready(code)
+    local ready = os.tmpname()
+    os.remove(ready)
+    local out, err, status = run(string.format(
+      "%s -e %s -e %s & pid=$!; while [ ! -e %s ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done; kill -INT $pid; wait $pid",
+      HOST, shell_quote("READY = " .. string.format("%q", ready)), shell_quote(code), shell_quote(ready)))
+    os.remove(ready)
+    return out, err, status
+  end
+
   it("SIGINT ends a script with status 130", function()
     -- A script blocked in luachat.sleep (driving the curl loop), interrupted.
-    local out, err, code = run(string.format(
-      "%s -e %s & pid=$!; sleep 0.5; kill -INT $pid; wait $pid",
-      HOST, shell_quote("io.write('started\\n') io.stdout:flush() require('luachat').sleep(20) print('not reached')")))
+    local out, err, code = interrupt_when_ready("io.write('started\\n') io.stdout:flush() io.open(READY, 'w'):close() "
+      .. "require('luachat').sleep(20) print('not reached')")
     assert.equal(130, code)
     assert.equal("started\n", out)
     assert.matches("interrupted", err, 1, true)
   end)
 
   it("SIGINT interrupts a pure Lua loop too", function()
-    local _, _, code = run(string.format("%s -e %s & pid=$!; sleep 0.3; kill -INT $pid; wait $pid",
-      HOST, shell_quote("while true do end")))
+    local _, err, code = interrupt_when_ready("io.open(READY, 'w'):close() while true do end")
     assert.equal(130, code)
+    assert.matches("interrupted", err, 1, true) -- the handler's doing, not SIGINT's default action
   end)
 end)

@@ -99,14 +99,17 @@ describe("reliability", function()
         local agent = luachat.agent{ client = luachat.client{base_url=%q}, model = "m", stream = true,
           on_text = function(t) io.write(t) end }
         io.write("start ")
+        io.open(%q, "w"):close() -- ready: the delays below count from here
         for i = 1, 100 do agent:run("go") end
-      ]], srv.base_url)
+      ]], srv.base_url, srv.dir .. "/sigint-ready")
       local path = os.tmpname()
       local f = io.open(path, "w")
       f:write(script)
       f:close()
       for _, ms in ipairs { 50, 170, 330, 500 } do
-        local text, code = run(string.format("%s %s & pid=$!; sleep %.3f; kill -INT $pid; wait $pid", HOST, path, ms / 1000))
+        os.remove(srv.dir .. "/sigint-ready")
+        local text, code = run(string.format("%s %s & pid=$!; while [ ! -e %s ] && kill -0 $pid 2>/dev/null; do sleep 0.01; done; "
+          .. "sleep %.3f; kill -INT $pid; wait $pid", HOST, path, srv.dir .. "/sigint-ready", ms / 1000))
         assert.equal(130, code, text)
         assert.matches("^start ", text)
         assert.matches("luachat: interrupted", text, 1, true)
