@@ -47,7 +47,14 @@ describe("reliability", function()
       if case.kept_content then
         assert.equal(case.kept_content, res.choices[1].message.content)
       end
-      if case.requests then assert.equal(case.requests, #srv:requests()) end
+      if case.kept_prefix then
+        local content = res and res.choices[1].message.content
+        assert.equal(case.kept_prefix, type(content) == "string" and content:sub(1, #case.kept_prefix) or content)
+      end
+      -- the retry outcome: every case says how many requests the server must see
+      assert.is_number(case.requests, "the case gives no request count")
+      assert.equal(case.requests, #srv:requests(), "requests the server saw")
+      if err then assert.equal(case.requests - 1, err.retries, "err.retries") end
       if case.max_rss_mb then
         assert.is_true(peak_rss_mb() < case.max_rss_mb, "peak RSS " .. peak_rss_mb() .. " MB")
       end
