@@ -65,6 +65,7 @@ build = {
     ["luachat.json"] = "lua/luachat/json.lua",
     ["luachat.log"] = "lua/luachat/log.lua",
     ["luachat.profiles"] = "lua/luachat/profiles.lua",
+    ["luachat.redact"] = "lua/luachat/redact.lua",
     ["luachat.sched"] = "lua/luachat/sched.lua",
     ["luachat.schema"] = "lua/luachat/schema.lua",
     ["luachat.stream"] = "lua/luachat/stream.lua",

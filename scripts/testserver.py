@@ -71,11 +71,18 @@ def to_bytes(text):
     return text.encode("utf-8", "surrogateescape")
 
 
+REQUEST = threading.local()  # this thread's request: .headers (lower-case names), .query
+
+
 def fill_template(text, request_json):
     """{{tool:N}} -> content of the Nth tool message; {{tool:N:field}} -> a field of its JSON;
-    {{last_user}} -> the last user message's text. Lets a scripted model use real tool output."""
-    if "{{" not in text or not isinstance(request_json, dict):
+    {{last_user}} -> the last user message's text. Lets a scripted model use real tool output.
+    {{header:NAME}} -> the request's NAME header, {{query}} -> its query string, as a server
+    that echoes the request in an error would (redaction tests)."""
+    if "{{" not in text:
         return text
+    if not isinstance(request_json, dict):
+        request_json = {}
     messages = request_json.get("messages") or []
     tools = [m.get("content") or "" for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
     users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
@@ -99,6 +106,10 @@ def fill_template(text, request_json):
                         value = ""
         elif key == "last_user" and users:
             value = users[-1] if isinstance(users[-1], str) else compact(users[-1])
+        elif parts[0] == "header" and len(parts) == 2:
+            value = (getattr(REQUEST, "headers", None) or {}).get(parts[1].lower(), "")
+        elif key == "query":
+            value = getattr(REQUEST, "query", "")
         out = out[:start] + str(value) + out[end + 2:]
     return out
 
@@ -292,6 +303,7 @@ class Handler(BaseHTTPRequestHandler):
                 "body": body.decode("utf-8", "replace"), "time": time.monotonic(),
             })
             STATE.arrived.notify_all()
+        REQUEST.headers, REQUEST.query = headers, query
         self.respond(STATE.next_response(), rid, request_json)
 
     do_GET = do_POST = handle_any

@@ -51,8 +51,13 @@ local function stream_body(req)
   return json.encode(body)
 end
 
+-- s without any credential this stream's request sent (the client's and the call's own).
+function Stream:redact(s, cut)
+  return self.client:redact(s, self.opts, cut)
+end
+
 function Stream:fail(kind, message, extra)
-  local e = { kind = kind, message = one_line(self.client:redact(self.what .. ": " .. message)) }
+  local e = { kind = kind, message = one_line(self:redact(self.what .. ": " .. message)) }
   for k, v in pairs(extra or {}) do e[k] = v end
   self:finish(core.error(e))
 end
@@ -90,7 +95,8 @@ function Stream:handle(ev)
   if type(ev) == "table" then
     data = ev.data
     if ev.event == "error" then
-      self:fail("api", "error event in the stream: " .. api_error_text(data), { body = self.client:redact(data) })
+      local body = self:redact(data) -- before server_message cuts it
+      self:fail("api", "error event in the stream: " .. api_error_text(body), { body = body })
       return nil
     end
   end
@@ -103,13 +109,13 @@ function Stream:handle(ev)
   if type(chunk) ~= "table" then
     if type(ev) == "table" then return nil end -- an unknown named event we cannot read: skip it
     self:fail("deserialise", string.format("invalid JSON in event %d: %s", n,
-      derr or ("expected an object, got " .. type(chunk))), { body = self.client:redact(data:sub(1, 65536)) })
+      derr or ("expected an object, got " .. type(chunk))), { body = self:redact(data):sub(1, 65536) })
     return nil
   end
   local api_err = self.acc:add(chunk)
   if api_err then
     self:fail("api", "error in the stream: " .. tostring(api_err.message),
-      { body = self.client:redact(data), code = api_err.code })
+      { body = self:redact(data), code = self:redact(api_err.code) })
     return nil
   end
   return chunk
@@ -119,13 +125,13 @@ end
 function Stream:on_transfer_done()
   local r = self.transfer:result()
   if r.failure then
-    local e = self.client:error_for(r, "stream")
+    local e = self.client:error_for(r, "stream", self.opts)
     local msg = string.format("stream cut short after %d events: %s", self.nevents, r.message)
     self:fail(e.kind, msg, { status = r.status, request_id = r.request_id })
     return
   end
   if not r.sse then
-    local err = self.client:error_for(r, "stream")
+    local err = self.client:error_for(r, "stream", self.opts)
     if err then
       err.message = one_line(self.what .. ": " .. err.message:gsub("^stream: ", ""))
       self:finish(err)
@@ -137,10 +143,11 @@ function Stream:on_transfer_done()
       self.full = doc
       self:finish(nil)
     elseif type(doc) == "table" and doc.error then
-      self:fail("api", api_error_text(r.body), { status = r.status, body = self.client:redact(r.body) })
+      local body = self:redact(r.body)
+      self:fail("api", api_error_text(body), { status = r.status, body = body })
     else
       self:fail("deserialise", "expected an event stream, got " .. (r.content_type or "no content-type")
-        .. (derr and (" (" .. derr .. ")") or ""), { status = r.status, body = self.client:redact(r.body) })
+        .. (derr and (" (" .. derr .. ")") or ""), { status = r.status, body = self:redact(r.body) })
     end
     return
   end
@@ -248,7 +255,7 @@ function M.open(client, req, opts)
     end
     if tr:has_events() then return tr end
     local r = tr:result()
-    local e = client:error_for(r, what)
+    local e = client:error_for(r, what, opts)
     if e then
       tr:close()
       return nil, r, e
@@ -257,7 +264,7 @@ function M.open(client, req, opts)
   end)
   if not t then return nil, err end
   return setmetatable({
-    client = client, transfer = t, what = what, acc = accumulate.accumulator(),
+    client = client, opts = opts, transfer = t, what = what, acc = accumulate.accumulator(),
     nevents = 0, finished = false, done_seen = false,
   }, Stream)
 end

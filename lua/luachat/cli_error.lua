@@ -4,6 +4,7 @@
 -- provider, the status or message, and what to do.
 -- Never: writes it anywhere, or shows the API key (only the key's variable).
 local term = require "luachat.cli_term"
+local redact = require "luachat.redact"
 
 local one_line = term.one_line
 
@@ -21,13 +22,15 @@ end
 local function hint_for(e, s)
   local key_env = s.key_env or "the API key variable"
   local status = tonumber(e.status)
+  local base_url = s.base_url and redact.url(s.base_url) -- no userinfo on the terminal
   if e.kind == "invalid_api_key" or status == 401 or status == 403 then
-    if s.api_key or (s.headers and s.headers["api-key"]) then
+    -- A key in a header (Azure's api-key, x-api-key, Authorization) or the URL counts.
+    if s.api_key or redact.has_credential { headers = { s.headers or {} }, url = s.base_url } then
       return "check " .. key_env .. " (the key was refused)"
     end
     return "set " .. key_env
   elseif status == 404 then
-    return "check the model name (-m) and the base URL (" .. (s.base_url or "?") .. ")"
+    return "check the model name (-m) and the base URL (" .. (base_url or "?") .. ")"
   elseif status == 429 then
     return "rate limited or out of credits: wait and retry, or check your plan"
   elseif status and status >= 500 then
@@ -37,7 +40,7 @@ local function hint_for(e, s)
   elseif e.kind == "timeout" then
     return "no answer in time: try again, or check the server"
   elseif e.kind == "network" then
-    return "cannot reach " .. (s.base_url or "the server") .. ": check the URL (--base-url) and your network"
+    return "cannot reach " .. (base_url or "the server") .. ": check the URL (--base-url) and your network"
   elseif e.kind == "deserialise" then
     return "the answer is not an OpenAI-compatible one: check the base URL"
   end
@@ -56,6 +59,9 @@ function M.format_error(err, s)
   else
     what = tostring(e.message or err)
   end
+  -- Every credential these settings send, gone before the line is cut (luachat.redact).
+  what = redact.text(what, redact.secrets { key = s.api_key or nil, url = s.base_url,
+    headers = { s.headers or {} }, query = { s.query or {} } })
   local hint = hint_for(e, s)
   local line = string.format("luachat: %s: %s", s.profile or "error", one_line(what, 240))
   if hint then line = line .. " — " .. hint end

@@ -10,6 +10,7 @@ local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
 local log = require "luachat.log"
+local redact = require "luachat.redact"
 
 local M = {}
 
@@ -19,6 +20,9 @@ Client.__name = "luachat.Client"
 
 -- Secrets live here, keyed by client, so no field of the client holds them.
 local secrets = setmetatable({}, { __mode = "k" })
+-- Clients that looked for the key in OPENAI_API_KEY (api_key not given): only
+-- they get the "set OPENAI_API_KEY" hint on a 401.
+local key_from_env = setmetatable({}, { __mode = "k" })
 
 -- Built on the first request: reading core.curl_version loads libcurl, which
 -- a script that never makes a request should not pay for (see src/curl_dl.h).
@@ -64,7 +68,7 @@ function M.new(opts)
   end
   local base_url = opts.base_url or getenv("OPENAI_BASE_URL") or "https://api.openai.com/v1"
   if not base_url:match("^https?://[^/]") then
-    argerror("client", "base_url must start with http:// or https://, got '" .. base_url .. "'")
+    argerror("client", "base_url must start with http:// or https://, got '" .. redact.url(base_url) .. "'")
   end
   local c = setmetatable({
     base_url = base_url:gsub("/+$", ""),
@@ -84,27 +88,29 @@ function M.new(opts)
     secrets[c] = nil -- explicitly none, whatever the environment says
   else
     secrets[c] = opts.api_key or getenv("OPENAI_API_KEY")
+    key_from_env[c] = opts.api_key == nil
   end
   return c
 end
 
 function Client:__tostring()
-  return string.format("luachat.Client (%s, key %s)", self.base_url, secrets[self] and "set" or "not set")
+  return string.format("luachat.Client (%s, key %s)", redact.url(self.base_url), secrets[self] and "set" or "not set")
 end
 
--- Replace every occurrence of the key in s (error bodies may echo it).
-function Client:redact(s)
-  local key = secrets[self]
-  if type(s) ~= "string" or not key or #key < 4 then return s end
-  local out = s
-  local i = 1
-  while true do
-    local a, b = out:find(key, i, true)
-    if not a then break end
-    out = out:sub(1, a - 1) .. "[REDACTED]" .. out:sub(b + 1)
-    i = a + 10
-  end
-  return out
+-- What luachat.redact needs to know of the credentials a call sends: the
+-- client's and the call's own (opts.headers, opts.query). Built per use, never kept.
+local function credentials(self, opts)
+  return { key = secrets[self], url = self.base_url,
+    headers = { self.headers or {}, opts and opts.headers or {} },
+    query = { self.query or {}, opts and opts.query or {} } }
+end
+
+-- client:redact(s [, opts [, cut]]): s with every occurrence of every credential
+-- the client (and a call with these opts) sends replaced by "[REDACTED]"; see
+-- luachat.redact. cut = true: s was already cut at its end.
+function Client:redact(s, opts, cut)
+  if type(s) ~= "string" then return s end
+  return redact.text(s, redact.secrets(credentials(self, opts)), cut)
 end
 
 local function urlencode(s)
@@ -182,7 +188,14 @@ local function one_line(s)
 end
 
 -- Build a luachat error for a finished transfer's result `r` (nil when it succeeded).
-function Client:error_for(r, what)
+-- opts: the call's options (their headers and query are redacted too).
+-- The body is redacted before anything is cut from it; a kept error body that
+-- C already cut (fewer bytes kept than received) is redacted as cut text.
+function Client:error_for(r, what, opts)
+  local body = r.body
+  if type(body) == "string" and body ~= "" then
+    body = self:redact(body, opts, (tonumber(r.bytes) or 0) > #body)
+  end
   local f = r.failure
   if f then
     local kind = ({ timeout = "timeout", idle = "timeout", cancelled = "cancelled",
@@ -193,26 +206,29 @@ function Client:error_for(r, what)
     end
     return core.error {
       kind = kind,
-      message = one_line(self:redact(what .. ": " .. msg)),
+      message = one_line(self:redact(what .. ": " .. msg, opts)),
       status = r.status ~= 0 and r.status or nil,
       request_id = r.request_id,
-      body = r.body ~= "" and self:redact(r.body) or nil,
+      body = body ~= "" and body or nil,
       retryable = (f == "network" or f == "timeout" or f == "idle"),
     }
   end
   local status = r.status
   if status >= 200 and status < 300 then return nil end
-  local smsg = server_message(r.body)
+  local smsg = server_message(body)
   local kind = status == 401 and "invalid_api_key" or "api"
   local msg = string.format("%s: HTTP %d%s", what, status, smsg and (": " .. smsg) or "")
-  if status == 401 and not secrets[self] then msg = msg .. " (no API key: set OPENAI_API_KEY)" end
+  if status == 401 and not secrets[self] and key_from_env[self]
+      and not redact.has_credential(credentials(self, opts)) then
+    msg = msg .. " (no API key: set OPENAI_API_KEY)"
+  end
   local retryable = status == 408 or status == 409 or status == 429 or status >= 500
   return core.error {
     kind = kind,
-    message = one_line(self:redact(msg)),
+    message = one_line(self:redact(msg, opts)),
     status = status,
     request_id = r.request_id,
-    body = self:redact(r.body),
+    body = body,
     retryable = retryable,
   }
 end
@@ -277,9 +293,10 @@ function Client:transfer_spec(method, path, body, opts, stream, idempotency_key)
   }
 end
 
--- Where a request goes, for messages and logs: method and URL without the query.
+-- Where a request goes, for messages and logs: method and URL without the
+-- query, userinfo masked (luachat.redact.url).
 local function describe(spec)
-  return spec.method .. " " .. spec.url:gsub("%?.*$", "")
+  return spec.method .. " " .. redact.url(spec.url)
 end
 M.describe = describe
 
@@ -320,7 +337,7 @@ function Client:request(method, path, body_value, opts)
     t:close()
     log.debug("%s -> %s in %.3fs%s%s", what, r.failure or r.status, r.seconds,
       r.request_id and (" (request " .. r.request_id .. ")") or "", attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
-    local err = self:error_for(r, what)
+    local err = self:error_for(r, what, opts)
     if err then return nil, r, err end
     if r.body == "" and method == "HEAD" then return {}, r end
     local doc, derr = json.decode(r.body)
@@ -328,9 +345,9 @@ function Client:request(method, path, body_value, opts)
       return nil, r, core.error {
         kind = "deserialise",
         message = one_line(self:redact(string.format("%s: response is not valid JSON (%s, content-type %s)",
-          what, derr, r.content_type or "none"))),
+          what, derr, r.content_type or "none"), opts)),
         status = r.status, request_id = r.request_id,
-        body = self:redact(r.body:sub(1, 65536)),
+        body = self:redact(r.body, opts):sub(1, 65536), -- redact, then cut
       }
     end
     return doc, r
