@@ -5,6 +5,7 @@
 -- U+FFFD. Checked in the callback, pull and chat{stream=true} forms, with the
 -- agent's on_text, and against the C fast path's accumulator.
 local server = require "spec.helpers.server"
+local proc = require "spec.helpers.proc"
 local luachat = require "luachat"
 local core = require "luachat.core"
 local stream = require "luachat.stream"
@@ -103,6 +104,20 @@ describe("a surrogate pair split across chunks", function()
     assert.is_nil(err, err and tostring(err))
     assert.equal(CONTENT, result.content)
     assert.is_true(#seen >= 6)
+    -- on_text gets whole characters: a high half waits for its low half in the next chunk
+    assert.equal(CONTENT, table.concat(seen))
+    for _, t in ipairs(seen) do assert.is_truthy(utf8.len(t), t) end
+  end)
+
+  it("the command line prints the real characters", function()
+    local home = proc.tmpdir()
+    local out, errout, code = proc.run(string.format(
+      "env HOME=%s XDG_CONFIG_HOME=%s/c XDG_STATE_HOME=%s/s LUACHAT_PROFILE= LUACHAT_MODEL= "
+      .. "LUACHAT_BASE_URL= OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-surrogate %s -m m -p hi",
+      home, home, home, proc.shell_quote(srv.base_url), proc.host))
+    os.execute("rm -rf " .. proc.shell_quote(home))
+    assert.equal(0, code, errout)
+    assert.equal(CONTENT .. "\n", out)
   end)
 end)
 

@@ -163,9 +163,10 @@ function Agent:call_model(req)
   end
   local cb_err
   local on_text = self.on_text
+  local join = stream.text_joiner() -- on_text gets whole characters (a pair split across chunks)
   local final, err = self.client:stream(req, function(chunk)
     if on_text then
-      local text = stream.delta_text(chunk)
+      local text = join(stream.delta_text(chunk))
       if text ~= "" then
         local ok, e = call_back("on_text", on_text, text)
         if not ok then
@@ -175,6 +176,11 @@ function Agent:call_model(req)
       end
     end
   end)
+  local rest = not cb_err and on_text and join(nil) or ""
+  if rest ~= "" then
+    local ok, e = call_back("on_text", on_text, rest)
+    if not ok then cb_err = e end
+  end
   if cb_err then return nil, cb_err, final end
   if err then return nil, err, final end
   return final

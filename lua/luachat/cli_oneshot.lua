@@ -65,14 +65,17 @@ local function one_shot_direct(ctx, prompt)
       out(ctx, msg and type(msg.content) == "string" and msg.content or "")
     end
   else
+    local join = require("luachat.stream").text_joiner() -- whole characters, even split across chunks
     res, err = ctx.client:stream(req, function(chunk)
       if ctx.o.json then return end
-      local t = luachat.delta_text(chunk)
+      local t = join(luachat.delta_text(chunk))
       if t and t ~= "" then
         if not out(ctx, t) then return false end
       end
     end)
     ctx.spinner.stop()
+    local rest = join(nil)
+    if rest ~= "" and not ctx.o.json then out(ctx, rest) end
   end
   local code = finish(ctx, err)
   if code then return code end

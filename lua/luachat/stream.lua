@@ -177,6 +177,29 @@ local function text_of(parts)
   return join_halves(concat(parts))
 end
 
+-- For printing text as it arrives (the CLI, the agent's on_text): returns feed(text), which
+-- returns what can be shown now. A high half ending text is held back until the next text,
+-- whose leading low half it joins; feed(nil) at the end returns what is still held (U+FFFD).
+function M.text_joiner()
+  local held
+  return function(text)
+    local last = text == nil
+    if held then
+      text, held = held .. (text or ""), nil
+    elseif last then
+      return ""
+    end
+    local n = #text
+    if not last and n >= 3 and text:byte(n - 2) == 0xED then
+      local b = text:byte(n - 1)
+      if b >= 0xA0 and b <= 0xAF then
+        held, text = text:sub(n - 2), text:sub(1, n - 3)
+      end
+    end
+    return join_halves(text)
+  end
+end
+
 local function build_choice(st)
   local msg = { role = st.role or "assistant" }
   msg.content = #st.content > 0 and text_of(st.content) or null
