@@ -1,6 +1,7 @@
 -- luachat.log: LUACHAT_LOG=debug tracing to stderr, one line per event.
 -- Owns: the log level. Never: prints a header, a body or a key (callers
--- pass already-redacted, one-line facts: method, URL without query, status, timing).
+-- pass already-redacted, one-line facts: method, URL without query or userinfo
+-- (luachat.redact.url), status, timing; error messages redacted by the client).
 local M = {}
 
 local level = os.getenv("LUACHAT_LOG")
