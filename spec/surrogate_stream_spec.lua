@@ -133,6 +133,18 @@ describe("the accumulator joins halves the same on both paths", function()
     assert.equal(json.encode(lua_acc:result(), { sort_keys = true }), json.encode(fast:result(), { sort_keys = true }))
   end)
 
+  it("luachat.text_joiner gives whole characters as text arrives", function()
+    local join = luachat.text_joiner()
+    assert.equal("A", join("A\xED\xA0\xBD"))
+    assert.equal("😀B", join("\xED\xB8\x80B"))
+    assert.equal("x", join("x\xED\xA0\xBD"))
+    assert.equal("\u{FFFD}y", join("y"))          -- the held half met no partner
+    assert.equal("", join("\xED\xA0\xBD"))
+    assert.equal("\u{FFFD}", join(nil))           -- end: what is held
+    assert.equal("", join(nil))
+    assert.equal("\u{FFFD}z", luachat.text_joiner()("\xED\xB8\x80z"))
+  end)
+
   it("refusal and reasoning are joined too; other invalid bytes pass through", function()
     local acc = stream.accumulator()
     acc:add { choices = { { index = 0, delta = { refusal = "no \xED\xA0\xBD", reasoning_content = "r\xED\xA0\xBD" } } } }

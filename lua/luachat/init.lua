@@ -38,10 +38,11 @@ setmetatable(M, {
       local v = core.curl_version
       rawset(t, k, v)
       return v
-    elseif k == "delta_text" then
-      local v = require("luachat.stream").delta_text
-      rawset(t, k, v)
-      return v
+    elseif k == "delta_text" or k == "text_joiner" then
+      local stream = require "luachat.stream"
+      rawset(t, "delta_text", stream.delta_text)
+      rawset(t, "text_joiner", stream.text_joiner) -- whole characters from deltas (docs/JSON.md)
+      return rawget(t, k)
     elseif k == "agent" or k == "tool" then
       local agent = require "luachat.agent"
       rawset(t, "agent", agent)
