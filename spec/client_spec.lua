@@ -298,10 +298,9 @@ describe("client", function()
   end)
 
   describe("tasks", function()
-    it("50 tasks whose requests take 1 s each run concurrently", function()
-      srv:default { json = completion, delay = 1 }
+    it("50 tasks' requests run concurrently: the server answers none until all 50 arrived", function()
+      srv:default { json = completion, hold_until = 50, hold_timeout = 60 } -- one at a time: a 504 after 60 s
       local c = client()
-      local t0 = core.now()
       local tasks = {}
       for i = 1, 50 do
         tasks[i] = luachat.spawn(function(n)
@@ -310,14 +309,10 @@ describe("client", function()
         end, i)
       end
       local all = luachat.gather(tasks)
-      local elapsed = core.now() - t0
       assert.equal(50, #all)
       for i = 1, 50 do assert.equal("hello", all[i][1]) end
       local reqs = srv:requests()
       assert.equal(50, #reqs)
-      -- all 50 were in flight at once: they reached the server within one delay
-      assert.is_true(reqs[50].time - reqs[1].time < 1.0)
-      assert.is_true(elapsed < 5, "50 concurrent 1 s requests took " .. elapsed .. " s")
     end)
 
     it("a task's error is returned by wait, never lost", function()
