@@ -548,7 +548,7 @@ def profile(tmp, srv):
     layers = [("luachat.core only: curl multi + SSE parser + one Lua string per event",
                [HOST, "bench/luachat_floor.lua", srv.api, "none"]),
               ("... + plain lua-cjson decode of each event", [HOST, "bench/luachat_floor.lua", srv.api, "cjson"]),
-              ("... + luachat.json.decode (cjson + integer/array fix-ups)",
+              ("... + luachat.json.decode (its own C decoder)",
                [HOST, "bench/luachat_floor.lua", srv.api, "luachat"]),
               ("client:stream with a counting callback (workload 1): delta_text, lazy chunks", cmd),
               ("client:stream with a callback reading every chunk's fields (each decoded)",
