@@ -32,7 +32,8 @@
 -- mutant gets a fresh `cp -a` of base, so make sees only the mutated file as
 -- newer and a C mutant recompiles one object and relinks. Specs run under the
 -- copy's own ./luachat (LUACHAT_HOST is cleared), one file at a time, each
--- under `timeout`; the first failing spec catches the mutant.
+-- under `timeout`; the first failing spec catches the mutant (busted stops at
+-- its first failure when the spec passed unmutated).
 -- A spec run that times out counts as caught: the mutant hung the suite, which
 -- `make test` (per-file timeouts) reports as a failure too; the line says
 -- "timed out" so a hang stays visible.
@@ -302,7 +303,7 @@ end
 -- Run one spec in dir: "pass", "fail" or "timeout", the failing tests (a
 -- set, see failures) and the log path.
 local seq = 0
-local function run_spec(dir, spec)
+local function run_spec(dir, spec, stop_early)
   seq = seq + 1
   local log = string.format("%s/%03d-%s.log", logdir, seq, spec:gsub("[^%w]", "_"))
   local c = spec:match("^build:(.+)$")
@@ -310,7 +311,8 @@ local function run_spec(dir, spec)
   if c then
     cmd = string.format("build/%s spec/fixtures/sse", c)
   else
-    cmd = "busted --lua=./luachat -o utfTerminal " .. q(spec)
+    -- stop_early: the first failure is news (the spec passed unmutated), so stop there
+    cmd = "busted --lua=./luachat -o utfTerminal " .. (stop_early and "--no-keep-going " or "") .. q(spec)
   end
   -- timeout runs the spec in its own process group and kills all of it;
   -- -k: a spec that ignores TERM is killed 10 s later.
@@ -371,7 +373,7 @@ for i, m in ipairs(selected) do
       if known == false then
         unused[#unused + 1] = s
       else
-        local st, fails = run_spec(dir, s)
+        local st, fails = run_spec(dir, s, next(known) == nil)
         if st == "timeout" then
           why = string.format("%s timed out after %d s", s, opts.timeout)
         elseif st == "fail" then
