@@ -198,7 +198,7 @@ end)
 -- exercised here (no HTTP/2 server in the test tools).
 local tls_dir
 if not have("openssl") then
-  pending("concurrency over HTTPS: openssl is not installed")
+  error("concurrency over HTTPS: openssl is not installed (scripts/deps.sh installs it)")
 else
   describe("concurrency over HTTPS to an HTTP/1.1 server", function()
     setup(function()
