@@ -210,8 +210,9 @@ describe("test server", function()
 
   it("stall_after pauses the response for `stall` seconds, then finishes it", function()
     local body = string.rep("0123456789", 50)
-    srv:script { { body = body, stall_after = 300, stall = 2 }, { body = body, stall_after = 300, stall = 0.3 } }
-    local r = curl("--max-time 1", url())
+    -- curl gives up at 3 s, long before the 20 s stall ends (the first 300 bytes may be slow under load)
+    srv:script { { body = body, stall_after = 300, stall = 20 }, { body = body, stall_after = 300, stall = 0.3 } }
+    local r = curl("--max-time 3", url())
     assert.equal(28, r.code) -- CURLE_OPERATION_TIMEDOUT: stuck at the mark
     assert.equal(300, #r.head + #r.body)
     r = curl("-w '%{time_total}'", url())
