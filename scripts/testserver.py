@@ -41,6 +41,7 @@ class State:
         self.counter = 0
         self.connections = 0
         self.generated = {}
+        self.gates = {}  # name -> {"state": armed|released|timed_out, "event": Event} (sse gates)
         self.progress = []  # one entry per response served with `sndbuf` (flow-control specs)
         self.arrived = threading.Condition(self.lock)  # notified on every logged request (hold_until)
 
@@ -199,12 +200,17 @@ def generate_stream(params):
 
 
 def sse_body(spec, request_json):
-    """Render the `sse` list: returns a list of (delay, bytes) pieces, one per event."""
+    """Render the `sse` list: returns a list of (delay, bytes) pieces, one per event
+    (a gate's delay is its entry, see pass_gate)."""
     eol = spec.get("line_end", "\n")
     out = []
     for ev in spec.get("sse") or []:
         if isinstance(ev, str):
             out.append((0, to_bytes(fill_template(ev, request_json))))
+            continue
+        if "gate" in ev:
+            arm_gate(str(ev["gate"]))
+            out.append((dict(ev, line_end=eol), b""))
             continue
         lines = []
         if "event" in ev:
@@ -223,6 +229,31 @@ def sse_body(spec, request_json):
     if spec.get("done"):
         out.append((0, ("data: [DONE]" + eol + eol).encode()))
     return out
+
+
+def arm_gate(name):
+    """A gate of a response being rendered: "armed" until released or timed out.
+    A name is used once per reset; a gate released before it was armed stays released."""
+    with STATE.lock:
+        STATE.gates.setdefault(name, {"state": "armed", "event": threading.Event()})
+
+
+def pass_gate(ev):
+    """A `{gate=NAME}` entry of an `sse` list: what came before it is on the wire; the rest
+    waits until POST /_control/release {"gate": NAME}. Never hangs: after `timeout`
+    seconds (default 30) the gate reads "timed_out" and the stream goes on after an
+    in-band error event naming it, so a client that waits for the whole stream fails."""
+    name = str(ev["gate"])
+    with STATE.lock:
+        g = STATE.gates.setdefault(name, {"state": "armed", "event": threading.Event()})
+    if g["event"].wait(float(ev.get("timeout") or 30)):
+        return b""
+    with STATE.lock:
+        if g["state"] == "armed":
+            g["state"] = "timed_out"
+    msg = {"error": {"message": "testserver: gate %s timed out: the client never signalled" % name,
+                     "type": "testserver_gate_timeout"}}
+    return ("data: " + compact(msg) + ev["line_end"] * 2).encode()
 
 
 def process_alive(pid):
@@ -336,7 +367,21 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.default = DEFAULT_RESPONSE if arg is None else arg
             elif path == "/_control/reset":
                 STATE.queue, STATE.default, STATE.requests = [], DEFAULT_RESPONSE, []
+                for g in STATE.gates.values():
+                    g["event"].set()  # nothing stays blocked past a reset
+                STATE.gates = {}
                 STATE.progress = []
+            elif path == "/_control/release":
+                # a gate's state before this call: "armed" = the server is still holding
+                # back the events after it (or has not reached it yet)
+                name = str((arg or {}).get("gate"))
+                g = STATE.gates.setdefault(name, {"state": "new", "event": threading.Event()})
+                out = {"ok": True, "state": g["state"]}
+                if g["state"] in ("armed", "new"):
+                    g["state"] = "released"
+                g["event"].set()
+            elif path == "/_control/gates":
+                out = {k: g["state"] for k, g in STATE.gates.items()}
             elif path == "/_control/requests":
                 out = STATE.requests
             elif path == "/_control/progress":
@@ -434,6 +479,9 @@ class Handler(BaseHTTPRequestHandler):
             writer.write(framed)
         else:
             for delay, data in pieces:
+                if isinstance(delay, dict):  # a gate: send what is before it, then wait
+                    writer.flush()
+                    delay, data = 0, pass_gate(delay)
                 if delay:
                     writer.flush()
                     time.sleep(delay)

@@ -7,6 +7,7 @@
 --   local srv = server.start()   srv.url, srv.base_url, srv.pid
 --   srv:script{R...}  srv:append{R...}  srv:default(R or nil)  srv:reset()
 --   srv:requests()    srv:stats()       srv:progress()    srv:stop()
+--   srv:release(gate) srv:gates()      (sse gates: partial-delivery specs)
 --
 -- Lua tables go to the server as JSON via cjson, and Debian's cjson 2.1.0
 -- encodes an empty table as {}: an empty `sse = {}` is unusual anyway; a table
@@ -158,6 +159,10 @@ function Server:default(response)
   self:control("/_control/default", response == nil and cjson.null or response)
 end
 function Server:reset() self:control("/_control/reset", {}) end
+-- sse gates (scripts/README.md): release one, getting its state before the call
+-- ("armed": the server was still holding back the events after it); all states.
+function Server:release(gate) return self:control("/_control/release", { gate = gate }).state end
+function Server:gates() return self:control("/_control/gates") end
 function Server:stats() return self:control("/_control/stats") end
 -- Responses served with `sndbuf`: { {request = n, sent = bytes the kernel took, done = bool}, ... }
 function Server:progress() return self:control("/_control/progress") end
