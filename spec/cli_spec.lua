@@ -220,8 +220,18 @@ describe("luachat.cli", function()
     assert.same({ role = "assistant", content = "half an ans" }, agent.messages[4])
     agent.messages[5] = { role = "user", content = "q2" }
     agent.messages[6] = { role = "assistant", tool_calls = { { id = "c1" } } }
-    cli.keep_partial(agent, 4, "q2", "")
-    assert.equal(5, #agent.messages)
+    cli.keep_partial(agent, 4, "q2", "some text")
+    assert.equal(6, #agent.messages)
+    assert.same({ role = "assistant", content = "some text" }, agent.messages[6])
+  end)
+
+  it("rolls back a turn that ended before any text (no two user messages in a row)", function()
+    local agent = { messages = { { role = "user", content = "a" }, { role = "assistant", content = "b" },
+      { role = "user", content = "q2" }, { role = "assistant", tool_calls = { { id = "c1" } } } } }
+    cli.keep_partial(agent, 2, "q2", "")
+    assert.equal(2, #agent.messages)
+    cli.keep_partial(agent, 2, "q3", "")
+    assert.equal(2, #agent.messages)
   end)
 end)
 
@@ -454,5 +464,207 @@ describe("luachat -p (subprocess)", function()
     local last = reqs[2].json.messages[#reqs[2].json.messages]
     assert.equal("tool", last.role)
     assert.equal("call_1", last.tool_call_id)
+  end)
+
+  -- issue 13, "The command line" --------------------------------------------
+
+  local function sse_body(events)
+    local parts = {}
+    for _, e in ipairs(events) do parts[#parts + 1] = "data: " .. json.encode(e) .. "\n\n" end
+    return table.concat(parts)
+  end
+
+  local function tool_call_reply(id)
+    return { json = {
+      id = "c" .. id, object = "chat.completion", created = 1, model = "gpt-test",
+      choices = { { index = 0, finish_reason = "tool_calls", message = { role = "assistant", content = json.null,
+        tool_calls = { { id = "call_" .. id, type = "function",
+          ["function"] = { name = "get_weather", arguments = '{"city":"Paris"}' } } } } } },
+    } }
+  end
+
+  it("every option takes --name=value", function()
+    srv:script { hello_sse() }
+    local out, err, code = luachat_p("--model=foo --system=" .. shell_quote("Be terse.") .. " --prompt=hi")
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal("Hello world\n", out)
+    local body = srv:requests()[1].json
+    assert.equal("foo", body.model)
+    assert.same({ { role = "system", content = "Be terse." }, { role = "user", content = "hi" } }, body.messages)
+  end)
+
+  it("-p with an empty prompt is a usage error; piped text alone is the prompt", function()
+    for _, args in ipairs { "-p ''", "-p '  '", "--prompt=" } do
+      local out, err, code = luachat_p(args)
+      assert.equal(2, code, args)
+      assert.equal("", out)
+      assert.matches("^luachat: the prompt is empty: give %-p TEXT %(or pipe text on stdin%)\n", err)
+    end
+    assert.equal(0, #srv:requests())
+    srv:script { hello_sse() }
+    local _, err, code = luachat_p("-p ''", "just the piped text\n")
+    assert.equal(0, code, err)
+    assert.same({ { role = "user", content = "just the piped text\n" } }, srv:requests()[1].json.messages)
+  end)
+
+  it("a refusal-only answer is shown on stderr, marked, and exits 1", function()
+    local function refusal(text)
+      return chunk(nil, { choices = { { index = 0, delta = { refusal = text } } } })
+    end
+    srv:script { { sse = {
+      { json = refusal("I can't help ") }, { json = refusal("with that.") },
+      { json = chunk(nil, { choices = { { index = 0, delta = {}, finish_reason = "stop" } } }) },
+    }, done = true } }
+    local out, err, code = luachat_p("-p hi")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.equal("luachat: the model refused: I can't help with that.\n", err)
+    -- not streamed: the same
+    srv:script { { json = { id = "x", object = "chat.completion", created = 1, model = "m",
+      choices = { { index = 0, finish_reason = "stop",
+        message = { role = "assistant", content = json.null, refusal = "No." } } } } } }
+    out, err, code = luachat_p("--no-stream -p hi")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.equal("luachat: the model refused: No.\n", err)
+  end)
+
+  it("a stream cut after events says so (the server was reached) and keeps the partial answer", function()
+    local kept = sse_body { chunk("Hello"), chunk(" wor") }
+    srv:script { { body = kept .. sse_body { chunk("ld, lost") }, content_type = "text/event-stream",
+      chunked = false, close_after_body = #kept + 5 } }
+    local out, err, code = luachat_p("-p hi")
+    assert.equal(1, code)
+    assert.equal("Hello wor\n", out)
+    assert.matches("stream cut short after 2 events", err, 1, true)
+    assert.matches("— the stream was cut after 2 events; the partial answer was kept\n$", err)
+    assert.is_nil(err:find("cannot reach", 1, true))
+    assert.equal(1, #srv:requests())
+  end)
+
+  it("a connection failure names curl's reason once", function()
+    local _, err = luachat_p("-p hi", nil, { OPENAI_BASE_URL = "http://127.0.0.1:1/v1" })
+    local _, n = err:gsub("Couldn't connect to server", "")
+    assert.equal(1, n, err)
+  end)
+
+  it("a redirect shows its Location and says it is not followed", function()
+    srv:script { { status = 301, headers = { Location = "https://elsewhere.example/v1/chat/completions" }, body = "" } }
+    local out, err, code = luachat_p("-p hi")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches("HTTP 301 redirect to https://elsewhere.example/v1/chat/completions, not followed", err, 1, true)
+    assert.matches("point %-%-base%-url at the final URL\n$", err)
+    assert.is_nil(err:find("api error", 1, true))
+    assert.equal(1, #srv:requests())
+  end)
+
+  it("a --tools file returning one tool gives that tool", function()
+    local tools = home .. "/one_tool.lua"
+    spit(tools, [[
+      local luachat = require "luachat"
+      return luachat.tool { name = "get_weather", description = "Weather in a city",
+        parameters = { type = "object", properties = { city = { type = "string" } } },
+        handler = function(args) return "sunny in " .. args.city end }]])
+    srv:script { tool_call_reply(1), { json = COMPLETION } }
+    local out, err, code = luachat_p("--no-stream --tools " .. shell_quote(tools) .. " -p weather")
+    assert.equal(0, code, err)
+    assert.equal("Plain answer.\n", out)
+    local reqs = srv:requests()
+    assert.equal(2, #reqs)
+    assert.equal(1, #reqs[1].json.tools)
+    assert.equal("sunny in Paris", reqs[2].json.messages[#reqs[2].json.messages].content)
+  end)
+
+  it("--max-turns bounds the tool loop", function()
+    local tools = home .. "/loop_tool.lua"
+    spit(tools, [[return { require("luachat").tool { name = "get_weather", handler = function() return "again" end } }]])
+    srv:script { tool_call_reply(1), tool_call_reply(2), tool_call_reply(3) }
+    local out, err, code = luachat_p("--no-stream --max-turns 2 --tools " .. shell_quote(tools) .. " -p weather")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches("the model was still calling tools after 2 turns", err, 1, true)
+    assert.matches("raise it with --max-turns N", err, 1, true)
+    assert.equal(2, #srv:requests())
+    _, err, code = luachat_p("--max-turns 1.5 -p x")
+    assert.equal(2, code)
+    assert.matches("--max-turns needs a positive whole number, got '1.5'", err, 1, true)
+  end)
+
+  it("LUACHAT_LOG=debug: a streamed request logs status and timing; a retry names the URL once", function()
+    srv:script {
+      { status = 503, json = { error = { message = "busy" } }, headers = { ["retry-after-ms"] = "1" } },
+      hello_sse(),
+    }
+    local out, err, code = luachat_p("-p hi", nil, { LUACHAT_LOG = "debug" })
+    assert.equal(0, code, err)
+    assert.equal("Hello world\n", out)
+    local url = srv.base_url .. "/chat/completions"
+    local retry = err:match("[^\n]*retry 1 of 2[^\n]*")
+    assert.truthy(retry, err)
+    local _, n = retry:gsub(url:gsub("%p", "%%%0"), "")
+    assert.equal(1, n, retry)
+    assert.matches("luachat[debug] POST " .. url .. " -> 503 in ", err, 1, true)
+    local u = url:gsub("%p", "%%%0")
+    assert.matches("luachat%[debug%] POST " .. u .. " %-> 200 in [%d.]+s %(first event%)", err)
+    assert.matches("luachat%[debug%] POST " .. u .. ": stream ended after 4 events in [%d.]+s", err)
+  end)
+
+  -- `luachat -c` with stdin not a terminal: one input per line, no prompt.
+  describe("-c from a pipe", function()
+    it("/system applies from the next reply even without -s", function()
+      srv:script { hello_sse(), hello_sse() }
+      local out, err, code = luachat_p("-c", "hello\n/system Be brief.\nagain\n")
+      assert.equal(0, code, err)
+      assert.equal("Hello world\nHello world\n", out)
+      local reqs = srv:requests()
+      assert.same({ { role = "user", content = "hello" } }, reqs[1].json.messages)
+      assert.same({ role = "system", content = "Be brief." }, reqs[2].json.messages[1])
+      assert.equal(4, #reqs[2].json.messages)
+      assert.equal("again", reqs[2].json.messages[4].content)
+    end)
+
+    it("a reply that failed before any text is rolled back; one cut after text is kept", function()
+      local kept = sse_body { chunk("Half") }
+      srv:script {
+        { status = 400, json = { error = { message = "bad request" } } },
+        { body = kept .. sse_body { chunk(" lost") }, content_type = "text/event-stream", chunked = false,
+          close_after_body = #kept + 3 },
+        hello_sse(),
+      }
+      local out, err, code = luachat_p("-c", "first\nsecond\nthird\n")
+      assert.equal(0, code)
+      assert.equal("Half\nHello world\n", out)
+      assert.matches("HTTP 400 bad request", err, 1, true)
+      local reqs = srv:requests()
+      assert.equal(3, #reqs)
+      assert.same({ { role = "user", content = "second" } }, reqs[2].json.messages)
+      assert.same({ { role = "user", content = "second" }, { role = "assistant", content = "Half" },
+        { role = "user", content = "third" } }, reqs[3].json.messages)
+    end)
+
+    it("/save and /load expand ~, and their errors say it once", function()
+      srv:script { hello_sse() }
+      local _, err, code = luachat_p("-c", "hello\n/save ~/saved.json\n/load ~/saved.json\n/load ~/missing.json\n")
+      assert.equal(0, code, err)
+      local saved = proc.read_file(home .. "/saved.json")
+      assert.truthy(saved, err)
+      assert.equal("hello", json.decode(saved).messages[1].content)
+      assert.matches("saved 2 messages to " .. home .. "/saved.json", err, 1, true)
+      assert.matches("loaded 2 messages from " .. home .. "/saved.json", err, 1, true)
+      assert.matches("\n/load: cannot load the transcript: " .. home .. "/missing.json: No such file", err, 1, true)
+      assert.is_nil(err:find("environment error", 1, true))
+      os.remove(home .. "/saved.json")
+    end)
+
+    it("a refusal is shown on stderr, marked", function()
+      srv:script { { sse = { { json = chunk(nil, { choices = { { index = 0, delta = { refusal = "No." } } } }) } },
+        done = true } }
+      local out, err, code = luachat_p("-c", "hello\n")
+      assert.equal(0, code)
+      assert.equal("", out)
+      assert.equal("luachat: the model refused: No.\n", err)
+    end)
   end)
 end)

@@ -25,19 +25,8 @@ local have_server, server = pcall(require, "spec.helpers.server")
 if not have_server then have_server, server = pcall(dofile, "spec/helpers/server.lua") end
 local have_core = pcall(require, "luachat.core")
 
-describe("luachat -c in tmux", function()
-  if not have_tmux then
-    error("tmux is not installed (scripts/deps.sh installs it): the -c specs cannot run")
-    return
-  end
-  if not (have_server and have_core) then
-    error("needs the engine and spec/helpers/server.lua")
-    return
-  end
-  local json = require "luachat.json"
-  local SESSION = "luachat_test_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
-  local srv, home
-
+-- Screen helpers for one tmux session (every wait polls with a bound).
+local function tmux_session(SESSION)
   local function pane()
     return capture("tmux capture-pane -p -t " .. SESSION .. " 2>/dev/null")
   end
@@ -84,6 +73,26 @@ describe("luachat -c in tmux", function()
     keys("-l", s)
     keys("Enter")
   end
+
+  return { pane = pane, wait_for = wait_for, prompts = prompts, wait_prompts = wait_prompts,
+    keys = keys, type_line = type_line }
+end
+
+describe("luachat -c in tmux", function()
+  if not have_tmux then
+    error("tmux is not installed (scripts/deps.sh installs it): the -c specs cannot run")
+    return
+  end
+  if not (have_server and have_core) then
+    error("needs the engine and spec/helpers/server.lua")
+    return
+  end
+  local json = require "luachat.json"
+  local SESSION = "luachat_test_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
+  local srv, home
+
+  local T = tmux_session(SESSION)
+  local pane, wait_for, wait_prompts, keys, type_line = T.pane, T.wait_for, T.wait_prompts, T.keys, T.type_line
 
   local function chunk(text, finish)
     return { json = { id = "chatcmpl-t", object = "chat.completion.chunk", created = 1, model = "gpt-test",
@@ -167,5 +176,131 @@ describe("luachat -c in tmux", function()
     -- 5. Ctrl-D leaves with status 0.
     keys("C-d")
     wait_for("EXITED:0")
+  end)
+end)
+
+-- Ctrl-C while a tool handler blocks (os.execute, luachat.sleep) and the
+-- history of a multi-line prompt, on a real terminal.
+describe("luachat -c in tmux: blocking tools and history", function()
+  if not have_tmux then
+    error("tmux is not installed (scripts/deps.sh installs it): the -c specs cannot run")
+    return
+  end
+  if not (have_server and have_core) then
+    error("needs the engine and spec/helpers/server.lua")
+    return
+  end
+  local json = require "luachat.json"
+  local SESSION = "luachat_test2_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
+  local T = tmux_session(SESSION)
+  local pane, wait_for, wait_prompts, keys, type_line = T.pane, T.wait_for, T.wait_prompts, T.keys, T.type_line
+  local srv, home
+
+  local function reply(msg, finish)
+    return { json = { id = "c", object = "chat.completion", created = 1, model = "gpt-test",
+      choices = { { index = 0, message = msg, finish_reason = finish or "stop" } } } }
+  end
+  local function call_reply(name)
+    return reply({ role = "assistant", content = json.null, tool_calls = {
+      { id = "call_" .. name, type = "function", ["function"] = { name = name, arguments = "{}" } } } }, "tool_calls")
+  end
+
+  -- Wait (bounded) until the handler has started: it creates this file first.
+  local function wait_file(path)
+    for _ = 1, 200 do
+      if proc.read_file(path) then return end
+      sh("sleep 0.05")
+    end
+    error("timed out waiting for " .. path .. "; screen:\n" .. pane(), 2)
+  end
+
+  setup(function()
+    srv = server.start()
+    home = proc.tmpdir()
+    proc.write_file(home .. "/tools.lua", string.format([[
+      local luachat = require "luachat"
+      local home = %q
+      return {
+        luachat.tool { name = "slow_exec", handler = function()
+          io.open(home .. "/in-exec", "w"):close()
+          os.execute("sleep 2")
+          return "exec finished"
+        end },
+        luachat.tool { name = "slow_sleep", handler = function()
+          io.open(home .. "/in-sleep", "w"):close()
+          luachat.sleep(30)
+          return "sleep finished"
+        end },
+      }]], home))
+    local cmd = string.format(
+      "env HOME=%s XDG_CONFIG_HOME=%s XDG_STATE_HOME=%s OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-test " ..
+      "LUACHAT_PROFILE= LUACHAT_MODEL= LUACHAT_BASE_URL= NO_COLOR=1 %s -c -m gpt-test --no-stream --tools %s; " ..
+      "echo EXITED:$?; sleep 30",
+      shell_quote(home), shell_quote(home .. "/config"), shell_quote(home .. "/state"),
+      shell_quote(srv.base_url), shell_quote(HOST), shell_quote(home .. "/tools.lua"))
+    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
+  end)
+
+  teardown(function()
+    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
+    if srv then srv:stop() end
+    if home then sh("rm -rf " .. shell_quote(home)) end
+  end)
+
+  it("Ctrl-C during a blocking handler cancels the turn; the model never hears of it", function()
+    wait_prompts(1)
+
+    -- 1. os.execute("sleep 2"): the turn stops once the command returns.
+    srv:script { call_reply("slow_exec"), reply { role = "assistant", content = "should not be asked" } }
+    type_line("run the command")
+    wait_file(home .. "/in-exec")
+    keys("C-c")
+    wait_for("[reply cancelled]")
+    wait_prompts(2)
+    assert.equal(1, #srv:requests())
+
+    -- 2. luachat.sleep(30): cancelled at once, no "interrupted" tool message.
+    srv:reset()
+    srv:script { call_reply("slow_sleep"), reply { role = "assistant", content = "should not be asked" } }
+    type_line("sleep on it")
+    wait_file(home .. "/in-sleep")
+    keys("C-c")
+    wait_for("[reply cancelled]")
+    wait_prompts(3)
+    assert.equal(1, #srv:requests())
+
+    -- 3. Both turns were rolled back: the next request starts clean.
+    srv:reset()
+    srv:script { reply { role = "assistant", content = "Fine." } }
+    type_line("next")
+    wait_for("Fine.")
+    local msgs = srv:requests()[1].json.messages
+    assert.same({ { role = "user", content = "next" } }, msgs)
+    assert.is_nil(pane():find("EXITED", 1, true))
+  end)
+
+  it("a multi-line prompt is one history entry: Up brings it back whole, and the file keeps it", function()
+    wait_prompts(1)
+    local n = T.prompts()
+    srv:reset()
+    srv:script { reply { role = "assistant", content = "Got it." }, reply { role = "assistant", content = "Again." } }
+    type_line('"""')
+    type_line("line one")
+    type_line("line two")
+    type_line('"""')
+    wait_for("Got it.")
+    wait_prompts(n + 1)
+    keys("Up")
+    keys("Enter")
+    wait_for("Again.")
+    local reqs = srv:requests()
+    assert.equal(2, #reqs)
+    local first, again = reqs[1].json.messages, reqs[2].json.messages
+    assert.equal("line one\nline two", first[#first].content)
+    assert.equal("line one\nline two", again[#again].content)
+    keys("C-d")
+    wait_for("EXITED:0")
+    local hist = proc.read_file(home .. "/state/luachat/history") or ""
+    assert.matches("\n#%d+\nline one\nline two\n", "\n" .. hist)
   end)
 end)

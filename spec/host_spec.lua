@@ -51,7 +51,7 @@ describe("luachat host", function()
     local _, err, code = host("-e " .. shell_quote(
       "error(require('luachat').error{kind='api', message='bad thing', status=400})"))
     assert.equal(1, code)
-    assert.matches("^luachat: luachat: api error 400: bad thing", err)
+    assert.matches("^luachat: api error 400: bad thing", err) -- "luachat: " once, not twice
   end)
 
   it("a syntax error in the script exits 1", function()
@@ -139,6 +139,114 @@ io.write(mapped(), "|", v, "\n")]]))
     assert.equal("from mymod\ttrue\n", out)
   end)
 
+  it("a first argument that is no file and no path suggests -p, exit 2", function()
+    local out, err, code = host(shell_quote("What is the capital of France?"))
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.equal('luachat: cannot open What is the capital of France? (no such file); '
+      .. 'did you mean: luachat -p "What is the capital of France?"\n', err)
+    -- quoted for the shell when double quotes would not do
+    _, err = host(shell_quote("it's $5"))
+    assert.matches([[did you mean: luachat -p 'it'\''s $5']], err, 1, true)
+    -- a path or a .lua name is a missing script, as before
+    for _, name in ipairs { "nosuch.lua", "./nosuch", "dir/x" } do
+      _, err, code = host(name)
+      assert.equal(1, code, name)
+      assert.matches("cannot open " .. name, err, 1, true)
+      assert.is_nil(err:find("did you mean", 1, true), name)
+    end
+  end)
+
+  it("every chat option reaches the chat command line, --name=value too", function()
+    -- The host keeps no list of chat options: luachat.cli parses them all.
+    local _, err, code = host("--model=foo -p hi -P nosuch")
+    assert.equal(2, code)
+    assert.matches("unknown profile 'nosuch'", err, 1, true)
+    _, err, code = host("--max-turns=0 -p hi")
+    assert.equal(2, code)
+    assert.matches("--max-turns needs a positive whole number, got '0'", err, 1, true)
+    _, err, code = host("--frobnicate -p hi")
+    assert.equal(2, code)
+    assert.matches("^luachat: unrecognized option '%-%-frobnicate'\nusage: luachat %-p PROMPT", err)
+  end)
+
+  it("scripts, -e and the prompt see the global luachat (the man page says preloaded)", function()
+    local out, err, code = host("-e " .. shell_quote("print(luachat == require('luachat'), type(luachat.client))"))
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal("true\tfunction\n", out)
+    out = host("-", "print(type(luachat.agent))")
+    assert.equal("table\n", out)
+  end)
+
+  it("a bad chat request blames the caller's line, not the library's", function()
+    local _, err, code = host("-e " .. shell_quote("local c = luachat.client{ api_key = 'k' }\nc:chat{ messages = {} }"))
+    assert.equal(1, code)
+    assert.matches("^luachat: %(command line%):2: bad argument #1 to 'chat' %(field 'model' must be a non%-empty string%)", err)
+    _, err = host("-e " .. shell_quote("local c = luachat.client{ api_key = 'k' }\nc:stream{ model = 'm' }"))
+    assert.matches("^luachat: %(command line%):2: bad argument #1 to 'stream'", err)
+    _, err = host("-e " .. shell_quote("local c = luachat.client{ api_key = 'k' }\nc:open_stream{}"))
+    assert.matches("^luachat: %(command line%):2: bad argument #1 to 'open_stream'", err)
+  end)
+
+  it("os.execute answers as in lua5.4", function()
+    local out, _, code = host("-e " .. shell_quote(
+      "print(os.execute('exit 3')) print(os.execute('true')) print(os.execute('kill -TERM $$')) print(os.execute())"))
+    assert.equal(0, code)
+    assert.equal("nil\texit\t3\ntrue\texit\t0\nnil\tsignal\t15\ntrue\n", out)
+  end)
+
+  -- A script whose tool handler blocks; SIGINT arrives while it runs (the
+  -- handler writes a file first, the shell waits for it). The fake client
+  -- counts model calls: a second call means the turn went on.
+  local function interrupt_in_handler(body)
+    local dir = proc.tmpdir()
+    local script = dir .. "/agent.lua"
+    proc.write_file(script, [[
+local dir = ...
+local luachat = require "luachat"
+local calls = 0
+local client = { chat = function(_, req)
+  calls = calls + 1
+  local f = io.open(dir .. "/calls", "w") f:write(calls, "\n", req.messages[#req.messages].content or "", "\n") f:close()
+  if calls == 1 then
+    return { choices = { { finish_reason = "tool_calls", message = { role = "assistant",
+      tool_calls = { { id = "c1", type = "function", ["function"] = { name = "slow", arguments = "{}" } } } } } } }
+  end
+  return { choices = { { finish_reason = "stop", message = { role = "assistant", content = "done" } } } }
+end }
+local a = luachat.agent { client = client, model = "m", tools = { luachat.tool { name = "slow", handler = function()
+  io.open(dir .. "/in-handler", "w"):close()
+  ]] .. body .. [[
+  return "finished"
+end } } }
+print(a:run("go"))
+]])
+    local out, err, code = run(string.format(
+      "%s %s %s & pid=$!; n=0; while [ ! -e %s/in-handler ] && [ $n -lt 500 ]; do sleep 0.02; n=$((n+1)); done; "
+        .. "kill -INT $pid; wait $pid",
+      HOST, shell_quote(script), shell_quote(dir), shell_quote(dir)))
+    local calls = proc.read_file(dir .. "/calls")
+    os.execute("rm -rf " .. shell_quote(dir))
+    return out, err, code, calls
+  end
+
+  it("Ctrl-C during a tool handler blocked in os.execute ends the turn once it returns", function()
+    local out, err, code, calls = interrupt_in_handler([[os.execute("sleep 1")]])
+    assert.equal(130, code)
+    assert.equal("", out)
+    assert.matches("interrupted", err, 1, true)
+    assert.equal("1\ngo\n", calls) -- the model was never called again
+  end)
+
+  it("Ctrl-C during a luachat.sleep handler ends the turn: the model never sees 'interrupted'", function()
+    local out, err, code, calls = interrupt_in_handler([[luachat.sleep(5)]])
+    assert.equal(130, code)
+    assert.equal("", out)
+    assert.matches("interrupted", err, 1, true)
+    assert.equal("1\ngo\n", calls)
+  end)
+
   -- Run `code` in the host; once it has created the file named by the global
   -- READY (or exited), send SIGINT. An event, not a sleep, says when.
   local function interrupt_when_ready(code)
@@ -161,7 +269,9 @@ io.write(mapped(), "|", v, "\n")]]))
   end)
 
   it("SIGINT interrupts a pure Lua loop too", function()
-    local _, err, code = interrupt_when_ready("io.open(READY, 'w'):close() while true do end")
+    -- bounded, so a host without its handler (SIGINT is ignored in a background job) fails, not hangs
+    local _, err, code = interrupt_when_ready("io.open(READY, 'w'):close() local t = os.time() + 60 "
+      .. "while os.time() < t do end os.exit(3)")
     assert.equal(130, code)
     assert.matches("interrupted", err, 1, true) -- the handler's doing, not SIGINT's default action
   end)

@@ -234,7 +234,7 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 		const char *sp = memchr(line, ' ', n);
 		r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
 		r->request_id[0] = r->content_type[0] = r->retry_after[0] = '\0';
-		r->retry_after_ms[0] = r->should_retry[0] = '\0';
+		r->retry_after_ms[0] = r->should_retry[0] = r->location[0] = '\0';
 		t->decided = 0;
 		t->headers_done = 0;
 		return n;
@@ -255,6 +255,8 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 		copy_trimmed(r->retry_after_ms, sizeof r->retry_after_ms, v, vl);
 	else if (header_is(line, n, "x-should-retry", &v, &vl))
 		copy_trimmed(r->should_retry, sizeof r->should_retry, v, vl);
+	else if (header_is(line, n, "location", &v, &vl))
+		copy_trimmed(r->location, sizeof r->location, v, vl);
 	return n;
 }
 
@@ -489,9 +491,17 @@ static void finish(struct http_transfer *t, CURLcode code, enum http_failure for
 		snprintf(r->message, sizeof r->message, "%s", t->abort_msg);
 	} else if (code != CURLE_OK) {
 		r->failure = failure_of(code);
-		/* errbuf names host and port but never headers, so no key can leak here. */
-		snprintf(r->message, sizeof r->message, "%.100s%s%.150s", curl_dl.easy_strerror(code),
-		         t->errbuf[0] ? ": " : "", t->errbuf);
+		/*
+		 * errbuf names host and port but never headers, so no key can leak here.
+		 * It often ends with curl's own words for the code ("Failed to connect
+		 * ...: Couldn't connect to server"): then it alone, not both.
+		 */
+		const char *what = curl_dl.easy_strerror(code);
+		if (t->errbuf[0] && strstr(t->errbuf, what) != NULL)
+			snprintf(r->message, sizeof r->message, "%.250s", t->errbuf);
+		else
+			snprintf(r->message, sizeof r->message, "%.100s%s%.150s", what,
+			         t->errbuf[0] ? ": " : "", t->errbuf);
 	} else if (!t->headers_done && r->status != 0) {
 		/* curl ends a response cut inside its headers as if it were complete. */
 		r->failure = HTTP_FAIL_NETWORK;

@@ -146,6 +146,18 @@ static int l_core_take_interrupt(lua_State *L)
 	return 1;
 }
 
+/*
+ * core.interrupted() -> whether a SIGINT is pending, without clearing it (the
+ * host's hook and take_interrupt act on it). The agent asks after a tool
+ * handler returns, so Ctrl-C during a blocking handler ends the turn.
+ */
+static int l_core_interrupted(lua_State *L)
+{
+	struct lchat_engine *eng = engine_of(L);
+	lua_pushboolean(L, eng->interrupted != NULL && *eng->interrupted);
+	return 1;
+}
+
 /* Engine __gc: close every live transfer first, so lua_close order never matters. */
 static int l_engine_gc(lua_State *L)
 {
@@ -190,6 +202,7 @@ int luaopen_luachat_core(lua_State *L)
 		{ "fds", l_core_fds },
 		{ "isatty", l_core_isatty },
 		{ "take_interrupt", l_core_take_interrupt },
+		{ "interrupted", l_core_interrupted },
 		{ NULL, NULL }
 	};
 	struct lchat_engine *eng;

@@ -180,6 +180,14 @@ int luaopen_luachat_readline(lua_State *L)
 	rl_signal_event_hook = rl_on_signal_event;
 	rl_bind_key('\t', rl_insert); /* a chat has no file names to complete */
 	using_history();
+	/*
+	 * One history entry per input, even a multi-line prompt: the file marks
+	 * each entry with a "#<time>" line, and lines up to the next mark are read
+	 * back as one entry (without marks, as in older files, a line is an entry).
+	 */
+	history_comment_char = '#';
+	history_write_timestamps = 1;
+	history_multiline_entries = 1;
 
 	luaL_newlib(L, fns);
 	return 1;

@@ -331,6 +331,7 @@ static int l_transfer_result(lua_State *L)
 	set_string_field(L, "retry_after", r->retry_after);
 	set_string_field(L, "retry_after_ms", r->retry_after_ms);
 	set_string_field(L, "should_retry", r->should_retry);
+	set_string_field(L, "location", r->location);
 	lua_pushlstring(L, body->data ? body->data : "", body->len);
 	lua_setfield(L, -2, "body");
 	lua_pushboolean(L, http_is_sse(lt->t));

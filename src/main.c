@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -125,6 +126,8 @@ static int report(lua_State *L, int status)
 		const char *msg = lua_tostring(L, -1);
 		if (interrupted)
 			fprintf(stderr, "%s: interrupted\n", PROGNAME);
+		else if (msg && strncmp(msg, PROGNAME ": ", sizeof PROGNAME + 1) == 0)
+			fprintf(stderr, "%s\n", msg); /* a luachat.Error already names us */
 		else
 			fprintf(stderr, "%s: %s\n", PROGNAME, msg ? msg : "(error without message)");
 		fflush(stderr);
@@ -143,28 +146,12 @@ struct options {
 	int chat_cli;      /* a chat option (-p, -c, ...) was given: hand argv to luachat.cli */
 };
 
-static int is_chat_option(const char *a)
-{
-	static const char *const opts[] = { "-p", "-c", "-m", "-s", "-P", "--tools", "--json",
-	                                    "--no-stream", "--model", "--system", "--profile",
-	                                    "--prompt", "--chat", "--base-url", NULL };
-	int i;
-	for (i = 0; opts[i]; i++)
-		if (strcmp(a, opts[i]) == 0)
-			return 1;
-	return 0;
-}
-
 /* Parse options; returns -1 after printing help/usage (exit code in *code). */
 static int parse_options(struct options *o, int *code)
 {
 	int i;
 	for (i = 1; i < o->argc; i++) {
 		const char *a = o->argv[i];
-		if (is_chat_option(a)) {
-			o->chat_cli = 1;
-			return 0;
-		}
 		if (a[0] != '-') {
 			o->script = i;
 			return 0;
@@ -197,14 +184,50 @@ static int parse_options(struct options *o, int *code)
 				return -1;
 			}
 		} else {
-			char why[256];
-			snprintf(why, sizeof why, "unrecognized option '%.200s'", a);
-			print_usage_line(why);
-			*code = EXIT_USAGE;
-			return -1;
+			/*
+			 * Not a host option: the chat command line's (-p, -c, -m, --model=x,
+			 * ...). luachat.cli parses them all, so the two never disagree, and
+			 * reports anything it does not know as a usage error.
+			 */
+			o->chat_cli = 1;
+			return 0;
 		}
 	}
 	return 0;
+}
+
+/* Could s be a file name someone meant to run? A slash or a .lua ending says so. */
+static int looks_like_path(const char *s)
+{
+	size_t n = strlen(s);
+	return strchr(s, '/') != NULL || (n > 4 && strcmp(s + n - 4, ".lua") == 0);
+}
+
+/*
+ * `luachat "What is the capital of France?"`: no such script, and the word
+ * looks like a question rather than a path. Say what was probably meant,
+ * quoted for the shell. Returns 1 when it printed the hint.
+ */
+static int suggest_prompt(const char *script)
+{
+	const char *p;
+	if (access(script, F_OK) == 0 || errno != ENOENT || looks_like_path(script))
+		return 0;
+	fprintf(stderr, "%s: cannot open %s (no such file); did you mean: %s -p ", PROGNAME, script,
+	        PROGNAME);
+	if (strpbrk(script, "\"$`\\!") == NULL) {
+		fprintf(stderr, "\"%s\"\n", script);
+		return 1;
+	}
+	fputc('\'', stderr);
+	for (p = script; *p; p++) {
+		if (*p == '\'')
+			fputs("'\\''", stderr);
+		else
+			fputc(*p, stderr);
+	}
+	fputs("'\n", stderr);
+	return 1;
 }
 
 /* The global `arg`: arg[0] the script, negatives the interpreter and options. */
@@ -308,6 +331,39 @@ static const char *curl_version_text(char *buf, size_t len)
 	else
 		snprintf(buf, len, "(%s)", err);
 	return buf;
+}
+
+/*
+ * os.execute for the host: Lua's, but through fork/exec instead of system(),
+ * which ignores SIGINT while the command runs. Here Ctrl-C reaches the
+ * host's flag as well as the command, so a tool handler blocked in
+ * os.execute("sleep 5") ends its turn once the command returns. The child
+ * gets SIGPIPE's default back (the host ignores it).
+ */
+static int host_execute(lua_State *L)
+{
+	const char *cmd = luaL_optstring(L, 1, NULL);
+	pid_t pid;
+	int status;
+	if (cmd == NULL) { /* is a shell available? */
+		lua_pushboolean(L, access("/bin/sh", X_OK) == 0);
+		return 1;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		return luaL_fileresult(L, 0, NULL);
+	if (pid == 0) {
+		signal(SIGPIPE, SIG_DFL);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			return luaL_fileresult(L, 0, NULL);
+	}
+	errno = 0; /* luaL_execresult reads a non-zero errno as a failure to run */
+	return luaL_execresult(L, status);
 }
 
 /* The interactive prompt: readline with history, `=`-less expressions printed. */
@@ -416,6 +472,10 @@ static int pmain(lua_State *L)
 	lua_setfield(L, -2, "luachat.readline");
 	lua_pop(L, 1);
 	add_library_path(L);
+	lua_getglobal(L, "os");
+	lua_pushcfunction(L, host_execute);
+	lua_setfield(L, -2, "execute");
+	lua_pop(L, 1);
 	create_arg_table(L, o);
 	lua_sethook(L, interrupt_hook, LUA_MASKCOUNT, HOOK_COUNT);
 	h->exit_code = EXIT_FAILURE;
@@ -432,6 +492,14 @@ static int pmain(lua_State *L)
 		h->exit_code = run_chat_cli(L, o);
 		return 0;
 	}
+	/* Scripts, -e and the prompt see the library as the global `luachat`, as the
+	 * man page says; when it cannot be loaded, `require "luachat"` says why. */
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "luachat");
+	if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+		lua_setglobal(L, "luachat");
+	else
+		lua_pop(L, 1);
 	for (i = 1; i < o->argc && (o->script == 0 || i < o->script); i++) {
 		const char *a = o->argv[i];
 		if (strcmp(a, "-e") == 0 && run_string(L, o->argv[++i], "=(command line)") != LUA_OK)
@@ -472,6 +540,8 @@ static void setup_signals(void)
 		/* Never block: the handler writes, take_interrupt drains. */
 		fcntl(wakeup_pipe[0], F_SETFL, O_NONBLOCK);
 		fcntl(wakeup_pipe[1], F_SETFL, O_NONBLOCK);
+		fcntl(wakeup_pipe[0], F_SETFD, FD_CLOEXEC); /* not for os.execute's children */
+		fcntl(wakeup_pipe[1], F_SETFD, FD_CLOEXEC);
 	}
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_sigint;
@@ -490,6 +560,8 @@ int main(int argc, char **argv)
 	h.opts.argv = argv;
 	if (parse_options(&h.opts, &code) != 0)
 		return code;
+	if (h.opts.script && !h.opts.stdin_script && suggest_prompt(argv[h.opts.script]))
+		return EXIT_USAGE;
 	setup_signals();
 	L = luaL_newstate();
 	if (L == NULL) {

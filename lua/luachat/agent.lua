@@ -60,6 +60,14 @@ function M.tool(def)
     handler = def.handler, strict = def.strict }, Tool)
 end
 
+-- Is v one tool (luachat.tool{...}, or a plain definition with a name and a
+-- handler) rather than a list of them? `tools = one_tool` means a list of one.
+function M.is_tool(v)
+  if getmetatable(v) == Tool then return true end
+  return type(v) == "table" and rawget(v, 1) == nil and type(rawget(v, "name")) == "string"
+    and type(rawget(v, "handler")) == "function"
+end
+
 function Tool:definition()
   local fn = { name = self.name, description = self.description, parameters = self.parameters }
   if self.strict ~= nil then fn.strict = self.strict end
@@ -94,7 +102,9 @@ function M.new(opts)
     tools = {}, tools_by_name = {}, messages = json.array {},
     usage = { prompt_tokens = 0, completion_tokens = 0, total_tokens = 0 },
   }, Agent)
-  for i, t in ipairs(opts.tools or {}) do
+  local tools = opts.tools
+  if M.is_tool(tools) then tools = { tools } end
+  for i, t in ipairs(tools or {}) do
     if getmetatable(t) ~= Tool then t = M.tool(t) end
     if self.tools_by_name[t.name] then argerror("agent", "two tools are named '" .. t.name .. "'") end
     self.tools[i] = t
@@ -200,9 +210,23 @@ local function result_string(value)
   return tostring(value)
 end
 
+-- A handler's error for the model: its first line, without the "file.lua:12: "
+-- locations Lua puts in front (the model has no use for internal paths).
 local function first_line(s)
   s = tostring(s)
-  return s:match("^[^\n]*") or s
+  s = s:match("^[^\n]*") or s
+  for _ = 1, 4 do
+    local rest = s:match("^[^:\n]+:%d+: (.*)$")
+    if not rest then break end
+    s = rest
+  end
+  return s
+end
+
+-- Ctrl-C in the host while a handler ran (a blocking os.execute, a cancelled
+-- luachat.sleep): the turn stops here instead of telling the model.
+local function check_interrupt()
+  if core.interrupted and core.interrupted() then error("interrupted", 0) end
 end
 
 -- Run one tool call; returns the tool message content, or nil, fatal_err (a callback failed).
@@ -246,10 +270,11 @@ function Agent:run_call(call)
         err_text = string.format("invalid arguments for %s: %s", tool.name, verr)
       else
         local ok, r1, r2 = xpcall(tool.handler, traceback, args, info)
+        check_interrupt()
         if not ok then
           err_text = string.format("tool %s failed: %s", tool.name, first_line(r1))
         elseif r1 == nil and r2 ~= nil then
-          err_text = string.format("tool %s failed: %s", tool.name, tostring(r2))
+          err_text = string.format("tool %s failed: %s", tool.name, first_line(r2))
         else
           content, err_text = result_string(r1)
           if err_text then err_text = "tool " .. tool.name .. " failed: " .. err_text end
@@ -301,8 +326,23 @@ function Agent:snapshot(turns, content, finish_reason)
   }
 end
 
+-- Does the transcript hold anything to answer (a message other than the system prompt)?
+local function has_conversation(messages)
+  for _, m in ipairs(messages) do
+    if type(m) ~= "table" or m.role ~= "system" then return true end
+  end
+  return false
+end
+
 -- agent:run(text or list of messages) -> result | nil, err (err.result: the transcript so far).
+-- Without input it answers the transcript as it stands, which must then hold a message.
 function Agent:run(input)
+  if input == "" or (type(input) == "string" and not input:find("%S")) then
+    error("bad argument #1 to 'run' (the message is empty)", 2)
+  end
+  if (input == nil or (type(input) == "table" and next(input) == nil)) and not has_conversation(self.messages) then
+    error("bad argument #1 to 'run' (no input, and the transcript has no message to answer)", 2)
+  end
   if type(input) == "string" then
     self.messages[#self.messages + 1] = { role = "user", content = input }
   elseif type(input) == "table" then
@@ -360,6 +400,7 @@ function Agent:run(input)
       end
     end
     local contents, cerr = self:run_calls(calls)
+    check_interrupt() -- a parallel call's task may have caught it
     if not contents then
       cerr.result = self:snapshot(turns)
       return nil, cerr

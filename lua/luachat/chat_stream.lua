@@ -78,8 +78,8 @@ function Stream:finish(err)
     end
     t:close()
   end
-  log.debug("%s: stream ended after %d events%s", self.what, self.nevents,
-    err and (": " .. err.message) or "")
+  log.debug("%s: stream ended after %d events in %.3fs%s", self.what, self.nevents,
+    core.now() - (self.started or core.now()), err and (": " .. err.message) or "")
 end
 
 local function api_error_text(data)
@@ -127,7 +127,8 @@ function Stream:on_transfer_done()
   if r.failure then
     local e = self.client:error_for(r, "stream", self.opts)
     local msg = string.format("stream cut short after %d events: %s", self.nevents, r.message)
-    self:fail(e.kind, msg, { status = r.status, request_id = r.request_id })
+    -- events: the server was reached and answered (what arrived is kept).
+    self:fail(e.kind, msg, { status = r.status, request_id = r.request_id, events = self.nevents })
     return
   end
   if not r.sse then
@@ -247,14 +248,19 @@ function M.open(client, req, opts)
   local spec = client:transfer_spec("POST", "chat/completions", stream_body(req), opts, true,
     "luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)))
   local what = client_mod.describe(spec)
-  local t, err = client:with_retries(spec, function()
+  local started = core.now()
+  local t, err = client:with_retries(spec, function(attempt)
+    started = core.now()
     local tr, serr = core.start(spec)
     if not tr then return nil, nil, serr end
     while not tr:has_events() and not tr:done() do
       sched.wait_transfer(tr)
     end
-    if tr:has_events() then return tr end
     local r = tr:result()
+    log.debug("%s -> %s in %.3fs%s%s%s", what, r.failure or r.status, core.now() - started,
+      tr:has_events() and " (first event)" or "", r.request_id and (" (request " .. r.request_id .. ")") or "",
+      attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
+    if tr:has_events() then return tr end
     local e = client:error_for(r, what, opts)
     if e then
       tr:close()
@@ -265,7 +271,7 @@ function M.open(client, req, opts)
   if not t then return nil, err end
   return setmetatable({
     client = client, opts = opts, transfer = t, what = what, acc = accumulate.accumulator(),
-    nevents = 0, finished = false, done_seen = false,
+    nevents = 0, finished = false, done_seen = false, started = started,
   }, Stream)
 end
 

@@ -25,11 +25,17 @@ local function add_usage(total, u)
   end
 end
 
--- After Ctrl-C mid-reply: keep the question and what arrived of the answer,
--- and drop an assistant turn whose tool calls never got their results.
+-- After Ctrl-C or a failure mid-reply: keep the question and what arrived of
+-- the answer, and drop an assistant turn whose tool calls never got their
+-- results. When no text arrived, the whole turn is rolled back, so the next
+-- request does not carry two user messages in a row.
 function M.keep_partial(agent, start_len, text, partial)
   local msgs = agent.messages
   if type(msgs) ~= "table" then return end
+  if partial == "" then
+    for i = #msgs, start_len + 1, -1 do msgs[i] = nil end
+    return
+  end
   if #msgs <= start_len then
     msgs[#msgs + 1] = { role = "user", content = text }
   end
@@ -67,9 +73,11 @@ local function chat_turn(ctx, text)
   end
   end_line(ctx)
   if err then
+    M.keep_partial(ctx.agent, ctx.turn_start, text, table.concat(ctx.partial))
     io.stderr:write(cli_error.format_error(err, ctx.s), "\n")
     return
   end
+  term.show_refusal(ctx, result.messages and result.messages[#result.messages])
   ctx.last_usage = result.usage
   add_usage(ctx.usage, result.usage)
   term.warn_finish(ctx, result.finish_reason)

@@ -47,9 +47,17 @@ function commands.system(ctx, arg)
   end
   ctx.system = arg
   ctx.agent.system = arg
-  -- A transcript that starts with a system message carries it.
-  local first = type(ctx.agent.messages) == "table" and ctx.agent.messages[1]
-  if first and first.role == "system" then first.content = arg end
+  -- The transcript carries it: replace its system message, or put one first
+  -- (a chat started without -s has none).
+  local msgs = ctx.agent.messages
+  if type(msgs) == "table" then
+    local first = msgs[1]
+    if type(first) == "table" and first.role == "system" then
+      first.content = arg
+    else
+      table.insert(msgs, 1, { role = "system", content = arg })
+    end
+  end
   note(ctx, "system prompt set")
 end
 
@@ -70,11 +78,26 @@ function commands.reset(ctx)
   note(ctx, "conversation cleared")
 end
 
+-- A file name as a shell would read it: a leading ~ or ~/ is $HOME.
+local function expand_home(path)
+  local home = setup.getenv("HOME")
+  if home and (path == "~" or path:sub(1, 2) == "~/") then return home .. path:sub(2) end
+  return path
+end
+M.expand_home = expand_home
+
+-- An error's own words (its message), not its tostring, which repeats "luachat: kind error:".
+local function err_text(err)
+  if type(err) == "table" and err.message ~= nil then return tostring(err.message) end
+  return tostring(err)
+end
+
 function commands.save(ctx, arg)
   if arg == "" then note(ctx, "usage: /save FILE") return end
+  arg = expand_home(arg)
   local ok, err = ctx.agent:save(arg)
   if ok == nil and err then
-    note(ctx, "cannot save: " .. one_line(tostring(err)))
+    note(ctx, "/save: " .. one_line(err_text(err)))
   else
     note(ctx, string.format("saved %d messages to %s", #ctx.agent.messages, arg))
   end
@@ -82,9 +105,10 @@ end
 
 function commands.load(ctx, arg)
   if arg == "" then note(ctx, "usage: /load FILE") return end
+  arg = expand_home(arg)
   local agent, err = luachat.agent.load(arg, setup.agent_options(ctx))
   if not agent then
-    note(ctx, "cannot load: " .. one_line(tostring(err)))
+    note(ctx, "/load: " .. one_line(err_text(err)))
     return
   end
   ctx.agent = agent

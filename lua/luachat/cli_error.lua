@@ -29,6 +29,8 @@ local function hint_for(e, s)
       return "check " .. key_env .. " (the key was refused)"
     end
     return "set " .. key_env
+  elseif status and status >= 300 and status < 400 then
+    return "point --base-url at the final URL"
   elseif status == 404 then
     return "check the model name (-m) and the base URL (" .. (base_url or "?") .. ")"
   elseif status == 429 then
@@ -37,6 +39,11 @@ local function hint_for(e, s)
     return "the provider is failing: try again later"
   elseif status and status >= 400 then
     return "the provider refused the request: check the model and options"
+  elseif tonumber(e.events) and tonumber(e.events) > 0 then
+    -- A stream cut after events: the server was reached, the network is not the question.
+    return string.format("the stream was cut after %d events; the partial answer was kept", e.events)
+  elseif e.kind == "max_turns" then
+    return "the tool loop hit its limit: raise it with --max-turns N"
   elseif e.kind == "timeout" then
     return "no answer in time: try again, or check the server"
   elseif e.kind == "network" then

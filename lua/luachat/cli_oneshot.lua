@@ -16,13 +16,14 @@ local out, end_line = term.out, term.end_line
 
 local M = {}
 
--- The prompt, with the text piped on stdin after a blank line.
+-- The prompt, with the text piped on stdin after a blank line (the piped
+-- text alone when -p is empty).
 local function full_prompt(ctx)
   local text = ctx.o.prompt
   if not ctx.in_tty then
     local piped = io.stdin:read("a")
     if piped and piped:match("%S") then
-      text = text .. "\n\n" .. piped
+      text = text:match("%S") and (text .. "\n\n" .. piped) or piped
     end
   end
   return text
@@ -46,6 +47,16 @@ local function finish(ctx, err)
     return EXIT.error
   end
   return nil
+end
+
+-- A refusal is shown on stderr (not with --json: the JSON carries it); one
+-- with no answer beside it is a failure for the exit status.
+local function refused(ctx, msg)
+  if type(msg) ~= "table" then return false end
+  if not ctx.o.json then term.show_refusal(ctx, msg) end
+  local content = msg.content
+  return type(msg.refusal) == "string" and msg.refusal ~= ""
+    and (type(content) ~= "string" or content == "")
 end
 
 -- No tools: one chat request, streamed unless --no-stream.
@@ -79,13 +90,14 @@ local function one_shot_direct(ctx, prompt)
   end
   local code = finish(ctx, err)
   if code then return code end
+  local choice = type(res) == "table" and type(res.choices) == "table" and res.choices[1]
+  local msg = type(choice) == "table" and choice.message or nil
   if ctx.o.json then
     print_json(res)
   else
-    local choice = type(res) == "table" and type(res.choices) == "table" and res.choices[1]
     term.warn_finish(ctx, choice and choice.finish_reason)
   end
-  return EXIT.ok
+  return refused(ctx, msg) and EXIT.error or EXIT.ok
 end
 
 -- --tools: the agent's loop, each tool call shown on stderr.
@@ -110,12 +122,17 @@ local function one_shot_agent(ctx, prompt)
     end
     term.warn_finish(ctx, result.finish_reason)
   end
-  return EXIT.ok
+  local msgs = result.messages
+  return refused(ctx, type(msgs) == "table" and msgs[#msgs]) and EXIT.error or EXIT.ok
 end
 
 -- run(ctx) -> exit code.
 function M.run(ctx)
   local prompt = full_prompt(ctx)
+  if not prompt:match("%S") then
+    io.stderr:write("luachat: the prompt is empty: give -p TEXT (or pipe text on stdin)\n", options.USAGE, "\n")
+    return EXIT.usage
+  end
   local ok, intr, code = term.protect(function()
     if ctx.tools then return one_shot_agent(ctx, prompt) end
     return one_shot_direct(ctx, prompt)

@@ -32,10 +32,13 @@ Options:
                        with --tools, the agent's result {content, finish_reason,
                        turns, usage, messages}
   --no-stream          one request/response, no streaming
+  --max-turns N        with --tools: model calls per answer before giving up (10)
   -h, --help           this help
 
 Chat commands: /help /model NAME /system TEXT /tools /reset /save FILE
                /load FILE /usage /quit   (//text sends "/text")
+
+Every long option also takes its value as --name=VALUE (--model=gpt-4o).
 
 Settings, first found wins:
   profile   -P  > LUACHAT_PROFILE > default_profile in the config > openai
@@ -67,6 +70,7 @@ local VALUE_OPTS = {
   ["-P"] = "profile", ["--profile"] = "profile",
   ["--base-url"] = "base_url",
   ["--tools"] = "tools",
+  ["--max-turns"] = "max_turns",
 }
 local FLAG_OPTS = {
   ["-c"] = "chat", ["--chat"] = "chat",
@@ -107,6 +111,13 @@ function M.parse(args)
   if o.prompt and o.chat then return nil, "-p and -c cannot be used together" end
   if not o.prompt and not o.chat then return nil, "give -p PROMPT or -c" end
   if o.json and o.chat then return nil, "--json goes with -p, not -c" end
+  if o.max_turns then
+    local n = tonumber(o.max_turns)
+    if math.type(n) ~= "integer" or n < 1 then
+      return nil, string.format("--max-turns needs a positive whole number, got '%s'", o.max_turns)
+    end
+    o.max_turns = n
+  end
   return o
 end
 

@@ -61,10 +61,16 @@ function M.reader(ctx)
     rl.write_history(r.history, 1000)
   end
   -- One input: a line, lines joined by a trailing \, or a """ block. nil at EOF.
+  -- History gets the whole input as one entry, so Up brings a multi-line
+  -- prompt back whole (and the history file keeps it, see luachat.readline).
   function r.input()
+    local text = r.read_input()
+    if text ~= nil then r.remember(text) end
+    return text
+  end
+  function r.read_input()
     local line = r.line(r.prompt)
     if line == nil then return nil end
-    r.remember(line)
     local opened = line:match('^%s*"""(.*)$')
     if opened then
       local one = opened:match('^(.-)"""%s*$')
@@ -74,7 +80,6 @@ function M.reader(ctx)
       while true do
         local l = r.line(r.cont)
         if l == nil then break end
-        r.remember(l)
         local before = l:match('^(.-)"""%s*$')
         if before then
           if before ~= "" then parts[#parts + 1] = before end
@@ -89,7 +94,6 @@ function M.reader(ctx)
       parts[#parts + 1] = line:sub(1, -2)
       line = r.line(r.cont)
       if line == nil then line = "" break end
-      r.remember(line)
     end
     parts[#parts + 1] = line
     return table.concat(parts, "\n")

@@ -22,7 +22,8 @@ function M.getenv(name)
 end
 local getenv = M.getenv
 
--- load_tools(path) -> list of tools | nil, message.
+-- load_tools(path) -> list of tools | nil, message. A file returning one
+-- tool (`return luachat.tool{...}`) gives a list of one.
 local function load_tools(path)
   local chunk, err = loadfile(path, "t")
   if not chunk then return nil, "--tools: " .. err end
@@ -31,6 +32,7 @@ local function load_tools(path)
   if type(res) ~= "table" then
     return nil, "--tools: " .. path .. " must return a list of luachat.tool{...}, got " .. type(res)
   end
+  if luachat.agent.is_tool(res) then res = { res } end
   for i, t in ipairs(res) do
     if type(t) ~= "table" then
       return nil, string.format("--tools: %s: item %d is a %s, not a luachat.tool", path, i, type(t))
@@ -92,6 +94,7 @@ function M.agent_options(ctx)
     model = ctx.model,
     system = ctx.system,
     tools = ctx.tools,
+    max_turns = ctx.o.max_turns,
     stream = not ctx.o.no_stream,
     on_text = function(text)
       ctx.partial[#ctx.partial + 1] = text

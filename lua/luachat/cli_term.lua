@@ -122,6 +122,17 @@ function M.warn_finish(ctx, reason)
   end
 end
 
+-- A refusal (message.refusal, from delta.refusal) goes to stderr, marked, since
+-- it is not the answer. Returns true when msg carried one.
+function M.show_refusal(ctx, msg)
+  local text = type(msg) == "table" and msg.refusal
+  if type(text) ~= "string" or text == "" then return false end
+  ctx.spinner.stop()
+  M.end_line(ctx)
+  io.stderr:write(ctx.estyle("33", "luachat: the model refused: " .. text), "\n")
+  return true
+end
+
 -- The name of a tool call, and its arguments as text, whatever the shape.
 local function call_parts(call)
   if type(call) ~= "table" then return tostring(call), "" end

@@ -218,6 +218,11 @@ function Client:error_for(r, what, opts)
   local smsg = server_message(body)
   local kind = status == 401 and "invalid_api_key" or "api"
   local msg = string.format("%s: HTTP %d%s", what, status, smsg and (": " .. smsg) or "")
+  if status >= 300 and status < 400 then
+    -- Following would send the key to wherever Location points: say where instead.
+    msg = string.format("%s: HTTP %d redirect to %s, not followed (luachat never follows redirects; "
+      .. "use the final URL as the base URL)", what, status, r.location or "(no Location header)")
+  end
   if status == 401 and not secrets[self] and key_from_env[self]
       and not redact.has_credential(credentials(self, opts)) then
     msg = msg .. " (no API key: set OPENAI_API_KEY)"
@@ -309,12 +314,16 @@ function Client:with_retries(spec, start_once)
     local value, r, err = start_once(n)
     if value ~= nil or not err then return value, nil end
     err.retries = n
+    -- err.message names the request already ("POST url: ..."); say it once.
+    local where = describe(spec)
+    local what = tostring(err.message)
+    if what:sub(1, #where) ~= where then what = where .. ": " .. what end
     if not self:should_retry(r, err, n) then
-      log.debug("%s: %s; not retrying", describe(spec), err.message)
+      log.debug("%s; not retrying", what)
       return nil, err
     end
     local delay = retry_delay(r, n)
-    log.debug("%s: %s; retry %d of %d in %.2fs", describe(spec), err.message, n + 1, self.max_retries, delay)
+    log.debug("%s; retry %d of %d in %.2fs", what, n + 1, self.max_retries, delay)
     sched.sleep(delay)
     n = n + 1
   end
@@ -389,14 +398,17 @@ function M.mark_array_fields(req)
   end
 end
 
--- Programming errors in a chat request raise, naming the function.
-function M.check_chat_request(req, fname)
-  if type(req) ~= "table" then argerror(fname, "request table expected, got " .. type(req), 2) end
+-- Programming errors in a chat request raise, naming the function and blaming
+-- the line that called it: level 1 is the function calling this (the default
+-- is its caller's line, 2; pass more for each frame in between).
+function M.check_chat_request(req, fname, level)
+  level = (level or 2) + 1
+  if type(req) ~= "table" then argerror(fname, "request table expected, got " .. type(req), level) end
   if type(req.model) ~= "string" or req.model == "" then
-    argerror(fname, "field 'model' must be a non-empty string", 2)
+    argerror(fname, "field 'model' must be a non-empty string", level)
   end
   if type(req.messages) ~= "table" then
-    argerror(fname, "field 'messages' must be a list of messages", 2)
+    argerror(fname, "field 'messages' must be a list of messages", level)
   end
   M.mark_array_fields(req)
 end
@@ -410,10 +422,12 @@ function Client:chat(req, opts)
 end
 
 function Client:stream(req, on_chunk, opts)
+  M.check_chat_request(req, "stream")
   return require("luachat.chat_stream").stream(self, req, on_chunk, opts)
 end
 
 function Client:open_stream(req, opts)
+  M.check_chat_request(req, "open_stream")
   return require("luachat.chat_stream").open(self, req, opts)
 end
 
