@@ -263,6 +263,15 @@ describe("redaction in client errors", function()
     assert.equal(string.rep("y", 65536 - 12) .. "[REDACTED]", err.body)
   end)
 
+  it("a body cut by a dropped connection inside a key leaves no prefix", function()
+    local body = '{"error":{"message":"' .. KEY .. '"}}'
+    srv:script { { status = 500, body = body, content_type = "application/json", close_after_body = 22 + 10 } }
+    local _, err = client():chat { model = "m", messages = {} }
+    assert.equal("network", err.kind)
+    assert.equal('{"error":{"message":"[REDACTED]', err.body) -- the 10 bytes of the key that arrived
+    assert_clean(err, KEY:sub(1, 6))
+  end)
+
   it("a key straddling the 64 KiB cut of an invalid body (JSON or event) leaves no prefix", function()
     local body = string.rep("w", 65536 - 9) .. KEY .. string.rep("v", 100)
     srv:script {

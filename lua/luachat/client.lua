@@ -189,12 +189,13 @@ end
 
 -- Build a luachat error for a finished transfer's result `r` (nil when it succeeded).
 -- opts: the call's options (their headers and query are redacted too).
--- The body is redacted before anything is cut from it; a kept error body that
--- C already cut (fewer bytes kept than received) is redacted as cut text.
+-- The body is redacted before anything is cut from it; a body already cut (a
+-- kept error body C stopped at 64 KiB: fewer bytes kept than received; or a
+-- failed transfer's partial body) is redacted as cut text.
 function Client:error_for(r, what, opts)
   local body = r.body
   if type(body) == "string" and body ~= "" then
-    body = self:redact(body, opts, (tonumber(r.bytes) or 0) > #body)
+    body = self:redact(body, opts, r.failure ~= nil or (tonumber(r.bytes) or 0) > #body)
   end
   local f = r.failure
   if f then
