@@ -555,7 +555,7 @@ describe("luachat -p (subprocess)", function()
     assert.equal(1, code)
     assert.equal("", out)
     assert.matches("HTTP 301 redirect to https://elsewhere.example/v1/chat/completions, not followed", err, 1, true)
-    assert.matches("point %-%-base%-url at the final URL\n$", err)
+    assert.matches("not followed %(luachat never follows redirects; use the final URL as the base URL%)\n$", err)
     assert.is_nil(err:find("api error", 1, true))
     assert.equal(1, #srv:requests())
   end)
@@ -563,7 +563,7 @@ describe("luachat -p (subprocess)", function()
   it("a --tools file returning one tool gives that tool", function()
     local tools = home .. "/one_tool.lua"
     spit(tools, [[
-      local luachat = require "luachat"
+      -- no require: the host gives --tools files the global luachat too
       return luachat.tool { name = "get_weather", description = "Weather in a city",
         parameters = { type = "object", properties = { city = { type = "string" } } },
         handler = function(args) return "sunny in " .. args.city end }]])

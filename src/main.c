@@ -41,7 +41,7 @@ static int wakeup_pipe[2] = { -1, -1 };
 
 static const char usage_text[] =
 	"usage: " PROGNAME " [options] [script [args...]]\n"
-	"Run a Lua 5.4 script with the luachat chat-completions engine.\n"
+	"Run a Lua 5.4 script with the luachat chat-completions engine (the global `luachat`).\n"
 	"\n"
 	"Scripts:\n"
 	"  script [args]     run a Lua file; arg[0] is the script, arg[1..n] and ... the args\n"
@@ -54,7 +54,9 @@ static const char usage_text[] =
 	"Chat from the command line (see `" PROGNAME " -p --help`):\n"
 	"  -p PROMPT         one-shot answer streamed to stdout (stdin text is appended)\n"
 	"  -c                interactive chat with streaming and slash commands\n"
-	"  -m MODEL, -s SYSTEM, -P PROFILE, --tools FILE, --json, --no-stream\n"
+	"  -m MODEL, -s SYSTEM, -P PROFILE, --base-url URL, --tools FILE, --max-turns N,\n"
+	"  --json, --no-stream; any option that is not one of the host's goes to the chat\n"
+	"  command line, and long ones take --name=VALUE too\n"
 	"\n"
 	"Other:\n"
 	"  -v, --version     print luachat, Lua and libcurl versions\n"
@@ -488,18 +490,19 @@ static int pmain(lua_State *L)
 			return 0;
 		}
 	}
-	if (o->chat_cli) {
-		h->exit_code = run_chat_cli(L, o);
-		return 0;
-	}
-	/* Scripts, -e and the prompt see the library as the global `luachat`, as the
-	 * man page says; when it cannot be loaded, `require "luachat"` says why. */
+	/* Scripts, -e, the prompt and --tools files see the library as the global
+	 * `luachat`, as the man page says; when it cannot be loaded, `require
+	 * "luachat"` says why. */
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "luachat");
 	if (lua_pcall(L, 1, 1, 0) == LUA_OK)
 		lua_setglobal(L, "luachat");
 	else
 		lua_pop(L, 1);
+	if (o->chat_cli) {
+		h->exit_code = run_chat_cli(L, o);
+		return 0;
+	}
 	for (i = 1; i < o->argc && (o->script == 0 || i < o->script); i++) {
 		const char *a = o->argv[i];
 		if (strcmp(a, "-e") == 0 && run_string(L, o->argv[++i], "=(command line)") != LUA_OK)

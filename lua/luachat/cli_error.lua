@@ -30,7 +30,7 @@ local function hint_for(e, s)
     end
     return "set " .. key_env
   elseif status and status >= 300 and status < 400 then
-    return "point --base-url at the final URL"
+    return nil -- the message says where it points and what to do
   elseif status == 404 then
     return "check the model name (-m) and the base URL (" .. (base_url or "?") .. ")"
   elseif status == 429 then

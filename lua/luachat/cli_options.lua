@@ -15,7 +15,8 @@ usage: luachat -p PROMPT [options]      one answer, streamed to stdout
 
 Modes:
   -p, --prompt TEXT    ask once; text piped on stdin is appended after a blank line
-                       (git diff | luachat -p "review this")
+                       (git diff | luachat -p "review this"); an empty prompt with
+                       nothing piped is a usage error; a refusal goes to stderr, exit 1
   -c, --chat           interactive chat: line editing, history, streamed replies;
                        a line ending in \ continues, """ opens/closes a block;
                        Ctrl-C cancels the reply in progress, Ctrl-D leaves
@@ -26,8 +27,9 @@ Options:
                        mistral, together, ollama, llamacpp, vllm, azure, or one
                        from the config file
   --base-url URL       the API's base URL (e.g. http://localhost:8080/v1)
-  --tools FILE.lua     a Lua file returning a list of luachat.tool{...}: the model
-                       may call them (each call is shown on stderr)
+  --tools FILE.lua     a Lua file returning a list of luachat.tool{...} (or one):
+                       the model may call them (each call is shown on stderr;
+                       Ctrl-C during a call ends the turn when the handler returns)
   --json               print the final result as JSON instead of the text (-p);
                        with --tools, the agent's result {content, finish_reason,
                        turns, usage, messages}
@@ -36,7 +38,7 @@ Options:
   -h, --help           this help
 
 Chat commands: /help /model NAME /system TEXT /tools /reset /save FILE
-               /load FILE /usage /quit   (//text sends "/text")
+               /load FILE /usage /quit   (//text sends "/text"; ~ in FILE is $HOME)
 
 Every long option also takes its value as --name=VALUE (--model=gpt-4o).
 
