@@ -5,12 +5,13 @@
 # exact command to run and exits 1.
 # Usage: scripts/deps.sh [--bench]   (--bench adds what `make bench` needs)
 # The base list is everything `make test` needs: the build, the test server
-# (python3, curl), the TLS specs (openssl), the `-c` specs (tmux);
+# (python3, curl), the TLS specs (openssl), the `-c` specs (tmux), the HTTP/2
+# concurrency spec (nghttp2-server: nghttpd);
 # scripts/run-tests.sh fails when one is missing.
 set -eu
 
 packages="lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted pkg-config \
-make gcc libreadline-dev python3 curl openssl tmux"
+make gcc libreadline-dev python3 curl openssl tmux nghttp2-server"
 if [ "${1:-}" = "--bench" ]; then
 	packages="$packages time"
 	# node may come from elsewhere (nodesource bundles npm): ask for the commands, not the packages.

@@ -382,6 +382,8 @@ class Handler(BaseHTTPRequestHandler):
                 g["event"].set()
             elif path == "/_control/gates":
                 out = {k: g["state"] for k, g in STATE.gates.items()}
+            elif path == "/_control/listen":
+                out = {"port": listen_more()}
             elif path == "/_control/requests":
                 out = STATE.requests
             elif path == "/_control/progress":
@@ -654,6 +656,20 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+TLS_CTX = []  # the ssl context of an HTTPS server (set by main), for listen_more
+
+
+def listen_more():
+    """Open one more listening port on 127.0.0.1 served exactly like the first (same
+    state, same TLS); returns it. A client's connection cache is per host:port, so a new
+    port is a server it has never seen, without starting another process."""
+    server = Server(("127.0.0.1", 0), Handler)
+    if TLS_CTX:
+        server.socket = TLS_CTX[0].wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    return server.server_address[1]
+
+
 def main():
     ap = argparse.ArgumentParser(description="luachat's local OpenAI-compatible test server")
     ap.add_argument("--port", type=int, default=0)
@@ -677,6 +693,7 @@ def main():
         ctx.load_cert_chain(args.tls_cert, args.tls_key)
         # The handshake happens on accept; a client that rejects the certificate just goes away.
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        TLS_CTX.append(ctx)
     tmp = "%s.tmp.%d" % (args.port_file, os.getpid())
     with open(tmp, "w") as f:
         f.write(str(server.server_address[1]))

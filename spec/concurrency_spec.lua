@@ -7,6 +7,7 @@
 -- 504 from the server after `hold_timeout` and the spec fails cleanly; the
 -- clients' idle_timeout bounds the deadlock case the same way.
 local server = require "spec.helpers.server"
+local proc = require "spec.helpers.proc"
 local luachat = require "luachat"
 local core = require "luachat.core"
 local json = luachat.json
@@ -48,7 +49,9 @@ local function stream_body()
 end
 
 -- n non-streamed chats and m streams spawned together: { {res, err}, ... }.
-local function run_together(c, n, m)
+-- The streams go through sc when given (another base URL on the same host).
+local function run_together(c, n, m, sc)
+  sc = sc or c
   local tasks = {}
   for i = 1, n do
     tasks[#tasks + 1] = luachat.spawn(function()
@@ -59,7 +62,7 @@ local function run_together(c, n, m)
   for i = 1, m do
     tasks[#tasks + 1] = luachat.spawn(function()
       local chunks = {}
-      local final, err = c:stream({ model = "m", messages = { { role = "user", content = "stream " .. i } } },
+      local final, err = sc:stream({ model = "m", messages = { { role = "user", content = "stream " .. i } } },
         function(chunk) chunks[#chunks + 1] = luachat.delta_text(chunk) end)
       -- every chunk reached the callback, and the final holds them all
       return final and table.concat(chunks) .. "/" .. final.choices[1].message.content, err
@@ -80,26 +83,30 @@ local function assert_all_ok(all, n, m)
   end
 end
 
--- The cases, for one way of reaching the server: start() gives a new server,
--- client(srv) a client for it.
+-- The cases, for one way of reaching the server: start() gives a server,
+-- client(target) a client for target.base_url.
 local function cases(start, client)
-  local srv
+  local srv, target
 
-  -- A new server (a new port) for every case: curl's connection cache knows a
-  -- host:port once it has answered, and the first requests to a new host are
-  -- the ones a client may hold back.
-  before_each(function() srv = start() end)
-  after_each(function()
-    srv:stop()
-    assert.equal(0, core.live(), "a transfer was left running")
+  -- One server, and a new port of it for every case (/_control/listen: the same
+  -- server state): curl's connection cache knows a host:port once it has
+  -- answered, and the first requests to a new host are the ones a client may
+  -- hold back.
+  setup(function() srv = start() end)
+  teardown(function() if srv then srv:stop() end end)
+  before_each(function()
+    srv:reset()
+    local port = srv:control("/_control/listen", {}).port
+    target = { base_url = string.format("%s://127.0.0.1:%d/v1", srv.url:match("^(%a+):"), port) }
   end)
+  after_each(function() assert.equal(0, core.live(), "a transfer was left running") end)
 
   for _, close in ipairs { false, true } do
     local variant = close and " (Connection: close)" or " (keep-alive)"
 
     it("4 chats started together all reach the server before any answer" .. variant, function()
       srv:default(held({ json = completion }, 4, close))
-      assert_all_ok(run_together(client(srv), 4, 0), 4, 0)
+      assert_all_ok(run_together(client(target), 4, 0), 4, 0)
       local reqs = srv:requests()
       assert.equal(4, #reqs)
       for _, r in ipairs(reqs) do
@@ -112,7 +119,7 @@ local function cases(start, client)
 
     it("5 streams started together all reach the server before any answer" .. variant, function()
       srv:default(held(stream_body(), 5, close))
-      assert_all_ok(run_together(client(srv), 0, 5), 0, 5)
+      assert_all_ok(run_together(client(target), 0, 5), 0, 5)
       assert.equal(5, #srv:requests())
     end)
 
@@ -155,7 +162,7 @@ local function cases(start, client)
 
     it("a stream callback waits on a request started just after the stream" .. variant, function()
       srv:script { big_stream(), closing({ json = completion }, close) }
-      local c = client(srv)
+      local c = client(target)
       local inner, inner_res, inner_err
       -- The inner request starts before the stream has any answer; the stream's
       -- callback then waits for it while the stream's unread events pile up.
@@ -169,7 +176,7 @@ local function cases(start, client)
 
     it("a stream callback starts a second request and waits for it" .. variant, function()
       srv:script { big_stream(), closing({ json = completion }, close) }
-      local c = client(srv)
+      local c = client(target)
       local inner_res, inner_err
       local t, calls = outer_stream(c, function() inner_res, inner_err = inner_chat(c) end)
       local final, err = t:wait()
@@ -181,21 +188,20 @@ local function cases(start, client)
 end
 
 -- Bounded, so a client that never sends a request fails rather than hangs.
-local function client_opts(srv, extra)
-  local o = { base_url = srv.base_url, api_key = KEY, max_retries = 0, timeout = 2 * HOLD + 10,
+local function client_opts(target, extra)
+  local o = { base_url = target.base_url, api_key = KEY, max_retries = 0, timeout = 2 * HOLD + 10,
     idle_timeout = HOLD + 5 }
   for k, v in pairs(extra or {}) do o[k] = v end
   return o
 end
 
 describe("concurrency over plain HTTP", function()
-  cases(server.start, function(srv) return luachat.client(client_opts(srv)) end)
+  cases(server.start, function(target) return luachat.client(client_opts(target)) end)
 end)
 
 -- The Python test server speaks HTTP/1.1 only (no ALPN, no HTTP/2): over TLS
 -- curl still waits for the first handshake to learn that, then must open a
--- connection per request as over plain HTTP. HTTP/2 multiplexing itself is not
--- exercised here (no HTTP/2 server in the test tools).
+-- connection per request as over plain HTTP. HTTP/2 itself: nghttpd, below.
 local tls_dir
 if not have("openssl") then
   error("concurrency over HTTPS: openssl is not installed (scripts/deps.sh installs it)")
@@ -213,8 +219,105 @@ else
 
     cases(function()
       return server.start { tls = { cert = tls_dir .. "/cert.pem", key = tls_dir .. "/key.pem" } }
-    end, function(srv)
-      return luachat.client(client_opts(srv, { ca_file = tls_dir .. "/cert.pem" }))
+    end, function(target)
+      return luachat.client(client_opts(target, { ca_file = tls_dir .. "/cert.pem" }))
     end)
   end)
 end
+
+-- HTTP/2 over TLS, against nghttpd (Debian's nghttp2-server, which scripts/deps.sh
+-- installs) serving files: requests started together to one host share one
+-- multiplexed connection (curl's PIPEWAIT waits for the handshake to learn that
+-- the server speaks h2), and a stream paused with unread events does not hold up
+-- a request its callback waits for. Connections are counted in nghttpd's -v log.
+if not have("nghttpd") then
+  error("concurrency over HTTP/2: nghttpd is not installed (scripts/deps.sh installs nghttp2-server)")
+end
+
+describe("concurrency over HTTP/2 (nghttpd)", function()
+  local dir, pid, port, log
+
+  setup(function()
+    dir = proc.tmpdir()
+    assert(os.execute(string.format("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 "
+      .. "-addext subjectAltName=IP:127.0.0.1 -days 1 -keyout %s/key.pem -out %s/cert.pem >/dev/null 2>&1",
+      dir, dir)))
+    assert(os.execute("mkdir -p " .. dir .. "/root/v1/chat " .. dir .. "/root/v1/abc/chat " .. dir .. "/root/v1/sse/chat"))
+    proc.write_file(dir .. "/root/v1/chat/completions", json.encode(completion))
+    local abc = {}
+    for _, t in ipairs { "a", "b", "c" } do abc[#abc + 1] = "data: " .. json.encode(text_chunk(t)) .. "\n\n" end
+    proc.write_file(dir .. "/root/v1/abc/chat/completions", table.concat(abc) .. "data: [DONE]\n\n")
+    local big = {}
+    for i = 1, 2000 do big[i] = "data: " .. json.encode(text_chunk(string.format("%04d,", i))) .. "\n\n" end
+    proc.write_file(dir .. "/root/v1/sse/chat/completions", table.concat(big) .. "data: [DONE]\n\n")
+  end)
+  teardown(function() os.execute("rm -rf " .. proc.shell_quote(dir)) end)
+
+  -- A new nghttpd on a free port for every case (curl's connection cache is per host:port).
+  before_each(function()
+    local p = io.popen("python3 -c 'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); "
+      .. "print(s.getsockname()[1])'")
+    port = tonumber(p:read("l"))
+    p:close()
+    log = dir .. "/nghttpd.log"
+    os.remove(log)
+    p = io.popen(string.format("nghttpd -a 127.0.0.1 -v -d %s/root %d %s/key.pem %s/cert.pem >%s 2>&1 & echo $!",
+      dir, port, dir, dir, log))
+    pid = tonumber(p:read("l"))
+    p:close()
+    for _ = 1, 200 do -- <= 10 s
+      if (proc.read_file(log) or ""):find("listen 127.0.0.1:" .. port, 1, true) then break end
+      os.execute("sleep 0.05")
+    end
+    assert.truthy((proc.read_file(log) or ""):find("listen 127.0.0.1:" .. port, 1, true), proc.read_file(log))
+  end)
+  after_each(function()
+    os.execute("kill " .. pid .. " 2>/dev/null; while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
+    assert.equal(0, core.live(), "a transfer was left running")
+  end)
+
+  local function client(path)
+    return luachat.client { base_url = "https://127.0.0.1:" .. port .. path, api_key = KEY, max_retries = 0,
+      ca_file = dir .. "/cert.pem", timeout = 2 * HOLD + 10, idle_timeout = HOLD + 5 }
+  end
+
+  -- Connections nghttpd saw (its sessions, "[id=N]") and the requests (HEADERS frames received).
+  local function seen()
+    local text = proc.read_file(log) or ""
+    local ids, n = {}, 0
+    for id in text:gmatch("%[id=(%d+)%]") do
+      if not ids[id] then ids[id], n = true, n + 1 end
+    end
+    local _, requests = text:gsub("recv HEADERS frame", "")
+    return n, requests
+  end
+
+  it("4 chats and 5 streams started together share one connection", function()
+    assert_all_ok(run_together(client("/v1"), 4, 5, client("/v1/abc")), 4, 5)
+    local conns, requests = seen()
+    assert.equal(9, requests)
+    assert.equal(1, conns)
+  end)
+
+  it("a paused stream's callback waits on a request started just after it, on the same connection", function()
+    local c, sc = client("/v1"), client("/v1/sse")
+    local inner, inner_res, inner_err
+    local calls = 0
+    local t = luachat.spawn(function()
+      return sc:stream({ model = "m", messages = {} }, function()
+        calls = calls + 1
+        if calls == 1 then inner_res, inner_err = inner:wait() end
+      end)
+    end)
+    inner = luachat.spawn(function() return c:chat { model = "m", messages = {} } end)
+    local final, err = t:wait()
+    assert.is_nil(inner_err, "the inner request: " .. tostring(inner_err))
+    assert.equal("hello", inner_res.choices[1].message.content)
+    assert.is_nil(err, "the stream: " .. tostring(err))
+    assert.equal(2000, calls)
+    assert.equal(2000 * 5, #final.choices[1].message.content)
+    local conns, requests = seen()
+    assert.equal(2, requests)
+    assert.equal(1, conns)
+  end)
+end)

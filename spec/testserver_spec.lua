@@ -368,6 +368,16 @@ describe("test server", function()
       message = "testserver: hold_until 2: only 1 requests arrived in 0.2 s" } }, cjson.decode(r.body))
   end)
 
+  it("/_control/listen opens another port served by the same server", function()
+    srv:script { { json = { n = 1 } } }
+    local port = math.tointeger(srv:control("/_control/listen", {}).port) -- cjson decodes 1 as 1.0
+    assert.is_true(port > 0 and port ~= srv.port)
+    local r = curl(nil, "http://127.0.0.1:" .. port .. "/v1/chat/completions")
+    assert.equal(200, r.status)
+    assert.equal('{"n":1}', r.body)
+    assert.equal(1, #srv:requests())
+  end)
+
   it("reset clears the queue, the default and the request log", function()
     srv:script { { json = { n = 1 } }, { json = { n = 2 } } }
     srv:default { json = { ok = true } }
