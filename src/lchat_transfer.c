@@ -8,6 +8,7 @@
  * Never: calls Lua from a curl callback (all curl work is in http.c), or
  * keeps malloc'ed memory live across a call that can raise.
  */
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -44,14 +45,24 @@ static void unpin(lua_State *L, int i, struct lchat_transfer *lt)
 	lt->ref = LUA_NOREF;
 }
 
+/* Seconds a timeout may be (luachat.options.MAX_SECONDS, about 31 years). */
+#define LCHAT_MAX_SECONDS 1e9
+
+/*
+ * A field in seconds as milliseconds. NaN, infinities and values whose
+ * milliseconds a long cannot hold are refused here: converting them to long
+ * is undefined behaviour (and in practice turned a timeout off).
+ */
 static long field_ms(lua_State *L, int t, const char *name)
 {
-	lua_Number s;
+	lua_Number s, max = LCHAT_MAX_SECONDS;
 	lua_getfield(L, t, name);
 	s = luaL_optnumber(L, -1, 0);
 	lua_pop(L, 1);
-	if (s < 0)
-		luaL_error(L, "field '%s' must not be negative", name);
+	if ((double)LONG_MAX / 1000.0 < max)
+		max = (double)LONG_MAX / 1000.0;
+	if (!(s >= 0 && s <= max)) /* NaN fails both */
+		luaL_error(L, "field '%s' must be between 0 and %f seconds", name, (double)max);
 	return (long)(s * 1000.0);
 }
 

@@ -19,6 +19,7 @@ local json = require "luachat.json"
 local sched = require "luachat.sched"
 local schema = require "luachat.schema"
 local stream = require "luachat.stream"
+local options = require "luachat.options"
 
 local null = json.null
 local traceback = debug.traceback
@@ -38,19 +39,40 @@ local function argerror(fname, msg)
   error(string.format("bad argument #1 to '%s' (%s)", fname, msg), 3)
 end
 
--- luachat.tool{name=, description=, parameters=, handler=} -> a tool.
+-- The fields of luachat.tool{...} and luachat.agent{...} (luachat.options:
+-- an unknown key or a wrong type is an error naming the key).
+local TOOL_OPTIONS = {
+  name = options.with(options.rule("a tool name", function(v)
+    return type(v) == "string" and v:match("^[%w_%-]+$") ~= nil and #v <= 64
+  end), { required = true, must = "must match ^[a-zA-Z0-9_-]{1,64}$" }),
+  handler = options.with(options.func, { required = true, must = "must be a function" }),
+  description = options.string,
+  parameters = options.with(options.table, { must = "must be a JSON Schema table" }),
+  strict = options.boolean,
+}
+
+local AGENT_OPTIONS = {
+  client = options.with(options.rule("a luachat client", function(v)
+    return type(v) == "table" and type(v.chat) == "function"
+  end), { required = true, must = "must be a luachat client" }),
+  model = options.with(options.rule("a non-empty string", function(v)
+    return type(v) == "string" and v ~= ""
+  end), { required = true, must = "must be a non-empty string" }),
+  system = options.string,
+  tools = options.table,
+  max_turns = options.with(options.integer(1), { must = "must be a positive integer" }),
+  stream = options.boolean,
+  parallel = options.boolean,
+  request = options.with(options.table, { must = "must be a table" }),
+  on_text = options.with(options.func, { must = "must be a function" }),
+  on_tool_call = options.with(options.func, { must = "must be a function" }),
+  on_tool_result = options.with(options.func, { must = "must be a function" }),
+}
+
+-- luachat.tool{name=, description=, parameters=, handler=, strict=} -> a tool.
 function M.tool(def)
   if type(def) ~= "table" then argerror("tool", "table expected, got " .. type(def)) end
-  if type(def.name) ~= "string" or not def.name:match("^[%w_%-]+$") or #def.name > 64 then
-    argerror("tool", "field 'name' must match ^[a-zA-Z0-9_-]{1,64}$")
-  end
-  if type(def.handler) ~= "function" then argerror("tool", "field 'handler' must be a function") end
-  if def.description ~= nil and type(def.description) ~= "string" then
-    argerror("tool", "field 'description' must be a string")
-  end
-  if def.parameters ~= nil and type(def.parameters) ~= "table" then
-    argerror("tool", "field 'parameters' must be a JSON Schema table")
-  end
+  options.check("tool", def, TOOL_OPTIONS)
   local params = def.parameters or { type = "object", properties = json.object {} }
   if type(params.required) == "table" and next(params.required) == nil then json.array(params.required) end
   if params.type == "object" and type(params.properties) == "table" and next(params.properties) == nil then
@@ -83,20 +105,10 @@ end
 -- luachat.agent{client=, model=, system=, tools=, ...} -> an agent.
 function M.new(opts)
   if type(opts) ~= "table" then argerror("agent", "table expected, got " .. type(opts)) end
-  if type(opts.client) ~= "table" or type(opts.client.chat) ~= "function" then
-    argerror("agent", "field 'client' must be a luachat client")
-  end
-  if type(opts.model) ~= "string" or opts.model == "" then argerror("agent", "field 'model' must be a non-empty string") end
-  if opts.max_turns ~= nil and (math.type(opts.max_turns) ~= "integer" or opts.max_turns < 1) then
-    argerror("agent", "field 'max_turns' must be a positive integer")
-  end
-  if opts.request ~= nil and type(opts.request) ~= "table" then argerror("agent", "field 'request' must be a table") end
-  for _, cb in ipairs { "on_text", "on_tool_call", "on_tool_result" } do
-    if opts[cb] ~= nil and type(opts[cb]) ~= "function" then argerror("agent", "field '" .. cb .. "' must be a function") end
-  end
+  options.check("agent", opts, AGENT_OPTIONS)
   local self = setmetatable({
     client = opts.client, model = opts.model, system = opts.system,
-    max_turns = opts.max_turns or 10, stream = opts.stream or false,
+    max_turns = math.tointeger(opts.max_turns or 10), stream = opts.stream or false,
     parallel = opts.parallel ~= false, request = opts.request or {},
     on_text = opts.on_text, on_tool_call = opts.on_tool_call, on_tool_result = opts.on_tool_result,
     tools = {}, tools_by_name = {}, messages = json.array {},
@@ -424,12 +436,26 @@ function Agent:save(path)
   return true
 end
 
+-- The most a transcript file may hold (bytes): agent.load (and the chat's /load) reads no more.
+M.MAX_TRANSCRIPT = 64 * 1024 * 1024
+
 -- luachat.agent.load(path, opts) -> an agent continuing the saved conversation | nil, err.
 function M.load(path, opts)
   local f, ferr = io.open(path, "rb")
   if not f then return nil, error_of("environment", "cannot load the transcript: " .. tostring(ferr)) end
-  local text = f:read("a")
+  -- Bounded: /dev/zero or a huge file must not fill memory. One byte more
+  -- than the limit tells "too large" from "exactly the limit".
+  local text, rerr = f:read(M.MAX_TRANSCRIPT + 1)
   f:close()
+  if text == nil and rerr then
+    return nil, error_of("environment", "cannot load the transcript: " .. tostring(rerr))
+  end
+  text = text or ""
+  if #text > M.MAX_TRANSCRIPT then
+    return nil, error_of("environment", string.format(
+      "cannot load the transcript: %s is larger than %d MiB, the limit for a transcript",
+      path, M.MAX_TRANSCRIPT // (1024 * 1024)))
+  end
   local data, derr = json.decode(text)
   if type(data) ~= "table" or type(data.messages) ~= "table"
     or (next(data.messages) ~= nil and not json.is_array(data.messages)) then

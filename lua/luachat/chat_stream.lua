@@ -99,6 +99,11 @@ function Stream:handle(ev)
       self:fail("api", "error event in the stream: " .. api_error_text(body), { body = body })
       return nil
     end
+    -- Only unnamed ("message") events are chunks (C queues those as plain
+    -- strings); any other name (ping, keep-alive, a vendor's own) is not part
+    -- of the completion: skipped.
+    log.debug("%s: skipped a named event (%s) in the stream", self.what, (tostring(ev.event):gsub("%c", "?")))
+    return nil
   end
   if data == "[DONE]" or (#data < 16 and is_done_data(data)) then
     self.done_seen = true
@@ -107,7 +112,6 @@ function Stream:handle(ev)
   end
   local chunk, derr = decode(data, CHUNK_DECODE)
   if type(chunk) ~= "table" then
-    if type(ev) == "table" then return nil end -- an unknown named event we cannot read: skip it
     self:fail("deserialise", string.format("invalid JSON in event %d: %s", n,
       derr or ("expected an object, got " .. type(chunk))), { body = self:redact(data):sub(1, 65536) })
     return nil

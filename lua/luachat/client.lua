@@ -10,6 +10,7 @@ local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
 local log = require "luachat.log"
+local options = require "luachat.options"
 local redact = require "luachat.redact"
 
 local M = {}
@@ -41,16 +42,76 @@ local function argerror(fname, msg, level)
   error(string.format("bad argument #1 to '%s' (%s)", fname, msg), (level or 2) + 1)
 end
 
-local function check_opt(opts, name, kind, fname)
-  local v = opts[name]
-  if v ~= nil and type(v) ~= kind then
-    argerror(fname, string.format("field '%s' must be a %s, got %s", name, kind, type(v)), 3)
-  end
+-- Header names are tokens (RFC 9110 5.1); values carry no control character
+-- but tab: a CR or LF would end the line and start a header of the server's choosing.
+local HEADER_NAME = "^[%w!#$%%&'*+%-.^_`|~]+$"
+local HEADER_VALUE_BAD = "[%z\1-\8\10-\31\127]"
+
+local function show(s)
+  return "'" .. tostring(s):gsub("[%z\1-\31\127]", function(c) return string.format("\\%d", c:byte()) end) .. "'"
 end
 
+-- Why header name: value cannot be sent, or nil when it can.
+local function bad_header(name, value)
+  if type(name) ~= "string" or not name:match(HEADER_NAME) then
+    return "has a header name that is not a token: " .. show(name)
+  end
+  if type(value) ~= "string" and type(value) ~= "number" then
+    return string.format("has a %s value for header '%s' (expected a string)", type(value), name)
+  end
+  if tostring(value):find(HEADER_VALUE_BAD) then
+    return string.format("has a control character in header '%s'", name)
+  end
+  return nil
+end
+
+local header_table = options.rule("a table of header names to values", function(h)
+  if type(h) ~= "table" then return nil end
+  for k, v in pairs(h) do
+    local why = bad_header(k, v)
+    if why then return nil, why end
+  end
+  return true
+end)
+
+-- Options of one call (client:chat(req, opts), get, post, stream, open_stream).
+local CALL_OPTIONS = {
+  headers = header_table, query = options.table,
+  timeout = options.seconds, idle_timeout = options.seconds,
+}
+
+local CLIENT_OPTIONS = {
+  base_url = options.text, ca_file = options.string,
+  api_key = options.either(options.text, options.rule("false", function(v) return v == false end),
+    "a string (or false for none)"),
+  organization = options.text, project = options.text,
+  headers = header_table, query = options.table,
+  timeout = options.seconds, connect_timeout = options.seconds, idle_timeout = options.seconds,
+  max_retries = options.integer(0, 100),
+  max_body = options.integer(1), max_event = options.integer(1),
+}
+
+-- Check a call's options; raises at the caller of the method calling this.
+local function check_call_options(opts, fname, argn)
+  if opts == nil then return end
+  if type(opts) ~= "table" then
+    error(string.format("bad argument #%d to '%s' (options table expected, got %s)", argn, fname, type(opts)), 3)
+  end
+  options.check(fname, opts, CALL_OPTIONS, 3, argn)
+end
+M.check_call_options = check_call_options
+
+-- An environment variable, surrounding whitespace trimmed (a key read from a
+-- mounted secret file often ends in a newline); set but empty counts as unset.
+-- Control characters left inside are refused: they would reach the wire.
 local function getenv(name)
   local v = os.getenv(name)
-  if v == nil or v == "" then return nil end
+  if v == nil then return nil end
+  v = v:match("^%s*(.-)%s*$")
+  if v == "" then return nil end
+  if v:find(options.CONTROL) then
+    argerror("client", "environment variable " .. name .. " contains a control character", 3)
+  end
   return v
 end
 
@@ -58,14 +119,7 @@ end
 function M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then argerror("client", "table expected, got " .. type(opts)) end
-  for _, f in ipairs { "base_url", "ca_file" } do check_opt(opts, f, "string", "client") end
-  if opts.api_key ~= nil and opts.api_key ~= false and type(opts.api_key) ~= "string" then
-    argerror("client", "field 'api_key' must be a string (or false for none)")
-  end
-  for _, f in ipairs { "headers", "query" } do check_opt(opts, f, "table", "client") end
-  for _, f in ipairs { "timeout", "connect_timeout", "idle_timeout", "max_retries", "max_body", "max_event" } do
-    check_opt(opts, f, "number", "client")
-  end
+  options.check("client", opts, CLIENT_OPTIONS)
   local base_url = opts.base_url or getenv("OPENAI_BASE_URL") or "https://api.openai.com/v1"
   if not base_url:match("^https?://[^/]") then
     argerror("client", "base_url must start with http:// or https://, got '" .. redact.url(base_url) .. "'")
@@ -77,9 +131,9 @@ function M.new(opts)
     timeout = opts.timeout or DEFAULTS.timeout,
     connect_timeout = opts.connect_timeout or DEFAULTS.connect_timeout,
     idle_timeout = opts.idle_timeout or DEFAULTS.idle_timeout,
-    max_retries = math.floor(opts.max_retries or DEFAULTS.max_retries),
-    max_body = opts.max_body,
-    max_event = opts.max_event,
+    max_retries = math.tointeger(opts.max_retries or DEFAULTS.max_retries),
+    max_body = opts.max_body and math.tointeger(opts.max_body),
+    max_event = opts.max_event and math.tointeger(opts.max_event),
     ca_file = opts.ca_file,
     organization = opts.organization or getenv("OPENAI_ORG_ID"),
     project = opts.project or getenv("OPENAI_PROJECT_ID"),
@@ -148,20 +202,23 @@ function Client:header_lines(accept, has_body, idempotency_key, extra)
     "Accept: " .. accept,
   }
   if has_body then h[#h + 1] = "Content-Type: application/json" end
+  -- Every line below is checked when it is sent too (options were checked when
+  -- given, but a script may change c.headers or c.organization later).
+  local function add(name, value)
+    local why = bad_header(name, value)
+    if why then error("luachat.client: the request " .. why, 5) end
+    h[#h + 1] = name .. ": " .. tostring(value)
+  end
   local key = secrets[self]
-  if key then h[#h + 1] = "Authorization: Bearer " .. key end
-  if self.organization then h[#h + 1] = "OpenAI-Organization: " .. self.organization end
-  if self.project then h[#h + 1] = "OpenAI-Project: " .. self.project end
-  if idempotency_key then h[#h + 1] = "Idempotency-Key: " .. idempotency_key end
+  if key then add("Authorization", "Bearer " .. key) end
+  if self.organization then add("OpenAI-Organization", self.organization) end
+  if self.project then add("OpenAI-Project", self.project) end
+  if idempotency_key then add("Idempotency-Key", idempotency_key) end
   for _, src in ipairs { self.headers, extra or {} } do
     local names = {}
-    for k in pairs(src) do names[#names + 1] = k end
+    for k in pairs(src) do names[#names + 1] = tostring(k) end
     table.sort(names)
-    for _, k in ipairs(names) do
-      local v = tostring(src[k])
-      if v:find("[\r\n]") then error("header '" .. k .. "' contains a line break", 4) end
-      h[#h + 1] = k .. ": " .. v
-    end
+    for _, k in ipairs(names) do add(k, src[k]) end
   end
   return h
 end
@@ -244,30 +301,60 @@ local RETRY_CAP = 60
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8,
   Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
 
--- Seconds from now until an HTTP date ("Wed, 21 Oct 2015 07:28:00 GMT"), or nil.
+-- Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+  return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+end
+
+-- Seconds since the epoch of an HTTP date, in any of RFC 9110's three forms
+-- ("Wed, 21 Oct 2015 07:28:00 GMT", "Wednesday, 21-Oct-15 07:28:00 GMT",
+-- "Wed Oct 21 07:28:00 2015"), or nil. Pure arithmetic: no os.time, which
+-- raises on years it cannot represent; at most 4 year digits.
+local function http_date_epoch(s)
+  local d, mon, y, hh, mm, ss = s:match("^%a+, (%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if not d then
+    d, mon, y, hh, mm, ss = s:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+    if y then y = tostring(tonumber(y) + (tonumber(y) < 70 and 2000 or 1900)) end
+  end
+  if not d then
+    mon, d, hh, mm, ss, y = s:match("^%a%a%a (%a%a%a) +(%d%d?) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
+  end
+  local m = MONTHS[mon or ""]
+  if not d or not m then return nil end
+  d, y, hh, mm, ss = tonumber(d), tonumber(y), tonumber(hh), tonumber(mm), tonumber(ss)
+  if d < 1 or d > 31 or hh > 23 or mm > 59 or ss > 60 then return nil end
+  return days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss
+end
+
+-- Seconds from now until an HTTP date, or nil when s is not one.
 local function http_date_delay(s)
-  local d, mon, y, hh, mm, ss = s:match("^%a+, (%d+) (%a+) (%d+) (%d+):(%d+):(%d+) GMT$")
-  if not d or not MONTHS[mon] then return nil end
-  local t = os.time { year = tonumber(y), month = MONTHS[mon], day = tonumber(d),
-    hour = tonumber(hh), min = tonumber(mm), sec = tonumber(ss) }
-  -- os.time read the fields as local time: correct by this zone's offset from UTC.
-  local now = os.time()
-  local offset = os.difftime(now, os.time(os.date("!*t", now)))
-  return os.difftime(t + offset, now)
+  local t = http_date_epoch(s)
+  return t and (t - os.time())
 end
 M.http_date_delay = http_date_delay
 
--- Seconds to wait before retry number n (0-based), honouring the server's word.
+-- A Retry-After value in seconds: delta-seconds or an HTTP date; nil when it
+-- is neither. Never raises, whatever the server sent.
+local function retry_after_seconds(v)
+  v = v:match("^%s*(.-)%s*$")
+  if v:match("^%d+$") or v:match("^%d+%.%d+$") then return tonumber(v) end
+  return http_date_delay(v)
+end
+M.retry_after_seconds = retry_after_seconds
+
+-- Seconds to wait before retry number n (0-based), honouring the server's word
+-- when it is sane (0 to RETRY_CAP s); anything else gets the usual backoff.
 local function retry_delay(r, n)
   if r then
-    local ms = tonumber(r.retry_after_ms or "")
-    if ms and ms >= 0 and ms / 1000 <= RETRY_CAP then return ms / 1000 end
-    local ra = r.retry_after
-    if ra then
-      local secs = tonumber(ra)
-      if not secs then secs = http_date_delay(ra) end
-      if secs and secs >= 0 and secs <= RETRY_CAP then return secs end
-    end
+    local ms = type(r.retry_after_ms) == "string" and r.retry_after_ms:match("^%s*(%d+%.?%d*)%s*$")
+    ms = ms and tonumber(ms)
+    if ms and ms / 1000 <= RETRY_CAP then return ms / 1000 end
+    local secs = type(r.retry_after) == "string" and retry_after_seconds(r.retry_after)
+    if secs and secs >= 0 and secs <= RETRY_CAP then return secs end
   end
   local base = math.min(0.5 * 2 ^ n, 8)
   return base * (1 - 0.25 * math.random())
@@ -365,10 +452,12 @@ function Client:request(method, path, body_value, opts)
 end
 
 function Client:get(path, opts)
+  check_call_options(opts, "get", 2)
   return self:request("GET", path, nil, opts)
 end
 
 function Client:post(path, body, opts)
+  check_call_options(opts, "post", 3)
   return self:request("POST", path, body, opts)
 end
 
@@ -418,17 +507,20 @@ end
 -- Every field given is sent as is; `stream = true` gives a streamed call's final result.
 function Client:chat(req, opts)
   M.check_chat_request(req, "chat")
+  check_call_options(opts, "chat", 2)
   if req.stream == true then return self:stream(req, nil, opts) end
   return self:request("POST", "chat/completions", req, opts)
 end
 
 function Client:stream(req, on_chunk, opts)
   M.check_chat_request(req, "stream")
+  check_call_options(opts, "stream", 3)
   return require("luachat.chat_stream").stream(self, req, on_chunk, opts)
 end
 
 function Client:open_stream(req, opts)
   M.check_chat_request(req, "open_stream")
+  check_call_options(opts, "open_stream", 2)
   return require("luachat.chat_stream").open(self, req, opts)
 end
 

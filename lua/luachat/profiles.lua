@@ -6,6 +6,8 @@
 -- unit-tested with plain tables).
 -- Never: reads the environment or files inside `resolve`, prints, or puts an
 -- API key anywhere but the `api_key` field it returns.
+local options = require "luachat.options"
+
 local M = {}
 
 -- Each provider's documented OpenAI-compatible base URL.
@@ -144,7 +146,15 @@ function M.resolve(opts, env, config)
     query = query,
   }
 
-  local key = getenv(p.key_env) or nonempty(p.api_key)
+  -- A key read from the environment loses surrounding whitespace (a trailing
+  -- newline from a secret file is common); one with a control character left
+  -- inside would break the request line it goes in.
+  local key = getenv(p.key_env)
+  key = key and nonempty(key:match("^%s*(.-)%s*$"))
+  if key and key:find(options.CONTROL) then
+    return nil, string.format("%s: %s contains a control character", name, p.key_env), "config"
+  end
+  key = key or nonempty(p.api_key)
   local explicit_url = nonempty(opts.base_url) or getenv("LUACHAT_BASE_URL")
   local own_url = not explicit_url and not getenv(p.base_url_env)
   -- A key is required at the provider's own URL; a redirected one may not need it.
@@ -201,6 +211,40 @@ function M.config_path(env)
   return nil
 end
 
+-- What a config file may hold (luachat.options: unknown keys and wrong types
+-- are errors naming the key and the file). Profile fields are those of the
+-- built-ins above plus api_key, system, headers, query, deployment, endpoint.
+local PROFILE_FIELDS = {
+  base_url = options.text, base_url_env = options.string,
+  key_env = options.string, key_optional = options.boolean, key_header = options.string,
+  api_key = options.text, model = options.string, system = options.string,
+  headers = options.table, query = options.table,
+  azure = options.boolean, deployment = options.string, endpoint = options.text,
+}
+local CONFIG_FIELDS = { default_profile = options.string, profiles = options.table }
+
+-- check_config(config, path) -> true | nil, "config: PATH: ..." naming the key.
+function M.check_config(config, path)
+  local where = "config: " .. tostring(path) .. ": "
+  local ok, msg = options.validate(config, CONFIG_FIELDS)
+  if not ok then return nil, where .. msg end
+  local names = {}
+  for name in pairs(config.profiles or {}) do names[#names + 1] = name end
+  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  for _, name in ipairs(names) do
+    local p = config.profiles[name]
+    if type(name) ~= "string" then
+      return nil, where .. "profiles: a profile's name must be a string, got " .. type(name)
+    end
+    if type(p) ~= "table" then
+      return nil, string.format("%sprofile '%s' must be a table, got %s", where, name, type(p))
+    end
+    ok, msg = options.validate(p, PROFILE_FIELDS)
+    if not ok then return nil, string.format("%sprofile '%s': %s", where, name, msg) end
+  end
+  return true
+end
+
 -- Load the config file: config table (empty when there is none) | nil, err.
 function M.load_config(path)
   if not path then return {} end
@@ -215,6 +259,8 @@ function M.load_config(path)
   if type(res) ~= "table" then
     return nil, "config: " .. path .. " must return a table, got " .. type(res)
   end
+  local valid, verr = M.check_config(res, path)
+  if not valid then return nil, verr end
   return res
 end
 

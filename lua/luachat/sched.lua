@@ -36,6 +36,17 @@ function M.current()
   return nil
 end
 
+-- The text of a task's error value. Whatever the value does (a __tostring that
+-- raises, yields or returns no string), the failure stays in its task: this
+-- never raises or yields (tostring runs in a coroutine of its own).
+local function error_text(e)
+  if type(e) == "string" then return e end
+  local co = coroutine.create(tostring)
+  local ok, s = coroutine.resume(co, e)
+  if ok and coroutine.status(co) == "dead" and type(s) == "string" then return s end
+  return string.format("(a %s error value whose __tostring failed)", type(e))
+end
+
 local function finish(task, ok, ...)
   local co = task.co
   task.done = true
@@ -44,11 +55,10 @@ local function finish(task, ok, ...)
     task.results = table.pack(...)
   else
     local e = ...
-    if type(e) == "table" and getmetatable(e) and e.kind then
+    if type(e) == "table" and getmetatable(e) and type(rawget(e, "kind")) == "string" then
       task.err = e -- a luachat error raised as is: keep its kind
     else
-      local msg = type(e) == "string" and e or tostring(e)
-      task.err = task_error(debug.traceback(co, msg))
+      task.err = task_error(debug.traceback(co, error_text(e)))
     end
     coroutine.close(co) -- runs its pending <close> variables
   end
@@ -210,8 +220,12 @@ function M.wait_transfer(tr, timeout)
 end
 
 -- Sleep `seconds`: yields inside a task, drives the loop (other tasks go on) outside.
+-- A NaN or infinite time never comes (now() >= NaN is never true): refused.
 function M.sleep(seconds)
   seconds = tonumber(seconds) or error("bad argument #1 to 'sleep' (number expected)", 2)
+  if seconds ~= seconds or seconds == math.huge or seconds == -math.huge then
+    error("bad argument #1 to 'sleep' (a finite number of seconds expected, got " .. tostring(seconds) .. ")", 2)
+  end
   local task = M.current()
   if task then
     timers[#timers + 1] = { at = now() + seconds, co = task.co }
@@ -272,7 +286,9 @@ function M.step(timeout)
   if M.current() or driving > 0 then
     return nil, core.error { kind = "environment", message = "luachat.step: the loop is already running" }
   end
-  turn(tonumber(timeout) or 0)
+  local seconds = tonumber(timeout) or 0
+  if seconds ~= seconds then error("bad argument #1 to 'step' (number expected, got nan)", 2) end
+  turn(seconds)
   return core.live() + #timers + #runq
 end
 
