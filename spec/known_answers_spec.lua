@@ -2,11 +2,12 @@
 -- final result, derived by hand from the events, in NAME.expected.lua. Each
 -- fixture is streamed from the test server whole and cut into writes of 1, 2,
 -- 3, 5, 7 and 64 bytes (with 1, every byte offset is a write boundary), and
--- read in three forms:
+-- read in four forms:
 --   callback: client:stream(req, fn), fn reading the decoded fields;
 --   pull:     client:open_stream(req), s:chunks(), s:result();
 --   text:     client:stream(req, fn), fn calling only luachat.delta_text
---             (the lazy-chunk fast path, as the CLI and the agent use it).
+--             (the lazy-chunk fast path, as the CLI and the agent use it);
+--   task:     the text form inside luachat.spawn (waits yield to the scheduler).
 -- Each must give exactly the expected final (no field more or less), the
 -- expected number of chunks, the expected text and the expected error.
 -- Comparing paths with each other cannot catch a rule broken in all of them;
@@ -85,7 +86,11 @@ local forms = {
     return final, err, n, table.concat(text)
   end,
 }
-local form_names = { "callback", "pull", "text" }
+-- The text form inside a task: every wait yields to the scheduler instead of driving the loop.
+forms.task = function(c, req)
+  return luachat.spawn(function() return forms.text(c, req) end):wait()
+end
+local form_names = { "callback", "pull", "text", "task" }
 
 -- Fields issue 14 will keep: absent today, and equal to the hand answer once present.
 local function check_later(actual, later, where)
