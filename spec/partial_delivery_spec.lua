@@ -101,6 +101,18 @@ describe("partial delivery", function()
     check(w, final, err)
   end)
 
+  it("a stream inside a task too (its waits yield to the scheduler)", function()
+    srv:script { gated("g1", "g2") }
+    local w = watcher()
+    local final, err = luachat.spawn(function()
+      return c:stream(req, function(ch)
+        local t = luachat.delta_text(ch)
+        if t ~= "" then w.on_text(t) end
+      end)
+    end):wait()
+    check(w, final, err)
+  end)
+
   it("a streaming agent's on_text too", function()
     srv:script { gated("g1", "g2") }
     local w = watcher()
