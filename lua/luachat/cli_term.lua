@@ -36,9 +36,25 @@ function M.styler(on)
   end
 end
 
--- s on one line, cut to max bytes (300 by default).
+-- A control character in caret notation: ESC -> ^[, DEL -> ^?.
+local function caret(c)
+  local b = c:byte()
+  return b == 127 and "^?" or ("^" .. string.char(b + 64))
+end
+
+-- s with every control character made visible instead of obeyed, so text from
+-- a server cannot retitle or clear the terminal or write the clipboard: C0
+-- and DEL in caret notation (^[), the C1 controls U+0080-U+009F as M-^[ (cat -v).
+-- Tab stays; newline stays when keep_newline is true.
+function M.visible(s, keep_newline)
+  s = tostring(s):gsub("\194([\128-\159])", function(c) return "M-" .. caret(string.char(c:byte() - 128)) end)
+  return (s:gsub(keep_newline and "[%z\1-\8\11-\31\127]" or "[%z\1-\8\10-\31\127]", caret))
+end
+
+-- s on one line, control characters visible, cut to max bytes (300 by default).
 local function one_line(s, max)
   s = tostring(s):gsub("%s*[\r\n]+%s*", " ")
+  s = M.visible(s)
   max = max or 300
   if #s > max then
     -- Cut on a UTF-8 character boundary.
@@ -87,6 +103,15 @@ end
 -- Write answer text to stdout; false when stdout is gone (a closed pipe).
 function M.out(ctx, text)
   if text == nil or text == "" then return true end
+  if ctx.out_tty then
+    -- A terminal: the server's control characters are shown, not obeyed
+    -- (piped output stays exact). A C1 control's first byte may end a chunk.
+    text = (ctx.held_byte or "") .. text:gsub("\r\n", "\n")
+    ctx.held_byte = nil
+    if text:sub(-1) == "\194" then ctx.held_byte, text = "\194", text:sub(1, -2) end
+    text = M.visible(text, true)
+    if text == "" then return true end
+  end
   ctx.spinner.stop()
   -- flush too: with stdout closed, write only fills the buffer and flush reports it
   local ok, why = io.stdout:write(text)
@@ -102,6 +127,10 @@ end
 
 -- End the answer with a newline if it has none.
 function M.end_line(ctx)
+  if ctx.held_byte then -- a lone UTF-8 lead byte ended the answer: shown as cat -v does
+    ctx.held_byte = nil
+    if not ctx.stdout_gone and io.stdout:write("M-B") then ctx.wrote, ctx.last_char = true, "B" end
+  end
   if ctx.wrote and ctx.last_char ~= "\n" and not ctx.stdout_gone then
     io.stdout:write("\n")
     io.stdout:flush()
@@ -129,7 +158,7 @@ function M.show_refusal(ctx, msg)
   if type(text) ~= "string" or text == "" then return false end
   ctx.spinner.stop()
   M.end_line(ctx)
-  io.stderr:write(ctx.estyle("33", "luachat: the model refused: " .. text), "\n")
+  io.stderr:write(ctx.estyle("33", "luachat: the model refused: " .. M.visible(text, true)), "\n")
   return true
 end
 
@@ -157,7 +186,7 @@ function M.show_tool_call(ctx, call)
   ctx.spinner.stop()
   M.end_line(ctx)
   local name, args = call_parts(call)
-  io.stderr:write(ctx.estyle("36", "→ " .. name .. " " .. one_line(args, 200)), "\n")
+  io.stderr:write(ctx.estyle("36", "→ " .. one_line(name, 64) .. " " .. one_line(args, 200)), "\n")
 end
 
 -- on_tool_result(info, content, err_text): err_text when the call failed.
