@@ -139,7 +139,11 @@ describe("partial delivery", function()
     setup(function() home = proc.tmpdir() end)
     teardown(function() if home then os.execute("rm -rf " .. proc.shell_quote(home)) end end)
 
-    it("writes the first bytes of the answer to stdout before the server sends the last event", function()
+    -- Runs `luachat ARGS -p hi` into a pipe reader that takes exactly "Hel" off the
+    -- pipe (dd: one byte per read), signals, takes "lo", signals, then copies the
+    -- rest: a CLI that holds its output back until the end leaves dd waiting past
+    -- the gate's timeout.
+    local function run_cli(args)
       srv:script { gated("cli1", "cli2") }
       local q = proc.shell_quote
       local env = {
@@ -151,12 +155,9 @@ describe("partial delivery", function()
         return string.format("curl -sS --max-time 60 -H 'Content-Type: application/json' --data-binary %s %s >%s",
           q('{"gate":"' .. gate .. '"}'), q(srv.url .. "/_control/release"), q(home .. "/" .. file))
       end
-      -- The reader takes exactly "Hel" off the pipe (dd: one byte per read), signals,
-      -- takes "lo", signals, then copies the rest: a CLI that holds its output back
-      -- until the end leaves dd waiting past the gate's timeout.
-      local cmd = string.format("{ env %s %s -p hi 2>%s; echo $? >%s; } | "
+      local cmd = string.format("{ env %s %s %s -p hi 2>%s; echo $? >%s; } | "
         .. "{ dd bs=1 count=3 status=none; %s; dd bs=1 count=2 status=none; %s; cat; } >%s",
-        table.concat(env, " "), proc.host, q(home .. "/err"), q(home .. "/code"),
+        table.concat(env, " "), proc.host, args, q(home .. "/err"), q(home .. "/code"),
         release("cli1", "rel1"), release("cli2", "rel2"), q(home .. "/out"))
       os.execute(cmd)
       local function file(name) return proc.read_file(home .. "/" .. name) or "" end
@@ -166,6 +167,19 @@ describe("partial delivery", function()
       assert.equal("armed", json.decode(file("rel1")).state)
       assert.equal("armed", json.decode(file("rel2")).state)
       assert.same({ cli1 = "released", cli2 = "released" }, srv:gates())
+    end
+
+    it("writes the first bytes of the answer to stdout before the server sends the last event", function()
+      run_cli("")
+    end)
+
+    it("with --tools (the agent's on_text) too", function()
+      local tools = home .. "/tools.lua"
+      proc.write_file(tools, 'local luachat = require "luachat"\n'
+        .. 'return luachat.tool { name = "noop", description = "does nothing",\n'
+        .. '  handler = function() return "ok" end }\n')
+      run_cli("--tools " .. proc.shell_quote(tools))
+      assert.equal("noop", srv:requests()[1].json.tools[1]["function"].name)
     end)
   end)
 end)
