@@ -658,6 +658,15 @@ describe("luachat -p (subprocess)", function()
       os.remove(home .. "/saved.json")
     end)
 
+    it("/tools lists the one tool a --tools file returned", function()
+      local tools = home .. "/single.lua"
+      spit(tools, [[return luachat.tool { name = "only_tool", description = "the one", handler = function() end }]])
+      local out, err, code = luachat_p("-c --tools " .. shell_quote(tools), "/tools\n")
+      assert.equal(0, code, err)
+      assert.equal("", out)
+      assert.matches("^only_tool%s+the one\n$", err)
+    end)
+
     it("a refusal is shown on stderr, marked", function()
       srv:script { { sse = { { json = chunk(nil, { choices = { { index = 0, delta = { refusal = "No." } } } }) } },
         done = true } }

@@ -149,10 +149,10 @@ io.write(mapped(), "|", v, "\n")]]))
     _, err = host(shell_quote("it's $5"))
     assert.matches([[did you mean: luachat -p 'it'\''s $5']], err, 1, true)
     -- a path or a .lua name is a missing script, as before
-    for _, name in ipairs { "nosuch.lua", "./nosuch", "dir/x" } do
+    for _, name in ipairs { "nosuch.lua", "./nosuch", "dir/x", "-- -x" } do
       _, err, code = host(name)
       assert.equal(1, code, name)
-      assert.matches("cannot open " .. name, err, 1, true)
+      assert.matches("cannot open " .. name:gsub("^%-%- ", ""), err, 1, true)
       assert.is_nil(err:find("did you mean", 1, true), name)
     end
   end)
@@ -211,15 +211,19 @@ local client = { chat = function(_, req)
   local f = io.open(dir .. "/calls", "w") f:write(calls, "\n", req.messages[#req.messages].content or "", "\n") f:close()
   if calls == 1 then
     return { choices = { { finish_reason = "tool_calls", message = { role = "assistant",
-      tool_calls = { { id = "c1", type = "function", ["function"] = { name = "slow", arguments = "{}" } } } } } } }
+      tool_calls = { { id = "c1", type = "function", ["function"] = { name = "slow", arguments = "{}" } },
+                     { id = "c2", type = "function", ["function"] = { name = "next", arguments = "{}" } } } } } } }
   end
   return { choices = { { finish_reason = "stop", message = { role = "assistant", content = "done" } } } }
 end }
-local a = luachat.agent { client = client, model = "m", tools = { luachat.tool { name = "slow", handler = function()
-  io.open(dir .. "/in-handler", "w"):close()
-  ]] .. body .. [[
-  return "finished"
-end } } }
+local a = luachat.agent { client = client, model = "m", parallel = false, tools = {
+  luachat.tool { name = "slow", handler = function()
+    io.open(dir .. "/in-handler", "w"):close()
+    ]] .. body .. [[
+    return "finished"
+  end },
+  luachat.tool { name = "next", handler = function() io.open(dir .. "/next-ran", "w"):close() end },
+} }
 print(a:run("go"))
 ]])
     local out, err, code = run(string.format(
@@ -227,24 +231,27 @@ print(a:run("go"))
         .. "kill -INT $pid; wait $pid",
       HOST, shell_quote(script), shell_quote(dir), shell_quote(dir)))
     local calls = proc.read_file(dir .. "/calls")
+    local next_ran = proc.read_file(dir .. "/next-ran") ~= nil
     os.execute("rm -rf " .. shell_quote(dir))
-    return out, err, code, calls
+    return out, err, code, calls, next_ran
   end
 
   it("Ctrl-C during a tool handler blocked in os.execute ends the turn once it returns", function()
-    local out, err, code, calls = interrupt_in_handler([[os.execute("sleep 1")]])
+    local out, err, code, calls, next_ran = interrupt_in_handler([[os.execute("sleep 1")]])
     assert.equal(130, code)
     assert.equal("", out)
     assert.matches("interrupted", err, 1, true)
     assert.equal("1\ngo\n", calls) -- the model was never called again
+    assert.is_false(next_ran) -- nor the turn's next tool call run
   end)
 
   it("Ctrl-C during a luachat.sleep handler ends the turn: the model never sees 'interrupted'", function()
-    local out, err, code, calls = interrupt_in_handler([[luachat.sleep(5)]])
+    local out, err, code, calls, next_ran = interrupt_in_handler([[luachat.sleep(5)]])
     assert.equal(130, code)
     assert.equal("", out)
     assert.matches("interrupted", err, 1, true)
     assert.equal("1\ngo\n", calls)
+    assert.is_false(next_ran)
   end)
 
   -- Run `code` in the host; once it has created the file named by the global

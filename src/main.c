@@ -213,8 +213,8 @@ static int looks_like_path(const char *s)
 static int suggest_prompt(const char *script)
 {
 	const char *p;
-	if (access(script, F_OK) == 0 || errno != ENOENT || looks_like_path(script))
-		return 0;
+	if (script[0] == '-' || access(script, F_OK) == 0 || errno != ENOENT || looks_like_path(script))
+		return 0; /* `luachat -- -x`: a name, whatever it looks like */
 	fprintf(stderr, "%s: cannot open %s (no such file); did you mean: %s -p ", PROGNAME, script,
 	        PROGNAME);
 	if (strpbrk(script, "\"$`\\!") == NULL) {
