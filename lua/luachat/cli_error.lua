@@ -41,7 +41,7 @@ local function hint_for(e, s)
     return "the provider refused the request: check the model and options"
   elseif tonumber(e.events) and tonumber(e.events) > 0 then
     -- A stream cut after events: the server was reached, the network is not the question.
-    return string.format("the stream was cut after %d events; the partial answer was kept", e.events)
+    return "the server was reached but the stream broke off; the partial answer was kept"
   elseif e.kind == "max_turns" then
     return "the tool loop hit its limit: raise it with --max-turns N"
   elseif e.kind == "timeout" then
