@@ -119,6 +119,11 @@ do
   end
 end
 
+if not read_file("scripts/mutants.lua") then
+  io.stderr:write("mutants: run me from the repository root (make mutants)\n")
+  os.exit(2)
+end
+
 -- Parse every list file strictly; problems are collected, each naming its entry.
 local problems = {}
 local mutants = {}
@@ -257,6 +262,11 @@ local function cleanup()
 end
 
 local t0 = now()
+if not sh("git rev-parse --is-inside-work-tree >/dev/null 2>&1") then
+  io.write("mutants: not in a git work tree (the scratch copy is made from git ls-files)\n")
+  cleanup()
+  os.exit(2)
+end
 -- Tracked files plus untracked ones not ignored, as they are in the working
 -- tree now; build output (build*/, the host binary) and deleted files left out.
 local copied = sh(string.format(
