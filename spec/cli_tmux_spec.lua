@@ -217,6 +217,9 @@ describe("luachat -c in tmux: blocking tools and history", function()
   setup(function()
     srv = server.start()
     home = proc.tmpdir()
+    -- A history file as older versions wrote it: a line per entry, no "#<time>" marks.
+    sh("mkdir -p " .. shell_quote(home .. "/state/luachat"))
+    proc.write_file(home .. "/state/luachat/history", "old one\nold two\n")
     proc.write_file(home .. "/tools.lua", string.format([[
       local luachat = require "luachat"
       local home = %q
@@ -249,6 +252,12 @@ describe("luachat -c in tmux: blocking tools and history", function()
 
   it("Ctrl-C during a blocking handler cancels the turn; the model never hears of it", function()
     wait_prompts(1)
+
+    -- 0. An older history file still reads as a line per entry.
+    keys("Up")
+    wait_for("> old two")
+    assert.is_nil(pane():find("old one", 1, true))
+    keys("C-u")
 
     -- 1. os.execute("sleep 2"): the turn stops once the command returns.
     srv:script { call_reply("slow_exec"), reply { role = "assistant", content = "should not be asked" } }

@@ -182,12 +182,13 @@ int luaopen_luachat_readline(lua_State *L)
 	using_history();
 	/*
 	 * One history entry per input, even a multi-line prompt: the file marks
-	 * each entry with a "#<time>" line, and lines up to the next mark are read
-	 * back as one entry (without marks, as in older files, a line is an entry).
+	 * each entry with a "#<time>" line, and readline reads the lines up to the
+	 * next mark back as one entry, by itself, when a file starts with a mark
+	 * (history_multiline_entries stays 0: set, it would join an older file's
+	 * unmarked lines into one entry).
 	 */
 	history_comment_char = '#';
 	history_write_timestamps = 1;
-	history_multiline_entries = 1;
 
 	luaL_newlib(L, fns);
 	return 1;
