@@ -24,6 +24,8 @@
 -- moves the code has to update its mutant. `specs`: busted spec files, or
 -- `build:spec/test_x` for a C test built by `make all`. Further lines starting
 -- with '#' in a block are comments; a block of only '#' lines is a comment.
+-- A malformed entry is printed as MALFORMED, never run, and counts as a
+-- mutant not caught.
 --
 -- How: the tree (git ls-files, cached and untracked-not-ignored, with the
 -- working-tree content; build directories left out) is copied once to
@@ -129,8 +131,10 @@ local problems = {}
 local mutants = {}
 local names = {}
 
+local current -- the entry being parsed: a problem marks it malformed (never run)
 local function problem(where, msg)
   problems[#problems + 1] = where .. ": " .. msg
+  if current then current.bad = true end
 end
 
 local KEYS = { file = true, find = true, replace = true, specs = true }
@@ -159,6 +163,7 @@ for _, list in ipairs(LIST_FILES) do
       end
       if not only_comments then
         local m = { list = list, line = b.line }
+        current = m
         local first = b.lines[1]
         if first:sub(1, 1) ~= "#" then
           problem(where, "the block's first line must be '# name', got: " .. first)
@@ -218,32 +223,39 @@ for _, list in ipairs(LIST_FILES) do
             end
           end
           m.is_c = m.file:match("%.[ch]$") ~= nil
-          mutants[#mutants + 1] = m
         end
+        mutants[#mutants + 1] = m
+        current = nil
       end
     end
   end
 end
 
-local selected = {}
+-- Selected by the filters; malformed entries are never run but count as not
+-- caught (an entry without a name always counts).
+local selected, malformed = {}, 0
 for _, m in ipairs(mutants) do
-  local keep = #opts.filters == 0
+  local keep = #opts.filters == 0 or not m.name
   for _, f in ipairs(opts.filters) do
-    if m.name:lower():find(f, 1, true) then keep = true end
+    if m.name and m.name:lower():find(f, 1, true) then keep = true end
   end
-  if keep then selected[#selected + 1] = m end
+  if keep and m.bad then
+    malformed = malformed + 1
+  elseif keep then
+    selected[#selected + 1] = m
+  end
 end
 
 for _, p in ipairs(problems) do io.write("MALFORMED  ", p, "\n") end
 
 if opts.list then
   for _, m in ipairs(selected) do io.write(m.name, "  [", m.file, " -> ", m.specs, "]\n") end
-  io.write(#selected, " mutants listed, ", #problems, " malformed entries\n")
+  io.write(#selected, " mutants listed, ", malformed, " malformed entries\n")
   os.exit(#problems == 0 and 0 or 1)
 end
 
 if #selected == 0 then
-  io.write("0 mutants, 0 caught\n")
+  io.write(string.format("%d mutants, 0 caught\n", malformed))
   os.exit(#problems == 0 and 0 or 1)
 end
 
@@ -411,7 +423,7 @@ for i, m in ipairs(selected) do
 end
 
 cleanup()
-io.write(string.format("%d mutants, %d caught\n", #selected, caught))
+io.write(string.format("%d mutants, %d caught\n", #selected + malformed, caught))
 io.stderr:write(string.format("mutants: %.0f s%s\n", now() - t0,
   #problems > 0 and string.format(", %d malformed entries", #problems) or ""))
 os.exit((#missed == 0 and broken == 0 and #problems == 0 and baseline_bad == 0) and 0 or 1)
