@@ -6,7 +6,8 @@
 # - Library specs run twice: under the host and under stock lua5.4 with
 #   BUILD_DIR/luachat/core.so. A spec whose header has a line
 #   "-- run-tests: once" (it only drives subprocesses, e.g. the CLI) runs
-#   once, under the host.
+#   once, under the host; so do the tests of other specs whose description
+#   carries the busted tag #once (they only run the host as a subprocess).
 # - Nothing is skipped silently: a missing build directory, host, C test,
 #   core.so or tool is a failure, and so is a pending test anywhere except in
 #   spec/provider_spec.lua (the real-provider spec, pending without
@@ -140,7 +141,7 @@ for f in spec/*_spec.lua; do
 	run_busted "$f" "host $host" busted --lua="$host" -o utfTerminal "$f"
 	if [ -n "$stock" ] && ! grep -q '^-- run-tests: once' "$f"; then
 		run_busted "$f" "stock lua5.4 + $build/luachat/core.so" \
-			busted --lua=lua5.4 --cpath="$build/?.so" -o utfTerminal "$f"
+			busted --lua=lua5.4 --cpath="$build/?.so" --exclude-tags=once -o utfTerminal "$f"
 	fi
 done
 [ $nspecs -eq 0 ] && fail "no spec files (spec/*_spec.lua)"

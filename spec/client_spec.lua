@@ -100,7 +100,7 @@ describe("client", function()
       assert.equal(5, #srv:requests())
     end)
 
-    it("honours http_proxy and no_proxy as curl does", function()
+    it("honours http_proxy and no_proxy as curl does #once", function()
       srv:script { { json = completion }, { json = completion } }
       local host = os.getenv("LUACHAT_HOST") or "./luachat"
       local script = "local c = require('luachat').client{base_url='http://api.example.invalid/v1', api_key='k', max_retries=0}"
@@ -383,7 +383,7 @@ describe("client", function()
       assert.matches("[REDACTED]", err.message, 1, true)
     end)
 
-    it("LUACHAT_LOG=debug traces requests on stderr without the key", function()
+    it("LUACHAT_LOG=debug traces requests on stderr without the key #once", function()
       srv:script { { status = 500, json = { error = { message = "x" } }, headers = { ["retry-after-ms"] = "1" } }, { json = completion } }
       local host = os.getenv("LUACHAT_HOST") or "./luachat"
       local errfile = os.tmpname()

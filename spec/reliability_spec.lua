@@ -77,7 +77,7 @@ describe("reliability", function()
     assert.equal(3, #srv:requests())
   end)
 
-  describe("script-side faults", function()
+  describe("script-side faults #once", function()
     local function run(cmd)
       local out = os.tmpname()
       local _, _, code = os.execute("(" .. cmd .. ") >" .. out .. " 2>&1")

@@ -55,6 +55,14 @@ describe("scripts/run-tests.sh", function()
     assert.is_nil(out:find("== spec/once_spec.lua (stock", 1, true), out)
   end)
 
+  it("tests tagged #once run under the host only, the rest of their file under both", function()
+    local mixed = 'describe("m", function() it("in process", function() end) it("a subprocess #once", function() end) end)\n'
+    local out, code, last = runner { ["mixed_spec.lua"] = mixed }
+    assert.equal(0, code, out)
+    assert.equal("6 passed, 0 failed, 0 skipped", last) -- 3 C + 2 under the host + 1 under lua5.4
+    assert.matches("== spec/mixed_spec.lua (stock lua5.4", out, 1, true)
+  end)
+
   it("LUACHAT_SKIP_STOCK_LUA=1 (make asan) runs every spec once, under the host", function()
     local out, code, last = runner({ ["a_spec.lua"] = PASS2 }, { env = "LUACHAT_SKIP_STOCK_LUA=1" })
     assert.equal(0, code, out)

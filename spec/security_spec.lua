@@ -74,7 +74,7 @@ describe("security", function()
     end)
   end)
 
-  it("the key appears nowhere on stdout or stderr, with LUACHAT_LOG=debug, in errors and tracebacks", function()
+  it("the key appears nowhere on stdout or stderr, with LUACHAT_LOG=debug, in errors and tracebacks #once", function()
     local srv = server.start()
     srv:script {
       { status = 401, json = { error = { message = "Incorrect API key provided: " .. KEY } } },
