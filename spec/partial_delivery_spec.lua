@@ -134,7 +134,7 @@ describe("partial delivery", function()
     assert.equal("timed_out", srv:release("never")) -- too late: the answer says so
   end)
 
-  describe("luachat -p (a subprocess)", function()
+  describe("luachat -p (a subprocess) #once", function()
     local home
     setup(function() home = proc.tmpdir() end)
     teardown(function() if home then os.execute("rm -rf " .. proc.shell_quote(home)) end end)

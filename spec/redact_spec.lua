@@ -193,7 +193,7 @@ describe("redaction in client errors", function()
     assert.is_nil(err.message:find("OPENAI_API_KEY", 1, true))
   end)
 
-  it("the 'set OPENAI_API_KEY' hint only when no credential is sent at all", function()
+  it("the 'set OPENAI_API_KEY' hint only when no credential is sent at all #once", function()
     srv:default { status = 401, json = { error = { message = "no" } } }
     local script = string.format([[
       local luachat = require "luachat"
@@ -287,7 +287,7 @@ describe("redaction in client errors", function()
   end)
 end)
 
-describe("redaction in logs and on the command line", function()
+describe("redaction in logs and on the command line #once", function()
   local srv
   setup(function() srv = server.start() end)
   teardown(function() srv:stop() end)

@@ -109,7 +109,7 @@ describe("a surrogate pair split across chunks", function()
     for _, t in ipairs(seen) do assert.is_truthy(utf8.len(t), t) end
   end)
 
-  it("the command line prints the real characters", function()
+  it("the command line prints the real characters #once", function()
     local home = proc.tmpdir()
     local out, errout, code = proc.run(string.format(
       "env HOME=%s XDG_CONFIG_HOME=%s/c XDG_STATE_HOME=%s/s LUACHAT_PROFILE= LUACHAT_MODEL= "

@@ -20,7 +20,7 @@ describe("on the wire", function()
   before_each(function() srv:reset() end)
   after_each(function() assert.equal(0, core.live(), "a transfer was left running") end)
 
-  describe("the environment, read by a new process", function()
+  describe("the environment, read by a new process #once", function()
     -- luachat.client() in a child luachat with exactly these variables set (the
     -- rest of the luachat/OpenAI environment removed); returns its stdout.
     local function child(env, code)
