@@ -326,6 +326,33 @@ describe("hostile input", function()
       assert.equal("cannot load the transcript: " .. path .. " is larger than 64 MiB, the limit for a transcript",
         err.message)
     end)
+
+    it("agent.load asks an endless file (/dev/zero) for 64 MiB + 1 bytes, never for all of it", function()
+      -- /dev/zero itself would hang the suite on a regression: a stand-in that
+      -- answers any bounded read and refuses "a" (read all) as the endless file would.
+      local asked = {}
+      local endless = {
+        read = function(_, n)
+          asked[#asked + 1] = n
+          if type(n) ~= "number" then return nil, "read everything of an endless file" end
+          return string.rep("\0", n)
+        end,
+        close = function() return true end,
+      }
+      local real_open = io.open
+      io.open = function(p, mode)
+        if p == "/dev/zero" then return endless end
+        return real_open(p, mode)
+      end
+      local c = luachat.client { base_url = srv.base_url }
+      local ok, agent, err = pcall(luachat.agent.load, "/dev/zero", { client = c, model = "m" })
+      io.open = real_open
+      assert.is_true(ok, tostring(agent))
+      assert.is_nil(agent)
+      assert.same({ 64 * 1024 * 1024 + 1 }, asked)
+      assert.equal("cannot load the transcript: /dev/zero is larger than 64 MiB, the limit for a transcript",
+        err.message)
+    end)
   end)
 
   describe("named SSE events", function()
