@@ -452,9 +452,10 @@ function M.load(path, opts)
   end
   text = text or ""
   if #text > M.MAX_TRANSCRIPT then
+    local limit = M.MAX_TRANSCRIPT % (1024 * 1024) == 0
+      and string.format("%d MiB", M.MAX_TRANSCRIPT // (1024 * 1024)) or string.format("%d bytes", M.MAX_TRANSCRIPT)
     return nil, error_of("environment", string.format(
-      "cannot load the transcript: %s is larger than %d MiB, the limit for a transcript",
-      path, M.MAX_TRANSCRIPT // (1024 * 1024)))
+      "cannot load the transcript: %s is larger than %s, the limit for a transcript", path, limit))
   end
   local data, derr = json.decode(text)
   if type(data) ~= "table" or type(data.messages) ~= "table"
