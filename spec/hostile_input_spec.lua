@@ -400,6 +400,25 @@ describe("hostile input", function()
       assert.equal("Hello!", final.choices[1].message.content)
     end)
 
+    it("a skipped event is logged at debug level; debug lines show a server's control characters", function()
+      srv:script {
+        { status = 429, headers = { ["retry-after-ms"] = "10" },
+          json = { error = { message = "slow \27]0;pwned\7\27[2J down" } } },
+        { body = ev("ping", "{}") .. ev(nil, text("ok")) .. ev(nil, "[DONE]"), content_type = "text/event-stream" },
+      }
+      local out, err, rc = host_lua({ LUACHAT_LOG = "debug" }, string.format([[
+        local luachat = require "luachat"
+        local c = luachat.client { base_url = %q, api_key = "sk-h5", max_retries = 1 }
+        local final = assert(c:stream { model = "m", messages = {} })
+        io.write(final.choices[1].message.content)]], srv.base_url))
+      assert.equal(0, rc)
+      assert.equal("ok", out)
+      assert.matches("luachat[debug] POST " .. srv.base_url .. "/chat/completions: skipped a named event (ping) in the stream",
+        err, 1, true)
+      assert.matches("slow ^[]0;pwned^G^[[2J down", err, 1, true)
+      assert.is_nil(err:find("\27", 1, true), "a raw ESC reached stderr")
+    end)
+
     it("an error event is still an error", function()
       srv:script { { body = ev(nil, text("a")) .. ev("error", '{"error":{"message":"quota"}}'),
         content_type = "text/event-stream" } }

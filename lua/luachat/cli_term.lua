@@ -36,20 +36,9 @@ function M.styler(on)
   end
 end
 
--- A control character in caret notation: ESC -> ^[, DEL -> ^?.
-local function caret(c)
-  local b = c:byte()
-  return b == 127 and "^?" or ("^" .. string.char(b + 64))
-end
-
--- s with every control character made visible instead of obeyed, so text from
--- a server cannot retitle or clear the terminal or write the clipboard: C0
--- and DEL in caret notation (^[), the C1 controls U+0080-U+009F as M-^[ (cat -v).
--- Tab stays; newline stays when keep_newline is true.
-function M.visible(s, keep_newline)
-  s = tostring(s):gsub("\194([\128-\159])", function(c) return "M-" .. caret(string.char(c:byte() - 128)) end)
-  return (s:gsub(keep_newline and "[%z\1-\8\11-\31\127]" or "[%z\1-\8\10-\31\127]", caret))
-end
+-- s with its control characters made visible (ESC as ^[): luachat.log owns
+-- the rule, since its debug lines carry server text to stderr too.
+M.visible = require("luachat.log").visible
 
 -- s on one line, control characters visible, cut to max bytes (300 by default).
 local function one_line(s, max)

@@ -1,8 +1,25 @@
 -- luachat.log: LUACHAT_LOG=debug tracing to stderr, one line per event.
--- Owns: the log level. Never: prints a header, a body or a key (callers
+-- Owns: the log level, and luachat.log.visible (control characters shown,
+-- not obeyed: debug lines carry server text to a terminal). Never: prints a header, a body or a key (callers
 -- pass already-redacted, one-line facts: method, URL without query or userinfo
 -- (luachat.redact.url), status, timing; error messages redacted by the client).
 local M = {}
+
+-- A control character in caret notation: ESC -> ^[, DEL -> ^?.
+local function caret(c)
+  local b = c:byte()
+  return b == 127 and "^?" or ("^" .. string.char(b + 64))
+end
+
+-- s with every control character made visible instead of obeyed, so text from
+-- a server cannot retitle or clear the terminal or write the clipboard: C0
+-- and DEL in caret notation (^[), the C1 controls U+0080-U+009F as M-^[ (cat -v).
+-- Tab stays; newline stays when keep_newline is true. The one such rule: the
+-- command line (luachat.cli_term) uses it for error lines and answers.
+function M.visible(s, keep_newline)
+  s = tostring(s):gsub("\194([\128-\159])", function(c) return "M-" .. caret(string.char(c:byte() - 128)) end)
+  return (s:gsub(keep_newline and "[%z\1-\8\11-\31\127]" or "[%z\1-\8\10-\31\127]", caret))
+end
 
 local level = os.getenv("LUACHAT_LOG")
 M.enabled = level == "debug" or level == "trace"
@@ -10,7 +27,7 @@ M.enabled = level == "debug" or level == "trace"
 function M.debug(fmt, ...)
   if not M.enabled then return end
   local ok, line = pcall(string.format, fmt, ...)
-  io.stderr:write("luachat[debug] ", ok and line or fmt, "\n")
+  io.stderr:write("luachat[debug] ", M.visible(ok and line or fmt), "\n")
 end
 
 -- For tests and hosts: switch tracing on or off at run time.
