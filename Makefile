@@ -71,9 +71,10 @@ $(BUILD)/%.o: src/%.c | pkgcheck
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-# The host links the engine in and preloads it; -Wl,-E lets C modules it
-# loads (cjson.so) resolve Lua symbols from the process.
-$(HOST): $(HOST_OBJ) $(ENGINE_OBJ)
+# The host links the engine and its C API (lchat_api.c: it is built on
+# luachat.h) in; -Wl,-E lets C modules it loads (cjson.so) resolve Lua
+# symbols from the process.
+$(HOST): $(HOST_OBJ) $(ENGINE_OBJ) $(API_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wl,-E -o $@ $^ $(ALL_LDFLAGS) $(PKG_LIBS) -lreadline -lm
 

@@ -52,6 +52,19 @@ int luaopen_luachat(lua_State *L);
  */
 void luachat_openlibs(lua_State *L);
 
+/* Flags of luachat_openlibsx. */
+#define LUACHAT_LUA_FIRST 1 /* put the Lua files found beside the program first on package.path */
+
+/*
+ * luachat_openlibs with flags (0: the same). LUACHAT_LUA_FIRST: always put
+ * the first directory found (DIR/lua beside the program, as in a build
+ * tree; PREFIX/share/lua/X.Y beside it or this library; the install
+ * directory) at the front of package.path, so a program's own Lua files
+ * win over another luachat reachable through LUA_PATH. The luachat host
+ * opens the library this way.
+ */
+void luachat_openlibsx(lua_State *L, int flags);
+
 /*
  * Run the Lua file at path (NULL: standard input) as the luachat host
  * does: on a syntax or runtime error, print "luachat: message" plus a
@@ -62,6 +75,23 @@ int luachat_dofile(lua_State *L, const char *path);
 
 /* The same for a string chunk; name is its chunkname ("=app"), NULL for a default. */
 int luachat_dostring(lua_State *L, const char *code, const char *name);
+
+/*
+ * lua_pcall of the function below nargs arguments, as luachat_dofile runs
+ * a chunk: under the host's message handler (a traceback for a string
+ * error; an error object with __tostring, such as luachat.Error, described
+ * by it), then luachat_report. Returns the lua_pcall status; on success
+ * the nres results are on the stack, on an error nothing is.
+ */
+int luachat_pcall(lua_State *L, int nargs, int nres);
+
+/*
+ * When status is not LUA_OK: print the error value at the top of the stack
+ * on stderr as "luachat: message" (a message that already starts with
+ * "luachat: " is printed as it is; "luachat: interrupted" when a host's
+ * SIGINT flag is set, see src/lchat.h) and pop it. Returns status.
+ */
+int luachat_report(lua_State *L, int status);
 
 #ifdef __cplusplus
 }

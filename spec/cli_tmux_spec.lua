@@ -313,3 +313,60 @@ describe("luachat -c in tmux: blocking tools and history", function()
     assert.matches("\n#%d+\nline one\nline two\n", "\n" .. hist)
   end)
 end)
+
+-- Issue 15 item 8: the Lua prompt (`luachat` on a terminal) reads a line,
+-- tries `return line`, and continues an incomplete statement with ">> "; the
+-- whole statement is one history entry, as in lua5.4.
+describe("the Lua prompt in tmux", function()
+  if not have_tmux then
+    error("tmux is not installed (scripts/deps.sh installs it): the prompt specs cannot run")
+    return
+  end
+  local SESSION = "luachat_repl_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
+  local T = tmux_session(SESSION)
+  local home
+
+  setup(function()
+    home = proc.tmpdir()
+    local cmd = string.format("env -u LUA_INIT -u LUA_INIT_5_4 HOME=%s %s; echo EXITED:$?; sleep 30",
+      shell_quote(home), shell_quote(HOST))
+    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
+  end)
+
+  teardown(function()
+    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
+    if home then sh("rm -rf " .. shell_quote(home)) end
+  end)
+
+  local function count(screen, text)
+    local n, at = 0, 1
+    while true do
+      local i = screen:find(text, at, true)
+      if not i then return n end
+      n, at = n + 1, i + #text
+    end
+  end
+
+  it("continues an incomplete statement, prints expressions, keeps the statement as one history entry", function()
+    T.wait_for("Ctrl-D to leave")
+    T.wait_prompts(1)
+    T.type_line("6 * 7")
+    T.wait_for("\n42\n")
+    T.type_line("for i = 1, 2 do")
+    T.wait_for("do\n>>") -- the continuation prompt (capture-pane drops its blank), nothing run yet
+    T.type_line("print('row' .. i)")
+    T.type_line("end")
+    T.wait_for("row2")
+    assert.equal(1, count(T.pane(), "row1"))
+    -- Up brings back the whole loop (one entry), Enter runs it again
+    T.keys("Up")
+    T.keys("Enter")
+    local deadline = os.time() + 10
+    while count(T.pane(), "row2") < 2 and os.time() <= deadline do sh("sleep 0.1") end
+    assert.equal(2, count(T.pane(), "row2"), T.pane())
+    T.type_line("x = = 1") -- not incomplete: an error at once, no ">>"
+    T.wait_for("unexpected symbol near '='")
+    T.keys("C-d")
+    T.wait_for("EXITED:0")
+  end)
+end)

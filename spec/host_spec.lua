@@ -139,6 +139,18 @@ io.write(mapped(), "|", v, "\n")]]))
     assert.equal("from mymod\ttrue\n", out)
   end)
 
+  it("its own Lua files come first, before another luachat reachable through LUA_PATH", function()
+    local dir = proc.tmpdir()
+    os.execute("mkdir -p " .. shell_quote(dir .. "/luachat"))
+    proc.write_file(dir .. "/luachat/init.lua", "return { version = 'impostor' }")
+    local out, err, code = run("cd / && LUA_PATH=" .. shell_quote(dir .. "/?.lua;" .. dir .. "/?/init.lua;;") .. " "
+      .. shell_quote(abspath(HOST)) .. " -e " .. shell_quote("print(require('luachat').version)"))
+    os.execute("rm -rf " .. shell_quote(dir))
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.matches("^%d+%.%d+%.%d+\n$", out)
+  end)
+
   it("a first argument that is no file and no path suggests -p, exit 2", function()
     local out, err, code = host(shell_quote("What is the capital of France?"))
     assert.equal(2, code)
@@ -281,5 +293,99 @@ print(a:run("go"))
       .. "while os.time() < t do end os.exit(3)")
     assert.equal(130, code)
     assert.matches("interrupted", err, 1, true) -- the handler's doing, not SIGINT's default action
+  end)
+
+  -- Issue 15 item 8: LUA_INIT as lua5.4 reads it.
+  it("runs LUA_INIT (code or @file) before -e, the script and the prompt; LUA_INIT_5_4 wins", function()
+    local out, err, code = host("-e " .. shell_quote("print('e', X)"), nil)
+    assert.equal("e\tnil\n", out)
+    out, err, code = run("LUA_INIT=" .. shell_quote("X = 1 print('init', luachat ~= nil)") .. " " .. HOST
+      .. " -e " .. shell_quote("print('e', X)"))
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal("init\ttrue\ne\t1\n", out)
+    local file = os.tmpname()
+    proc.write_file(file, "print('from file', ...)\n")
+    out, err, code = run("LUA_INIT=" .. shell_quote("print('plain')") .. " LUA_INIT_5_4=" .. shell_quote("@" .. file)
+      .. " " .. HOST .. " -", "print('script')")
+    os.remove(file)
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal("from file\nscript\n", out)
+    -- the prompt too (stdin not a terminal: -i reads lines from it)
+    out, _, code = run("LUA_INIT=" .. shell_quote("Y = 41") .. " " .. HOST .. " -i", "Y + 1\n")
+    assert.equal(0, code)
+    assert.matches("\n42\n", out, 1, true)
+  end)
+
+  it("a failing LUA_INIT stops the host with exit 1 and says where", function()
+    local out, err, code = run("LUA_INIT=" .. shell_quote("error('bad init')") .. " " .. HOST
+      .. " -e " .. shell_quote("print('not reached')"))
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches("^luachat: LUA_INIT:1: bad init\nstack traceback:", err)
+    out, err, code = run("LUA_INIT=@/nonexistent/init.lua " .. HOST .. " -e " .. shell_quote("print('not reached')"))
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches("^luachat: cannot open /nonexistent/init.lua", err)
+  end)
+
+  it("the chat command line does not run LUA_INIT (it is no Lua interpreter)", function()
+    local out, err, code = run("LUA_INIT=" .. shell_quote("print('INIT RAN') os.exit(9)") .. " " .. HOST .. " -p --help")
+    assert.equal(0, code, err)
+    assert.is_nil(out:find("INIT RAN", 1, true))
+  end)
+
+  -- Issue 15 item 8: the prompt as lua.c splits it (a line, `return line`, more lines while incomplete).
+  it("the prompt prints expressions, continues an incomplete statement, reports errors and goes on", function()
+    local out, err, code = host("-i", table.concat({
+      "1 + 1",              -- an expression: printed
+      "for i = 1, 2 do",    -- incomplete: continued with >>
+      "print('i', i)",
+      "end",
+      "x = = 1",            -- a syntax error that is not incomplete input: reported at once
+      "error('boom')",      -- a runtime error: reported, the session goes on
+      "return 'still', 'here'",
+      "local t = {",        -- input ends mid-statement
+    }, "\n") .. "\n")
+    assert.equal(0, code)
+    assert.matches("^luachat %d+%.%d+%.%d+ %(Lua 5%.4", out)
+    assert.matches("> 1 + 1\n2\n", out, 1, true)
+    assert.matches("> for i = 1, 2 do\n>> print('i', i)\n>> end\ni\t1\ni\t2\n", out, 1, true)
+    assert.matches("still\there\n", out, 1, true)
+    assert.matches("luachat: stdin:1: unexpected symbol near '='\n", err, 1, true)
+    assert.matches("luachat: stdin:1: boom\nstack traceback:", err, 1, true)
+    assert.matches("luachat: unfinished statement at end of input\n$", err)
+  end)
+
+  -- Issue 15 item 7: libcurl is dlopen()ed on first need (src/curl_dl.c); when that fails
+  -- (here an empty libcurl.so.4 found first on LD_LIBRARY_PATH), every request is a
+  -- structured error, never a crash, and the host still starts.
+  it("a libcurl that cannot be loaded is an error result naming the library, not a crash", function()
+    local dir = proc.tmpdir()
+    proc.write_file(dir .. "/libcurl.so.4", "")
+    local env = "LD_LIBRARY_PATH=" .. shell_quote(dir) .. " "
+    local out, err, code = run(env .. HOST .. " -v")
+    assert.equal(0, code, err)
+    assert.matches("\nlibcurl %(cannot load libcurl%.so%.4: [^\n]*libcurl%.so%.4: file too short%)\n$", out)
+    out, err, code = run(env .. HOST .. " -e " .. shell_quote([[
+local core = require "luachat.core"
+print("version", core.curl_version)
+local c = luachat.client { base_url = "http://127.0.0.1:9/v1", api_key = "k" }
+for _, how in ipairs { "chat", "stream", "chat" } do
+  local r, e = c[how](c, { model = "m", messages = { { role = "user", content = "hi" } } })
+  print(how, r, e.kind, e.message, e.retryable, e.retries)
+end]]))
+    assert.equal(0, code, err)
+    local why = "cannot load libcurl.so.4: " .. dir .. "/libcurl.so.4: file too short"
+    assert.equal("version\tnil\n"
+      .. "chat\tnil\tnetwork\t" .. why .. "\tfalse\t0\n"
+      .. "stream\tnil\tnetwork\t" .. why .. "\tfalse\t0\n"
+      .. "chat\tnil\tnetwork\t" .. why .. "\tfalse\t0\n", out)
+    out, err, code = run(env .. "OPENAI_API_KEY=k OPENAI_BASE_URL=http://127.0.0.1:9/v1 " .. HOST .. " -p hi -m m")
+    os.execute("rm -rf " .. shell_quote(dir))
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches(why, err, 1, true)
   end)
 end)

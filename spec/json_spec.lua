@@ -112,6 +112,17 @@ describe("luachat.json", function()
     assert.matches("nested too deeply %(a cycle%?%) at %$%.self", err)
   end)
 
+  it("encodes deep nesting within the limit; the path stack grows as it descends (issue 15)", function()
+    local t, want = 1, "1"
+    for _ = 1, 990 do t, want = { t }, "[" .. want .. "]" end
+    assert.equal(want, json.encode(t))
+    local o = { f = print }
+    for _ = 1, 600 do o = { a = o } end
+    assert.has_error(function() json.encode(o) end, "cannot encode a function at $.a.a.a.a.a.a....a.a.a.f")
+    assert.has_error(function() json.encode(o, { sort_keys = true }) end,
+      "cannot encode a function at $.a.a.a.a.a.a....a.a.a.f")
+  end)
+
   describe("never loses data (issue 13)", function()
     it("a string that looks like an internal marker is just a string", function()
       local v = assert(json.decode('{"a":[],"b":["\\u0000luachat:[]"],"c":["\\u0000luachat:[]",[]]}'))

@@ -97,14 +97,3 @@ enum buf_status buf_append_byte(struct buf *b, char c)
 	b->data[b->len] = '\0';
 	return BUF_OK;
 }
-
-void buf_consume(struct buf *b, size_t n)
-{
-	if (n >= b->len) {
-		buf_reset(b);
-		return;
-	}
-	memmove(b->data, b->data + n, b->len - n);
-	b->len -= n;
-	b->data[b->len] = '\0';
-}

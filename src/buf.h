@@ -35,7 +35,5 @@ enum buf_status buf_reserve(struct buf *b, size_t extra);
 /* Append `n` bytes; all or nothing. */
 enum buf_status buf_append(struct buf *b, const void *p, size_t n);
 enum buf_status buf_append_byte(struct buf *b, char c);
-/* Drop the first `n` bytes (memmove the rest to the front). */
-void buf_consume(struct buf *b, size_t n);
 
 #endif

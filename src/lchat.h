@@ -25,6 +25,8 @@ struct lchat_engine {
 	volatile sig_atomic_t *interrupted;  /* the host's SIGINT flag, or NULL */
 	int wakeup_fd;                       /* the host's self-pipe read end (non-blocking), or -1 */
 };
+/* User value of the engine userdata: the pin table of live transfers (lchat_transfer.c). */
+#define LCHAT_UV_PINS 1
 
 /* lchat_core.c: clear a host's SIGINT flag and drain its self-pipe; returns whether it was set. */
 int lchat_take_interrupt(volatile sig_atomic_t *flag, int wakeup_fd);
@@ -76,6 +78,13 @@ void lchat_chunk_materialize(lua_State *L, int idx);
 int lchat_is_lazy_chunk(lua_State *L, int idx);
 
 /* lchat_err.c: the only place error tables are built. */
+/*
+ * [-(nargs+1), +(nres|1), -] lua_pcall of the function below nargs
+ * arguments under the one message handler: a string error gets a
+ * traceback, an object with __tostring its description. Every C-to-Lua
+ * call from plain C code (the host, lchat_api.c) goes through it.
+ */
+int lchat_pcall(lua_State *L, int nargs, int nres);
 void lchat_err_open(lua_State *L);
 int lchat_err_new(lua_State *L);
 /* Push an error table {kind, message, status?, retryable=false, retries=0}. */

@@ -1,11 +1,13 @@
 /*
  * lchat_api.c: the C API for applications that embed luachat (luachat.h):
- * luachat_openlibs, luaopen_luachat, luachat_dofile, luachat_dostring.
+ * luachat_openlibs[x], luaopen_luachat, luachat_dofile, luachat_dostring,
+ * luachat_pcall, luachat_report.
  *
  * Owns: making `require "luachat"` work in an application's lua_State
- * (luachat.core preloaded, package.path reaching the installed Lua files)
- * and running chunks with the host's error handling (message and
- * traceback on stderr, a 0/1 result).
+ * (luachat.core preloaded, package.path reaching the installed Lua files:
+ * the one place for both) and running chunks with the host's error
+ * handling (message and traceback on stderr, a 0/1 result). src/main.c
+ * is built on these functions, as lua.c is on Lua's.
  * Never: embeds the Lua files (they are found on package.path, so an
  * installed update needs no relink), keeps state in C globals, or calls
  * exit(); every Lua call from plain C code runs under lua_pcall.
@@ -13,6 +15,7 @@
 #define _GNU_SOURCE /* dladdr */
 #include <dlfcn.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h> /* realpath */
 #include <string.h>
@@ -67,82 +70,120 @@ static void api_append_path(lua_State *L, int pkg, const char *dir)
 	lua_pop(L, 1);
 }
 
-/*
- * [-0, +0, e] Make the Lua half reachable: if package.searchpath cannot
- * find "luachat" on package.path, append the first directory that holds
- * luachat/init.lua among: beside this library or program (PREFIX/lib ->
- * PREFIX/share/lua/5.4, also for a multiarch lib/<triplet>), then the
- * compile-time install directory. Nothing found: leave package.path as is,
- * so require's own "module 'luachat' not found" lists what was tried.
- */
-static void api_reach_lua_files(lua_State *L)
+/* [-0, +0, m] Put dir/?.lua;dir/?/init.lua first on package.path (table at pkg). */
+static void api_prepend_path(lua_State *L, int pkg, const char *dir)
 {
-	char base[PATH_MAX], dir[PATH_MAX + 64], probe[PATH_MAX + 96];
-	int pkg, found, up;
-	if (lua_getglobal(L, "package") != LUA_TTABLE) {
-		lua_pop(L, 1);
-		return; /* no package library: nothing can be required anyway */
-	}
-	pkg = lua_gettop(L);
-	lua_getfield(L, pkg, "searchpath");
-	lua_pushliteral(L, "luachat");
 	lua_getfield(L, pkg, "path");
-	lua_call(L, 2, 1);
-	found = !lua_isnil(L, -1);
+	lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+	lua_setfield(L, pkg, "path");
 	lua_pop(L, 1);
-	if (found) {
-		lua_pop(L, 1);
-		return;
-	}
+}
+
+/*
+ * Write to dir the first directory holding luachat/init.lua among: the
+ * build tree beside this program (DIR/lua: ./luachat beside lua/), then
+ * PREFIX/share/lua/X.Y beside this library or program (PREFIX/bin,
+ * PREFIX/lib, PREFIX/lib/<triplet>), then the compile-time install
+ * directory. Returns 0 when none does.
+ */
+static int api_find_lua_files(char *dir, size_t size)
+{
+	char base[PATH_MAX], probe[PATH_MAX + 96];
+	int up;
 	if (api_self_dir(base, sizeof base)) {
-		/* PREFIX/lib -> PREFIX, then PREFIX/lib/<triplet> -> PREFIX */
+		snprintf(dir, size, "%s/lua", base);
+		snprintf(probe, sizeof probe, "%s/luachat/init.lua", dir);
+		if (api_readable(probe))
+			return 1;
+		/* DIR -> PREFIX, then PREFIX/lib/<triplet> -> PREFIX */
 		for (up = 0; up < 2; up++) {
 			char *slash = strrchr(base, '/');
 			if (slash == NULL || slash == base)
 				break;
 			*slash = '\0';
-			snprintf(dir, sizeof dir, "%s/share/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR, base);
+			snprintf(dir, size, "%s/share/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR, base);
 			snprintf(probe, sizeof probe, "%s/luachat/init.lua", dir);
-			if (api_readable(probe)) {
-				api_append_path(L, pkg, dir);
-				lua_pop(L, 1);
-				return;
-			}
+			if (api_readable(probe))
+				return 1;
 		}
 	}
-	snprintf(probe, sizeof probe, "%s/luachat/init.lua", LCHAT_LUA_DIR);
-	if (api_readable(probe))
-		api_append_path(L, pkg, LCHAT_LUA_DIR);
+	snprintf(dir, size, "%s", LCHAT_LUA_DIR);
+	snprintf(probe, sizeof probe, "%s/luachat/init.lua", dir);
+	return api_readable(probe);
+}
+
+/*
+ * [-0, +0, e] Make the Lua half reachable (the one search-path set-up, for
+ * the host and for embedders). LUACHAT_LUA_FIRST: put the directory
+ * api_find_lua_files finds first on package.path, so a program's own Lua
+ * files win over any other luachat on LUA_PATH. Otherwise: only when
+ * package.searchpath cannot find "luachat" on package.path, append it.
+ * Nothing found: leave package.path as is, so require's own "module
+ * 'luachat' not found" lists what was tried.
+ */
+static void api_reach_lua_files(lua_State *L, int flags)
+{
+	char dir[PATH_MAX + 64];
+	int pkg, found;
+	if (lua_getglobal(L, "package") != LUA_TTABLE) {
+		lua_pop(L, 1);
+		return; /* no package library: nothing can be required anyway */
+	}
+	pkg = lua_gettop(L);
+	if (!(flags & LUACHAT_LUA_FIRST)) {
+		lua_getfield(L, pkg, "searchpath");
+		lua_pushliteral(L, "luachat");
+		lua_getfield(L, pkg, "path");
+		lua_call(L, 2, 1);
+		found = !lua_isnil(L, -1);
+		lua_pop(L, 1);
+		if (found) {
+			lua_pop(L, 1);
+			return;
+		}
+	}
+	if (api_find_lua_files(dir, sizeof dir)) {
+		if (flags & LUACHAT_LUA_FIRST)
+			api_prepend_path(L, pkg, dir);
+		else
+			api_append_path(L, pkg, dir);
+	}
 	lua_pop(L, 1);
 }
 
-/* [-0, +0, e] package.preload["luachat.core"] and the Lua files' path. */
-static void api_setup(lua_State *L)
+/* [-0, +0, e] package.preload["luachat.core"] (the one place) and the Lua files' path. */
+static void api_setup(lua_State *L, int flags)
 {
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
 	lua_pushcfunction(L, luaopen_luachat_core);
 	lua_setfield(L, -2, "luachat.core");
 	lua_pop(L, 1);
-	api_reach_lua_files(L);
+	api_reach_lua_files(L, flags);
 }
 
 static int api_setup_trampoline(lua_State *L)
 {
-	api_setup(L);
+	api_setup(L, (int)lua_tointeger(L, 1));
 	return 0;
 }
 
-void luachat_openlibs(lua_State *L)
+void luachat_openlibsx(lua_State *L, int flags)
 {
 	/* Host code, not a lua_CFunction: the pushes happen inside a pcall. */
 	lua_pushcfunction(L, api_setup_trampoline);
-	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+	lua_pushinteger(L, flags);
+	if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
 		const char *msg = lua_tostring(L, -1);
 		fprintf(stderr, "%s: cannot set up the library: %s\n", API_PROGNAME,
 		        msg ? msg : "(error object is not a string)");
 		fflush(stderr);
 		lua_pop(L, 1);
 	}
+}
+
+void luachat_openlibs(lua_State *L)
+{
+	luachat_openlibsx(L, 0);
 }
 
 /*
@@ -155,7 +196,7 @@ void luachat_openlibs(lua_State *L)
 int luaopen_luachat(lua_State *L)
 {
 	const char *file;
-	api_setup(L);
+	api_setup(L, 0);
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
 	if (lua_getfield(L, -1, "luachat") != LUA_TNIL)
 		return 1; /* already loaded */
@@ -185,17 +226,35 @@ int luaopen_luachat(lua_State *L)
 	return 1;
 }
 
-/* Message handler: a string with a traceback, whatever was raised. */
-static int api_msghandler(lua_State *L)
+/*
+ * [-1, +0, -] after an error status: print the message at the top as
+ * "luachat: message" (once: a luachat.Error already names us), or
+ * "luachat: interrupted" when the host's SIGINT flag is set, and pop it.
+ */
+int luachat_report(lua_State *L, int status)
 {
-	const char *msg = lua_tostring(L, 1);
-	if (msg == NULL) {
-		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-			return 1; /* an error object with its own description (luachat.Error) */
-		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	if (status != LUA_OK) {
+		const char *msg = lua_tostring(L, -1);
+		volatile sig_atomic_t *flag;
+		/* The key is a string the registry holds: no allocation, nothing raises. */
+		lua_getfield(L, LUA_REGISTRYINDEX, LCHAT_REG_INTERRUPT_FLAG);
+		flag = lua_touserdata(L, -1);
+		lua_pop(L, 1);
+		if (flag && *flag)
+			fprintf(stderr, "%s: interrupted\n", API_PROGNAME);
+		else if (msg && strncmp(msg, API_PROGNAME ": ", sizeof API_PROGNAME + 1) == 0)
+			fprintf(stderr, "%s\n", msg);
+		else
+			fprintf(stderr, "%s: %s\n", API_PROGNAME, msg ? msg : "(error without message)");
+		fflush(stderr);
+		lua_pop(L, 1);
 	}
-	luaL_traceback(L, L, msg, 1);
-	return 1;
+	return status;
+}
+
+int luachat_pcall(lua_State *L, int nargs, int nres)
+{
+	return luachat_report(L, lchat_pcall(L, nargs, nres));
 }
 
 struct api_chunk {
@@ -205,7 +264,7 @@ struct api_chunk {
 };
 
 /*
- * Under api_msghandler: load the chunk and call it. A load (syntax) error
+ * Under lchat_pcall: load the chunk and call it. A load (syntax) error
  * is returned as a string, without a traceback, as lua.c reports it; a
  * runtime error propagates and gets one. Returns nil on success.
  */
@@ -224,19 +283,14 @@ static int api_run_trampoline(lua_State *L)
 static int api_run(lua_State *L, const struct api_chunk *c)
 {
 	int status;
-	const char *msg;
-	lua_pushcfunction(L, api_msghandler);
 	lua_pushcfunction(L, api_run_trampoline);
 	lua_pushlightuserdata(L, (void *)c);
-	status = lua_pcall(L, 1, 1, -3);
+	status = lchat_pcall(L, 1, 1);
 	if (status == LUA_OK && lua_isnil(L, -1)) {
-		lua_pop(L, 2);
+		lua_pop(L, 1);
 		return 0;
 	}
-	msg = lua_tostring(L, -1);
-	fprintf(stderr, "%s: %s\n", API_PROGNAME, msg ? msg : "(error without message)");
-	fflush(stderr);
-	lua_pop(L, 2);
+	luachat_report(L, LUA_ERRRUN); /* a load error comes back as the result */
 	return 1;
 }
 

@@ -19,7 +19,6 @@
 #include "lchat_json.h"
 #include "luachat.h"
 
-#define UV_PINS 1
 #define MAX_FDS 256
 
 static struct lchat_engine *engine_of(lua_State *L)
@@ -221,7 +220,7 @@ int luaopen_luachat_core(lua_State *L)
 	}
 	lua_setmetatable(L, -2);
 	lua_newtable(L);
-	lua_setiuservalue(L, -2, UV_PINS);
+	lua_setiuservalue(L, -2, LCHAT_UV_PINS);
 	eng->http = http_engine_new(err, sizeof err);
 	if (eng->http == NULL)
 		return luaL_error(L, "luachat: cannot start the HTTP engine: %s", err);

@@ -3,10 +3,39 @@
  *
  * Owns: the luachat.Error metatable. An error is a plain table
  * {kind, message, status, body, request_id, retryable, retries} with a
- * one-line __tostring. Lua code builds them through core.error(t).
+ * one-line __tostring. Lua code builds them through core.error(t). Also the
+ * one message handler and lchat_pcall, through which C calls Lua (STYLE §3).
  * Never: puts an API key in a message (callers redact before calling).
  */
 #include "lchat.h"
+
+/*
+ * The message handler (lua.c's msghandler): a string error gets a
+ * traceback; an error object with __tostring (luachat.Error) is described
+ * by it; anything else is named by its type, with a traceback.
+ */
+static int lchat_msghandler(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+	if (msg == NULL) {
+		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+			return 1; /* an error object with its own description */
+		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	}
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+int lchat_pcall(lua_State *L, int nargs, int nres)
+{
+	int base = lua_gettop(L) - nargs; /* the function's index */
+	int status;
+	lua_pushcfunction(L, lchat_msghandler);
+	lua_insert(L, base);
+	status = lua_pcall(L, nargs, nres, base);
+	lua_remove(L, base);
+	return status;
+}
 
 /* __tostring: "luachat: api error 429 (request req_1): Rate limit [retries: 2]" */
 static int l_error_tostring(lua_State *L)

@@ -19,6 +19,7 @@
 
 #include <lauxlib.h>
 
+#include "buf.h"
 #include "lchat.h"
 #include "lchat_json.h"
 
@@ -435,62 +436,70 @@ static int l_json_decode(lua_State *L)
 
 /* ---------------------------------------------------------------- encode */
 
-/* Lua-owned scratch: freed by __gc if an error unwinds the encoder. */
-struct scratch {
-	char *p;
-	size_t len, cap;
-};
-
 struct path_step {
 	const char *key; /* NULL: an array index */
 	size_t keylen;
 	lua_Integer index;
 };
 
+/*
+ * Lua-owned scratch of one encode, freed by __gc if an error unwinds the
+ * encoder: the output and the path stack (struct path_step[depth], grown
+ * as the encoder descends), both buf.c buffers without a limit.
+ */
+struct scratch {
+	struct buf out;
+	struct buf path;
+};
+
 struct encoder {
 	lua_State *L;
-	struct scratch *out;
+	struct scratch *s;
 	int sort_keys;
 	int depth;
-	struct path_step path[JSON_MAX_DEPTH + 1];
 };
+
+/* The path step of level i (0 <= i <= depth, room made by path_room). */
+#define STEP(e, i) (((struct path_step *)(void *)(e)->s->path.data)[i])
 
 static int l_scratch_gc(lua_State *L)
 {
 	struct scratch *s = luaL_checkudata(L, 1, JSON_SCRATCH_MT);
-	free(s->p);
-	s->p = NULL;
+	buf_free(&s->out);
+	buf_free(&s->path);
 	return 0;
+}
+
+static void check_room(struct encoder *e, enum buf_status st)
+{
+	if (st != BUF_OK)
+		luaL_error(e->L, "not enough memory to encode JSON");
+}
+
+/* Room for the steps of levels 0..depth (path.len: bytes of steps made so far). */
+static void path_room(struct encoder *e)
+{
+	struct buf *p = &e->s->path;
+	size_t need = ((size_t)e->depth + 1) * sizeof(struct path_step);
+	if (need > p->len) {
+		check_room(e, buf_reserve(p, need - p->len));
+		p->len = need;
+	}
 }
 
 static void grow(struct encoder *e, size_t extra)
 {
-	struct scratch *s = e->out;
-	size_t need = s->len + extra, cap = s->cap ? s->cap : 256;
-	char *p;
-	if (need <= s->cap)
-		return;
-	while (cap < need)
-		cap *= 2;
-	p = realloc(s->p, cap);
-	if (p == NULL)
-		luaL_error(e->L, "not enough memory to encode JSON");
-	s->p = p;
-	s->cap = cap;
+	check_room(e, buf_reserve(&e->s->out, extra));
 }
 
 static void put(struct encoder *e, const char *p, size_t n)
 {
-	grow(e, n);
-	memcpy(e->out->p + e->out->len, p, n);
-	e->out->len += n;
+	check_room(e, buf_append(&e->s->out, p, n));
 }
 
 static void put_char(struct encoder *e, char c)
 {
-	if (e->out->len == e->out->cap)
-		grow(e, 1);
-	e->out->p[e->out->len++] = c;
+	check_room(e, buf_append_byte(&e->s->out, c));
 }
 
 /* "$.messages[2].content" for error messages. */
@@ -501,11 +510,11 @@ static const char *push_path(struct encoder *e)
 	luaL_buffinit(e->L, &b);
 	luaL_addchar(&b, '$');
 	for (i = 0; i < e->depth; i++) {
-		const struct path_step *st = &e->path[i];
+		const struct path_step *st = &STEP(e, i);
 		if (e->depth > 12 && i == 6) { /* deep (a cycle): the head and the tail say enough */
 			luaL_addstring(&b, "...");
 			i = e->depth - 4;
-			st = &e->path[i];
+			st = &STEP(e, i);
 		}
 		if (st->key == NULL && st->index == 0)
 			continue; /* a level whose first member is not reached yet */
@@ -613,8 +622,8 @@ static void encode_array(struct encoder *e, int t, lua_Integer n)
 	for (i = 1; i <= n; i++) {
 		if (i > 1)
 			put_char(e, ',');
-		e->path[e->depth - 1].key = NULL;
-		e->path[e->depth - 1].index = i;
+		STEP(e, e->depth - 1).key = NULL;
+		STEP(e, e->depth - 1).index = i;
 		if (lua_rawgeti(e->L, t, i) == LUA_TNIL)
 			put(e, "null", 4);
 		else
@@ -627,8 +636,8 @@ static void encode_array(struct encoder *e, int t, lua_Integer n)
 /* An error about the table being encoded (not one of its members): the path names the table. */
 static int table_error(struct encoder *e, const char *what)
 {
-	e->path[e->depth - 1].key = NULL;
-	e->path[e->depth - 1].index = 0;
+	STEP(e, e->depth - 1).key = NULL;
+	STEP(e, e->depth - 1).index = 0;
 	return encode_error(e, what);
 }
 
@@ -712,8 +721,8 @@ static void encode_object(struct encoder *e, int t)
 			first = 0;
 			put_string(e, k, klen);
 			put_char(e, ':');
-			e->path[e->depth - 1].key = k;
-			e->path[e->depth - 1].keylen = klen;
+			STEP(e, e->depth - 1).key = k;
+			STEP(e, e->depth - 1).keylen = klen;
 			encode_value(e, -2);
 			lua_pop(L, 2);
 		}
@@ -745,7 +754,7 @@ static void encode_object(struct encoder *e, int t)
 				put_char(e, ',');
 			put_string(e, keys[i].key, keys[i].keylen);
 			put_char(e, ':');
-			e->path[e->depth - 1] = keys[i];
+			STEP(e, e->depth - 1) = keys[i];
 			lua_rawgeti(L, kt, keys[i].index);
 			if (lua_rawget(L, t) == LUA_TNIL) { /* an integer key stored as string (never both) */
 				lua_pop(L, 1);
@@ -768,8 +777,9 @@ static void encode_table(struct encoder *e, int t)
 		encode_error(e, "a table nested too deeply (a cycle?)");
 	luaL_checkstack(L, 6, "JSON too deeply nested");
 	/* No member yet at this level: an error before the first one names the table itself. */
-	e->path[e->depth].key = NULL;
-	e->path[e->depth].index = 0;
+	path_room(e);
+	STEP(e, e->depth).key = NULL;
+	STEP(e, e->depth).index = 0;
 	e->depth++;
 	if (lchat_is_lazy_chunk(L, t))
 		lchat_chunk_materialize(L, t);
@@ -833,7 +843,7 @@ static void encode_value(struct encoder *e, int idx)
 /* json_encode(value [, {sort_keys=true}]) -> string; raises on values JSON cannot hold. */
 static int l_json_encode(lua_State *L)
 {
-	struct encoder *e;
+	struct encoder e; /* nothing malloc'ed in it: the scratch box owns the memory */
 	int sort = 0;
 	luaL_checkany(L, 1);
 	if (lua_type(L, 2) == LUA_TTABLE) {
@@ -842,18 +852,17 @@ static int l_json_encode(lua_State *L)
 		lua_pop(L, 1);
 	}
 	lua_settop(L, 1);
-	e = lua_newuserdatauv(L, sizeof *e, 0); /* 2: the encoder state (path stack is big) */
-	e->L = L;
-	e->sort_keys = sort;
-	e->depth = 0;
-	e->out = lua_newuserdatauv(L, sizeof *e->out, 0); /* 3: the scratch box */
-	e->out->p = NULL;
-	e->out->len = e->out->cap = 0;
+	e.L = L;
+	e.sort_keys = sort;
+	e.depth = 0;
+	e.s = lua_newuserdatauv(L, sizeof *e.s, 0); /* 2: the scratch box */
+	buf_init(&e.s->out, 0);
+	buf_init(&e.s->path, 0);
 	luaL_setmetatable(L, JSON_SCRATCH_MT);
-	encode_value(e, 1);
-	lua_pushlstring(L, e->out->p, e->out->len);
-	free(e->out->p); /* free now rather than at the next GC */
-	e->out->p = NULL;
+	encode_value(&e, 1);
+	lua_pushlstring(L, e.s->out.data ? e.s->out.data : "", e.s->out.len);
+	buf_free(&e.s->out); /* free now rather than at the next GC */
+	buf_free(&e.s->path);
 	return 1;
 }
 

@@ -16,8 +16,6 @@
 
 /* User values of a transfer: 1 = the engine userdata; LCHAT_UV_LAST_CHUNK (lchat.h). */
 #define UV_ENGINE 1
-/* User values of the engine: 1 = the pin table. */
-#define UV_PINS 1
 
 struct lchat_transfer *lchat_check_transfer(lua_State *L, int i)
 {
@@ -39,7 +37,7 @@ static void unpin(lua_State *L, int i, struct lchat_transfer *lt)
 		return;
 	i = lua_absindex(L, i);
 	lua_getiuservalue(L, i, UV_ENGINE);
-	if (lua_getiuservalue(L, -1, UV_PINS) == LUA_TTABLE)
+	if (lua_getiuservalue(L, -1, LCHAT_UV_PINS) == LUA_TTABLE)
 		luaL_unref(L, -1, lt->ref);
 	lua_pop(L, 2);
 	lt->ref = LUA_NOREF;
@@ -153,7 +151,7 @@ int lchat_transfer_start(lua_State *L)
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_setiuservalue(L, -2, UV_ENGINE);
 	/* Pin before starting, so a memory error here cannot orphan a running transfer. */
-	lua_getiuservalue(L, lua_upvalueindex(1), UV_PINS);
+	lua_getiuservalue(L, lua_upvalueindex(1), LCHAT_UV_PINS);
 	lua_pushvalue(L, -2);
 	lt->ref = luaL_ref(L, -2);
 	lua_pop(L, 1);
@@ -172,7 +170,7 @@ void lchat_transfer_push_ready(lua_State *L, int engine_idx, struct http_transfe
 {
 	struct lchat_transfer *lt = http_owner(t);
 	engine_idx = lua_absindex(L, engine_idx);
-	lua_getiuservalue(L, engine_idx, UV_PINS);
+	lua_getiuservalue(L, engine_idx, LCHAT_UV_PINS);
 	lua_rawgeti(L, -1, lt->ref);
 	lua_remove(L, -2);
 	if (http_state(t) != HTTP_RUNNING)

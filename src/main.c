@@ -1,16 +1,18 @@
 /*
  * main.c: the luachat host.
  *
- * Owns: command-line options, building the lua_State (standard libraries,
- * the preloaded engine, the library search path), running a script, -e
- * chunks, stdin or the interactive prompt, exit codes, and SIGINT.
- * Never: touches the engine's internals; Lua-side work (the chat command
- * line) lives in lua/luachat/cli.lua. All Lua calls happen under
- * lua_pcall, with a traceback handler, so an error never escapes.
+ * Owns: command-line options, building the lua_State through the C API
+ * of include/luachat.h (luachat_openlibsx: the preloaded engine and the
+ * library search path, set up once, in src/lchat_api.c), LUA_INIT, running
+ * a script, -e chunks, stdin or the interactive prompt, exit codes, and
+ * SIGINT.
+ * Never: touches the engine's internals, keeps its own message handler or
+ * path set-up; Lua-side work (the chat command line) lives in
+ * lua/luachat/cli.lua. Every Lua call runs under luachat_pcall (the one
+ * lchat_pcall and its message handler), so an error never escapes.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +65,8 @@ static const char usage_text[] =
 	"  -h, --help        print this help\n"
 	"  --                stop handling options\n"
 	"\n"
-	"Environment: OPENAI_BASE_URL, OPENAI_API_KEY, LUACHAT_LOG=debug, LUA_PATH, LUA_CPATH.\n"
+	"Environment: OPENAI_BASE_URL, OPENAI_API_KEY, LUACHAT_LOG=debug, LUA_PATH, LUA_CPATH,\n"
+	"LUA_INIT (run before -e, -l, the script and the prompt, as in lua5.4).\n"
 	"Exit status: 0 ok, 1 error, 2 usage, 130 interrupted.\n";
 
 static void print_usage_line(const char *why)
@@ -95,47 +98,6 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar)
 	(void)ar;
 	if (interrupted)
 		luaL_error(L, "interrupted");
-}
-
-/* Message handler: a string with a traceback, whatever was raised. */
-static int msghandler(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-	if (msg == NULL) {
-		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-			return 1; /* an error object with its own description */
-		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-	}
-	luaL_traceback(L, L, msg, 1);
-	return 1;
-}
-
-/* Call the function below nargs arguments under msghandler. */
-static int docall(lua_State *L, int nargs, int nres)
-{
-	int base = lua_gettop(L) - nargs;
-	int status;
-	lua_pushcfunction(L, msghandler);
-	lua_insert(L, base);
-	status = lua_pcall(L, nargs, nres, base);
-	lua_remove(L, base);
-	return status;
-}
-
-static int report(lua_State *L, int status)
-{
-	if (status != LUA_OK) {
-		const char *msg = lua_tostring(L, -1);
-		if (interrupted)
-			fprintf(stderr, "%s: interrupted\n", PROGNAME);
-		else if (msg && strncmp(msg, PROGNAME ": ", sizeof PROGNAME + 1) == 0)
-			fprintf(stderr, "%s\n", msg); /* a luachat.Error already names us */
-		else
-			fprintf(stderr, "%s: %s\n", PROGNAME, msg ? msg : "(error without message)");
-		fflush(stderr);
-		lua_pop(L, 1);
-	}
-	return status;
 }
 
 struct options {
@@ -245,66 +207,16 @@ static void create_arg_table(lua_State *L, const struct options *o)
 	lua_setglobal(L, "arg");
 }
 
-static int file_exists(const char *path)
-{
-	return access(path, R_OK) == 0;
-}
-
-/* Put luachat's own Lua files first on package.path: build tree, then install tree. */
-static void add_library_path(lua_State *L)
-{
-	char exe[PATH_MAX], probe[PATH_MAX + 64];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-	char *slash;
-	const char *dirs[2];
-	int i;
-	if (n <= 0)
-		return;
-	exe[n] = '\0';
-	slash = strrchr(exe, '/');
-	if (slash == NULL)
-		return;
-	*slash = '\0';
-	dirs[0] = "%s/lua";                 /* the build tree: ./luachat beside lua/ */
-	dirs[1] = "%s/../share/lua/5.4";    /* after make install: PREFIX/bin/luachat */
-	for (i = 0; i < 2; i++) {
-		char dir[PATH_MAX + 32];
-		snprintf(dir, sizeof dir, dirs[i], exe);
-		snprintf(probe, sizeof probe, "%s/luachat/init.lua", dir);
-		if (!file_exists(probe))
-			continue;
-		lua_getglobal(L, "package");
-		lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
-		lua_getfield(L, -2, "path");
-		lua_concat(L, 2);
-		lua_setfield(L, -2, "path");
-		lua_pop(L, 1);
-		return;
-	}
-}
-
-static int run_chunk(lua_State *L, int status)
-{
-	if (status == LUA_OK)
-		status = docall(L, 0, 0);
-	return report(L, status);
-}
-
-static int run_string(lua_State *L, const char *code, const char *name)
-{
-	return run_chunk(L, luaL_loadbuffer(L, code, strlen(code), name));
-}
-
 /* -l NAME: require it and set the global NAME. */
 static int run_require(lua_State *L, const char *name)
 {
 	int status;
 	lua_getglobal(L, "require");
 	lua_pushstring(L, name);
-	status = docall(L, 1, 1);
+	status = luachat_pcall(L, 1, 1);
 	if (status == LUA_OK)
 		lua_setglobal(L, name);
-	return report(L, status);
+	return status;
 }
 
 static int run_script(lua_State *L, const struct options *o)
@@ -312,12 +224,12 @@ static int run_script(lua_State *L, const struct options *o)
 	const char *fname = o->stdin_script ? NULL : o->argv[o->script];
 	int status = luaL_loadfile(L, fname), i, n;
 	if (status != LUA_OK)
-		return report(L, status);
+		return luachat_report(L, status);
 	n = o->argc - o->script - 1;
 	luaL_checkstack(L, n, "too many arguments to script");
 	for (i = 0; i < n; i++)
 		lua_pushstring(L, o->argv[o->script + 1 + i]);
-	return report(L, docall(L, n, 0));
+	return luachat_pcall(L, n, 0);
 }
 
 /*
@@ -368,62 +280,146 @@ static int host_execute(lua_State *L)
 	return luaL_execresult(L, status);
 }
 
+/*
+ * The interactive prompt, split as lua.c splits it: repl_pushline reads a
+ * line, repl_addreturn tries it as `return line;` (so `1+1` prints 2),
+ * repl_multiline reads more lines while a statement is incomplete,
+ * repl_print prints what the chunk returned.
+ */
+
+/* [-0, +(0|1), m] Read a line (prompt "> " or ">> ") and push it; 0 at end of input. */
+static int repl_pushline(lua_State *L, int firstline)
+{
+	char *line = readline(firstline ? "> " : ">> ");
+	if (line == NULL)
+		return 0;
+	lua_pushstring(L, line);
+	free(line);
+	return 1;
+}
+
+/* [-0, +(0|1), m] A chunk returning the line at the top (replaced on success), or pop the attempt. */
+static int repl_addreturn(lua_State *L)
+{
+	const char *line = lua_tostring(L, -1);
+	const char *retline = lua_pushfstring(L, "return %s;", line);
+	int status = luaL_loadbuffer(L, retline, strlen(retline), "=stdin");
+	if (status == LUA_OK) {
+		lua_remove(L, -2); /* the modified line */
+		if (line[0] != '\0')
+			add_history(line);
+	} else {
+		lua_pop(L, 2); /* the error and the modified line */
+	}
+	return status;
+}
+
+/* Did the chunk fail only because its input ended too soon ("... near <eof>")? Pops that error. */
+static int repl_incomplete(lua_State *L, int status)
+{
+	size_t len;
+	const char *msg;
+	if (status != LUA_ERRSYNTAX)
+		return 0;
+	msg = lua_tolstring(L, -1, &len);
+	if (len < 5 || strcmp(msg + len - 5, "<eof>") != 0)
+		return 0;
+	lua_pop(L, 1);
+	return 1;
+}
+
+/*
+ * [-0, +1, m] Load the text at index 1 as a statement, reading more lines
+ * while it is incomplete; the whole statement is one history entry. At end
+ * of input mid-statement, the error says so.
+ */
+static int repl_multiline(lua_State *L)
+{
+	for (;;) {
+		size_t len;
+		const char *text = lua_tolstring(L, 1, &len);
+		int status = luaL_loadbuffer(L, text, len, "=stdin");
+		if (!repl_incomplete(L, status)) {
+			add_history(text);
+			return status;
+		}
+		if (!repl_pushline(L, 0)) {
+			add_history(text);
+			lua_pushliteral(L, "unfinished statement at end of input");
+			return LUA_ERRSYNTAX;
+		}
+		lua_pushliteral(L, "\n");
+		lua_insert(L, -2);
+		lua_concat(L, 3); /* text, "\n", line */
+	}
+}
+
+/* [-0, +1, m] Read and load one chunk: its function (or error) alone on the stack; -1 at end of input. */
+static int repl_loadline(lua_State *L)
+{
+	int status;
+	lua_settop(L, 0);
+	if (!repl_pushline(L, 1))
+		return -1;
+	if ((status = repl_addreturn(L)) != LUA_OK)
+		status = repl_multiline(L);
+	lua_remove(L, 1); /* the source text */
+	return status;
+}
+
+/* Print whatever is on the stack (a chunk's results) with the global print. */
+static void repl_print(lua_State *L)
+{
+	int n = lua_gettop(L);
+	if (n > 0) {
+		luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+		lua_getglobal(L, "print");
+		lua_insert(L, 1);
+		luachat_pcall(L, n, 0);
+	}
+}
+
 /* The interactive prompt: readline with history, `=`-less expressions printed. */
 static void repl(lua_State *L)
 {
-	char *line, curl_ver[340];
+	char curl_ver[340];
+	int status;
 	/* Its setup makes Ctrl-C at the prompt discard the line instead of interrupting the next chunk. */
 	luaL_requiref(L, "luachat.readline", luaopen_luachat_readline, 0);
 	lua_pop(L, 1);
 	printf("luachat %s (%s, libcurl %s)  Ctrl-D to leave\n", LUACHAT_VERSION, LUA_RELEASE,
 	       curl_version_text(curl_ver, sizeof curl_ver));
-	while ((line = readline("> ")) != NULL) {
-		int status;
-		size_t len;
-		if (line[0] != '\0')
-			add_history(line);
-		lua_pushstring(L, line);
-		free(line);
-		/* Expression first, so `1+1` prints 2; then a statement. */
-		lua_pushfstring(L, "return %s;", lua_tostring(L, -1));
-		status = luaL_loadbuffer(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=stdin");
-		lua_remove(L, -2);
-		if (status != LUA_OK) {
-			lua_pop(L, 1);
-			for (;;) { /* a statement, maybe spanning lines */
-				const char *msg;
-				status = luaL_loadbuffer(L, lua_tostring(L, -1), lua_rawlen(L, -1), "=stdin");
-				if (status != LUA_ERRSYNTAX)
-					break;
-				msg = lua_tolstring(L, -1, &len);
-				if (len < 5 || strcmp(msg + len - 5, "<eof>") != 0)
-					break;
-				lua_pop(L, 1);
-				line = readline(">> ");
-				if (line == NULL) {
-					lua_pushliteral(L, "unfinished statement at end of input");
-					break;
-				}
-				lua_pushfstring(L, "\n%s", line);
-				free(line);
-				lua_concat(L, 2);
-			}
-		}
-		lua_remove(L, -2); /* the source text */
-		if (status == LUA_OK) {
-			int base = lua_gettop(L) - 1;
-			status = docall(L, 0, LUA_MULTRET);
-			if (status == LUA_OK && lua_gettop(L) > base) {
-				lua_getglobal(L, "print");
-				lua_insert(L, base + 1);
-				status = docall(L, lua_gettop(L) - base - 1, 0);
-			}
-		}
-		report(L, status);
+	while ((status = repl_loadline(L)) != -1) {
+		if (status == LUA_OK)
+			status = luachat_pcall(L, 0, LUA_MULTRET);
+		else
+			luachat_report(L, status);
+		if (status == LUA_OK)
+			repl_print(L);
 		clear_interrupt(); /* Ctrl-C ends the evaluation, not the session */
-		lua_settop(L, 0);
 	}
+	lua_settop(L, 0);
 	putchar('\n');
+}
+
+/*
+ * LUA_INIT_5_4, else LUA_INIT, as lua5.4 reads them: "@file" runs the
+ * file, anything else is Lua code (chunk name "=LUA_INIT"). Returns 0 on
+ * success, or 1 after reporting the error.
+ */
+static int run_lua_init(lua_State *L)
+{
+	const char *name = "=LUA_INIT_" LUA_VERSION_MAJOR "_" LUA_VERSION_MINOR;
+	const char *init = getenv(name + 1);
+	if (init == NULL) {
+		name = "=LUA_INIT";
+		init = getenv(name + 1);
+	}
+	if (init == NULL)
+		return 0;
+	if (init[0] == '@')
+		return luachat_dofile(L, init + 1);
+	return luachat_dostring(L, init, name);
 }
 
 /* Hand everything to lua/luachat/cli.lua: `luachat -p ...`, `luachat -c`. */
@@ -432,9 +428,9 @@ static int run_chat_cli(lua_State *L, const struct options *o)
 	int i, status;
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "luachat.cli");
-	status = docall(L, 1, 1);
+	status = luachat_pcall(L, 1, 1);
 	if (status != LUA_OK)
-		return report(L, status);
+		return EXIT_FAILURE;
 	lua_getfield(L, -1, "main");
 	lua_remove(L, -2);
 	lua_createtable(L, o->argc, 0);
@@ -442,9 +438,9 @@ static int run_chat_cli(lua_State *L, const struct options *o)
 		lua_pushstring(L, o->argv[i]);
 		lua_rawseti(L, -2, i);
 	}
-	status = docall(L, 1, 1);
+	status = luachat_pcall(L, 1, 1);
 	if (status != LUA_OK)
-		return report(L, status);
+		return EXIT_FAILURE;
 	return lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0;
 }
 
@@ -467,13 +463,12 @@ static int pmain(lua_State *L)
 		lua_pushinteger(L, wakeup_pipe[0]);
 		lua_setfield(L, LUA_REGISTRYINDEX, LCHAT_REG_WAKEUP_FD);
 	}
+	/* The engine preloaded and the Lua files first on package.path (lchat_api.c). */
+	luachat_openlibsx(L, LUACHAT_LUA_FIRST);
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-	lua_pushcfunction(L, luaopen_luachat_core);
-	lua_setfield(L, -2, "luachat.core");
-	lua_pushcfunction(L, luaopen_luachat_readline);
+	lua_pushcfunction(L, luaopen_luachat_readline); /* the host's own module */
 	lua_setfield(L, -2, "luachat.readline");
 	lua_pop(L, 1);
-	add_library_path(L);
 	lua_getglobal(L, "os");
 	lua_pushcfunction(L, host_execute);
 	lua_setfield(L, -2, "execute");
@@ -495,7 +490,7 @@ static int pmain(lua_State *L)
 	 * "luachat"` says why. */
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "luachat");
-	if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+	if (lchat_pcall(L, 1, 1) == LUA_OK)
 		lua_setglobal(L, "luachat");
 	else
 		lua_pop(L, 1);
@@ -503,9 +498,12 @@ static int pmain(lua_State *L)
 		h->exit_code = run_chat_cli(L, o);
 		return 0;
 	}
+	/* As lua5.4: before -e, -l, the script and the prompt (not for the chat command line). */
+	if (run_lua_init(L) != 0)
+		return 0;
 	for (i = 1; i < o->argc && (o->script == 0 || i < o->script); i++) {
 		const char *a = o->argv[i];
-		if (strcmp(a, "-e") == 0 && run_string(L, o->argv[++i], "=(command line)") != LUA_OK)
+		if (strcmp(a, "-e") == 0 && luachat_dostring(L, o->argv[++i], "=(command line)") != 0)
 			return 0;
 		if (strcmp(a, "-l") == 0 && run_require(L, o->argv[++i]) != LUA_OK)
 			return 0;
@@ -525,7 +523,7 @@ static int pmain(lua_State *L)
 			} else {
 				o->stdin_script = 1;
 				o->script = o->argc; /* no args */
-				if (run_chunk(L, luaL_loadfile(L, NULL)) != LUA_OK)
+				if (luachat_dofile(L, NULL) != 0)
 					return 0;
 			}
 		}

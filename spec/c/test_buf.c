@@ -1,5 +1,5 @@
 /*
- * test_buf.c: unit tests of src/buf.c (limits, reserve, growth, consume,
+ * test_buf.c: unit tests of src/buf.c (limits, reserve, growth,
  * reset, failure results).
  *
  * Owns: nothing but its test cases. Links only buf.o (and sse.o, unused).
@@ -163,30 +163,6 @@ static void test_reserve(void)
 	t_end();
 }
 
-static void test_consume(void)
-{
-	struct buf b;
-	t_begin("consume: drops a prefix, keeps NUL");
-	buf_init(&b, 0);
-	buf_append(&b, "hello world", 11);
-	buf_consume(&b, 0);
-	T_CHECK(strcmp(b.data, "hello world") == 0);
-	buf_consume(&b, 6);
-	T_EQ_SIZE(b.len, 5);
-	T_CHECK(strcmp(b.data, "world") == 0);
-	buf_consume(&b, 5);
-	T_EQ_SIZE(b.len, 0);
-	T_CHECK(b.data[0] == '\0');
-	buf_append(&b, "ab", 2);
-	buf_consume(&b, 99); /* more than len: empties */
-	T_EQ_SIZE(b.len, 0);
-	T_CHECK(b.data[0] == '\0');
-	buf_free(&b);
-	buf_consume(&b, 3); /* on an unallocated buffer: no-op */
-	T_CHECK(b.data == NULL);
-	t_end();
-}
-
 static void test_reset(void)
 {
 	struct buf b;
@@ -222,7 +198,6 @@ int main(void)
 	test_limit();
 	test_no_memory();
 	test_reserve();
-	test_consume();
 	test_reset();
 	return t_summary("test_buf");
 }
