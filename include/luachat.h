@@ -44,9 +44,9 @@ int luaopen_luachat(lua_State *L);
  * Make `require "luachat"` work in L (after luaL_openlibs): puts
  * luaopen_luachat_core in package.preload["luachat.core"], and, when
  * package.path does not reach luachat/init.lua, appends the first of:
- * PREFIX/share/lua/5.4 found beside this library (or beside the program
- * when libluachat.a is linked in), then the install directory compiled in
- * (`make PREFIX=...`). Not run under a Lua error handler of yours: on an
+ * DIR/lua beside the program (a build tree), PREFIX/share/lua/5.4 found
+ * beside this library (or beside the program when libluachat.a is linked
+ * in), then the install directory compiled in (`make PREFIX=...`). Not run under a Lua error handler of yours: on an
  * error (out of memory) it prints a line on stderr and `require` will then
  * fail with its own message.
  */
