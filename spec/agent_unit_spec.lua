@@ -55,12 +55,23 @@ local function fake_client(script)
     if step.err then return nil, step.err end
     return fresh(step)
   end
-  function c.stream(_, req, on_chunk)
+  -- handlers: a function (on_chunk) or { on_text = fn(text, index), on_chunk = fn }, as client:stream.
+  function c.stream(_, req, handlers)
     c.streams = c.streams + 1
     local step = take(req)
     if step.err and not step.final then return nil, step.err end
+    local on_chunk, on_text = handlers, nil
+    if type(handlers) == "table" then on_chunk, on_text = handlers.on_chunk, handlers.on_text end
     for _, chunk in ipairs(step.chunks or {}) do
-      if on_chunk(fresh(chunk)) == false then
+      local stop = false
+      if on_text then
+        for _, ch in ipairs(chunk.choices or {}) do
+          local t = type(ch.delta) == "table" and ch.delta.content
+          if type(t) == "string" and t ~= "" and on_text(t, ch.index or 0) == false then stop = true end
+        end
+      end
+      if on_chunk and on_chunk(fresh(chunk)) == false then stop = true end
+      if stop then
         return fresh(step.final), core.error { kind = "cancelled", message = "stream cancelled by the callback" }
       end
     end

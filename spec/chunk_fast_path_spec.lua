@@ -1,7 +1,8 @@
--- The plain-chunk fast path (src/chunk_scan.c, src/lchat_chunks.c) against
--- the Lua path (json.decode + the accumulator): same final for every chunk
--- sequence, the right chunks taken fast, and lazy chunks that behave like
--- decoded tables.
+-- The text path (src/chunk_scan.c's allow-list through core.scan_text, then
+-- acc:add_text) against the full path (json.decode + acc:add): same final for
+-- every chunk sequence, the right chunks taken on the text path, a scanner
+-- that knows every field the accumulator has a rule for, chunks that are
+-- ordinary tables, and the explicit text path (on_text, s:text()).
 local server = require "spec.helpers.server"
 local luachat = require "luachat"
 local core = require "luachat.core"
@@ -15,7 +16,7 @@ local function both_ways(raws)
   for _, raw in ipairs(raws) do
     local chunk = json.decode(raw)
     if type(chunk) == "table" then slow:add(chunk) end
-    if core.accumulate_plain(fast, raw) then
+    if fast:add_data(raw) then
       nfast = nfast + 1
     elseif type(chunk) == "table" then
       fast:add(json.decode(raw))
@@ -115,8 +116,9 @@ describe("plain-chunk fast path", function()
       '{' .. head .. ',"choices":[{"index":0,"delta":{"content":"g"}}],"n":1e400}',
       '{' .. head .. ',"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":{"k":1}}}]}}]}',
     },
-    ["an error chunk changes nothing"] = {
+    ["an error chunk is merged, then reported"] = {
       first, delta('{"content":"kept"}'), '{"error":{"message":"boom"}}', '{' .. head .. ',"error":null,"choices":[]}',
+      '{' .. head .. ',"error":{"message":"late"},"choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"error"}]}',
     },
   }
 
@@ -175,7 +177,11 @@ describe("plain-chunk fast path", function()
     -- id: the first non-empty ("late"); model "m2" (7 is no string); created 5; fingerprint "fp"
     ["head fields arriving late"] = answer({ choice { content = "abcd" } },
       { id = "late", model = "m2", created = 5, system_fingerprint = "fp" }),
-    ["unknown fields anywhere, nested deeply"] = answer { choice { content = "ok" } },
+    -- every field kept: top-level, per choice and inside the delta (last non-null; objects merged)
+    ["unknown fields anywhere, nested deeply"] = answer({ {
+      index = 0, finish_reason = null, content_filter_results = { hate = { filtered = false } },
+      message = { role = "assistant", content = "ok", extra = { null } } } },
+      { service_tier = "default", obfuscation = "xyz", x = { a = { 1, 2, { b = { { {} } } } }, c = true } }),
     -- b (the last of two "choices"), c (\u0063ontent is content), e, f (a whole message); not g:
     -- luachat.json rejects 1e400 (out of range), so that chunk is never decoded;
     -- d went to choice 1 (index 1.0); the arguments object became JSON text
@@ -184,7 +190,8 @@ describe("plain-chunk fast path", function()
         message = { role = "assistant", content = "bcef",
           tool_calls = { { type = "function", ["function"] = { name = "", arguments = '{"k":1}' } } } } },
       choice({ content = "d" }, nil, 1) },
-    ["an error chunk changes nothing"] = answer { choice { content = "kept" } },
+    -- the error chunk's own content and finish_reason are merged before it is reported
+    ["an error chunk is merged, then reported"] = answer { choice({ content = "kept!" }, "error") },
   }
 
   for name, raws in pairs(sequences) do
@@ -195,29 +202,67 @@ describe("plain-chunk fast path", function()
       for _, raw in ipairs(raws) do
         local chunk = json.decode(raw)
         if type(chunk) == "table" then slow:add(chunk) end
-        if not core.accumulate_plain(fast, raw) and type(chunk) == "table" then fast:add(json.decode(raw)) end
+        if not fast:add_data(raw) and type(chunk) == "table" then fast:add(json.decode(raw)) end
       end
       assert.same(want, slow:result(), "Lua path")
       assert.same(want, fast:result(), "fast path")
     end)
   end
 
-  it("takes ordinary text and argument deltas fast, and leaves rule-bearing chunks to Lua", function()
+  it("takes ordinary text and argument deltas on the text path, and leaves rule-bearing chunks to acc:add", function()
     local acc = stream.accumulator()
-    assert.is_false(core.accumulate_plain(acc, first))          -- head fields and the role: Lua
+    assert.is_false(acc:add_data(first))          -- head fields and the role: acc:add
     acc:add(json.decode(first))
-    assert.is_true(core.accumulate_plain(acc, delta('{"content":"x"}')))
-    assert.is_true(core.accumulate_plain(acc, delta('{"role":"assistant","content":"y"}')))
-    assert.is_false(core.accumulate_plain(acc, '{' .. head .. ',"choices":[],"usage":{"total_tokens":1}}'))
-    assert.is_false(core.accumulate_plain(acc, finish("stop")))
-    assert.is_false(core.accumulate_plain(acc, '{"error":{"message":"e"}}'))
-    assert.is_false(core.accumulate_plain(acc, delta('{"content":"x"}') .. " trailing"))
-    assert.is_false(core.accumulate_plain(acc, delta('{"content":"x\1"}')))
-    assert.is_false(core.accumulate_plain(acc, delta([[{"content":"\ud800"}]])))
-    assert.is_false(core.accumulate_plain(acc, '[1]'))
+    assert.is_true(acc:add_data(delta('{"content":"x"}')))
+    assert.is_true(acc:add_data(delta('{"role":"assistant","content":"y"}')))
+    assert.is_false(acc:add_data('{' .. head .. ',"choices":[],"usage":{"total_tokens":1}}'))
+    assert.is_false(acc:add_data(finish("stop")))
+    assert.is_false(acc:add_data('{"error":{"message":"e"}}'))
+    assert.is_false(acc:add_data(delta('{"content":"x"}') .. " trailing"))
+    assert.is_false(acc:add_data(delta('{"content":"x\1"}')))
+    assert.is_false(acc:add_data(delta([[{"content":"\ud800"}]])))
+    assert.is_false(acc:add_data('[1]'))
+    -- the allow-list: a key the scanner does not name sends the chunk to acc:add
+    assert.is_false(acc:add_data(delta('{"content":"z","annotations":[]}')))
+    assert.is_false(acc:add_data('{' .. head .. ',"service_tier":"default","choices":[{"index":0,"delta":{"content":"z"}}]}'))
+    assert.is_false(acc:add_data(delta('{"content":"z"}', ',"content_filter_results":{}')))
     assert.equal("xy", acc:result().choices[1].message.content)
     local _, _, nfast = both_ways(sequences["tool arguments in fragments"])
     assert.equal(3, nfast)
+  end)
+
+  -- A field the accumulator has a rule for (stream.RULES) must be one the scanner either
+  -- refuses or hands over exactly: for each, at each place, a chunk carrying it must give
+  -- the same final on both paths. A rule added for a field the scanner skips fails here.
+  it("knows every field the accumulator has a rule for (and refuses any other)", function()
+    local values = { '"v"', '""', "null", "1", "{}", '{"k":"v"}', "[]", '[{"k":1}]' }
+    local places = {
+      chunk = function(f, v) return '{' .. head .. ',"' .. f .. '":' .. v .. ',"choices":[{"index":0,"delta":{"content":"t"}}]}' end,
+      choice = function(f, v) return '{' .. head .. ',"choices":[{"index":0,"delta":{"content":"t"},"' .. f .. '":' .. v .. '}]}' end,
+      delta = function(f, v) return delta('{"content":"t","' .. f .. '":' .. v .. '}') end,
+      tool_call = function(f, v) return delta('{"tool_calls":[{"index":0,"function":{"arguments":"a"},"' .. f .. '":' .. v .. '}]}') end,
+      ["function"] = function(f, v) return delta('{"tool_calls":[{"index":0,"function":{"arguments":"a","' .. f .. '":' .. v .. '}}]}') end,
+      logprobs = function(f, v) return delta('{"content":"t"}', ',"logprobs":{"' .. f .. '":' .. v .. '}') end,
+      audio = function(f, v) return delta('{"audio":{"' .. f .. '":' .. v .. '}}') end,
+    }
+    local opened = delta('{"tool_calls":[{"index":0,"id":"c","type":"function","function":{"name":"f","arguments":""}}]}')
+    local n = 0
+    for place, rules in pairs(stream.RULES) do
+      local make = assert(places[place], "no chunk shape for the rules of " .. place)
+      local fields = { "an_unknown_field" }
+      for f in pairs(rules) do if f ~= "*" then fields[#fields + 1] = f end end
+      for _, f in ipairs(fields) do
+        for _, v in ipairs(values) do
+          local raw = make(f, v)
+          if json.decode(raw) then
+            local want, got = both_ways({ first, opened, raw })
+            assert.equal(want, got, place .. "." .. f .. " = " .. v)
+            n = n + 1
+          end
+        end
+      end
+    end
+    assert.is_true(n > 100)
   end)
 
   it("gives the Lua path's final on the accumulation fuzzer's saved inputs", function()
@@ -238,13 +283,13 @@ describe("plain-chunk fast path", function()
   end)
 end)
 
-describe("lazy chunks", function()
+describe("stream chunks", function()
   local srv, c
   setup(function() srv = server.start() end)
   teardown(function() if srv then srv:stop() end end)
   before_each(function()
     srv:reset()
-    c = luachat.client { base_url = srv.base_url, api_key = "sk-lazy-test", idle_timeout = 5 }
+    c = luachat.client { base_url = srv.base_url, api_key = "sk-chunks-test", idle_timeout = 5 }
   end)
   after_each(function() assert.equal(0, core.live(), "a transfer was left running") end)
 
@@ -255,47 +300,48 @@ describe("lazy chunks", function()
   body = table.concat(body) .. "data: [DONE]\n\n"
   local req = { model = "m", messages = { { role = "user", content = "hi" } } }
 
-  it("read like decoded tables: fields, pairs, encode, delta_text before and after decoding", function()
+  -- Every chunk a script gets is an ordinary table: next, rawget, pairs, #, stock cjson and
+  -- any other library see the decoded data (issue 14: no lazy chunks, no metatable).
+  local function check_plain(ch, raw, where)
+    assert.is_nil(getmetatable(ch), where)
+    assert.is_not_nil(next(ch), where)
+    assert.equal("c1", rawget(ch, "id"), where)
+    assert.is_table(rawget(ch, "choices"), where)
+    assert.equal(1, #rawget(ch, "choices"), where)
+    local keys = {}
+    for k in pairs(ch) do keys[#keys + 1] = k end
+    table.sort(keys)
+    assert.same({ "choices", "created", "id", "model", "object" }, keys, where)
+    local cjson = require "cjson"
+    assert.same(cjson.decode(raw), cjson.decode(cjson.encode(ch)), where)
+  end
+
+  it("are ordinary tables in the callback form (next, rawget, pairs, #, stock cjson)", function()
     srv:script { { body = body, content_type = "text/event-stream" } }
     local seen = {}
     local final = assert(c:stream(req, function(ch) seen[#seen + 1] = ch end))
     assert.equal("Hello é", final.choices[1].message.content)
     assert.equal(#raws, #seen)
-    local lazy = seen[2]
-    assert.equal("Hel", luachat.delta_text(lazy))         -- without decoding
-    assert.equal("Hel", lazy.choices[1].delta.content)     -- decodes on access
-    assert.equal("Hel", luachat.delta_text(lazy))         -- and after
-    local keys = {}
-    for k in pairs(seen[3]) do keys[#keys + 1] = k end
-    table.sort(keys)
-    assert.same({ "choices", "created", "id", "model", "object" }, keys)
-    assert.equal(json.encode(json.decode(raws[2]), { sort_keys = true }), json.encode(seen[2], { sort_keys = true }))
-    assert.equal(json.encode(json.decode(raws[3]), { sort_keys = true }), json.encode(seen[3], { sort_keys = true }))
+    for i, ch in ipairs(seen) do check_plain(ch, raws[i], "chunk " .. i) end
+    assert.equal("Hel", luachat.delta_text(seen[2]))
     assert.equal("lo é", luachat.delta_text(seen[3]))
-    seen[4].mine = true                                    -- a write is kept, decoded fields too
-    assert.is_true(seen[4].mine)
-    assert.equal("stop", seen[4].choices[1].finish_reason)
     assert.equal(json.null, seen[2].choices[1].logprobs)
   end)
 
-  it("once the script reads a chunk's fields, later chunks come decoded (and read the same)", function()
-    local many = { first }
-    for i = 1, 20 do many[#many + 1] = delta('{"content":"' .. i .. ' "}') end
-    many[#many + 1] = finish("stop")
-    local text = {}
-    for _, r in ipairs(many) do text[#text + 1] = "data: " .. r .. "\n\n" end
-    srv:script { { body = table.concat(text) .. "data: [DONE]\n\n", content_type = "text/event-stream" } }
-    local lazy, decoded, got = 0, 0, {}
-    local final = assert(c:stream(req, function(ch)
-      if getmetatable(ch) then lazy = lazy + 1 else decoded = decoded + 1 end
-      if #got >= 3 then got[#got + 1] = ch.choices[1].delta.content or "" else got[#got + 1] = luachat.delta_text(ch) end
-    end))
-    assert.equal(22, lazy + decoded)
-    assert.is_true(lazy >= 3 and decoded >= 15, lazy .. " lazy, " .. decoded .. " decoded")
-    local want = {}
-    for i = 1, 20 do want[#want + 1] = i .. " " end
-    assert.equal(table.concat(want), final.choices[1].message.content)
-    assert.equal(table.concat(want), table.concat(got))
+  it("are ordinary tables in the pull form and beside on_text", function()
+    srv:script { { body = body, content_type = "text/event-stream" }, { body = body, content_type = "text/event-stream" } }
+    local s <close> = assert(c:open_stream(req))
+    local n = 0
+    for ch in s:chunks() do
+      n = n + 1
+      check_plain(ch, raws[n], "pull chunk " .. n)
+    end
+    assert.equal(#raws, n)
+    local seen, text = {}, {}
+    assert(c:stream(req, { on_chunk = function(ch) seen[#seen + 1] = ch end,
+      on_text = function(t, i) text[#text + 1] = t .. "|" .. i end }))
+    for i, ch in ipairs(seen) do check_plain(ch, raws[i], "on_chunk chunk " .. i) end
+    assert.same({ "Hel|0", "lo é|0" }, text)
   end)
 
   it("a finalizer that closes the stream mid-drain stops it cleanly (no use of the freed queue)", function()
@@ -337,25 +383,6 @@ describe("lazy chunks", function()
     end
   end)
 
-  it("keep their metatable to themselves and iterate without the global next", function()
-    srv:script { { body = body, content_type = "text/event-stream" } }
-    local seen = {}
-    assert(c:stream(req, function(ch) seen[#seen + 1] = ch end))
-    local lazy = seen[2]
-    assert.equal("luachat.LazyChunk", getmetatable(lazy))
-    assert.has_error(function() setmetatable(lazy, {}) end)
-    local saved = next
-    _G.next = nil
-    local ok, keys = pcall(function()
-      local k = {}
-      for key in pairs(lazy) do k[#k + 1] = key end
-      return k
-    end)
-    _G.next = saved
-    assert.is_true(ok, tostring(keys))
-    assert.equal(5, #keys)
-  end)
-
   it("in the pull form too", function()
     srv:script { { body = body, content_type = "text/event-stream" } }
     local s <close> = assert(c:open_stream(req))
@@ -394,5 +421,71 @@ describe("lazy chunks", function()
     local final, err = c:stream(req, function(ch) return luachat.delta_text(ch) ~= "Hel" end)
     assert.equal("cancelled", err.kind)
     assert.equal("Hel", final.choices[1].message.content)
+  end)
+
+  -- n = 2: each choice's text by its index (chunks carry one choice each, or both)
+  local two = { first,
+    '{' .. head .. ',"choices":[{"index":1,"delta":{"role":"assistant","content":"B"}}]}',
+    delta('{"content":"a"}'),
+    '{' .. head .. ',"choices":[{"index":1,"delta":{"content":"b"}}]}',
+    '{' .. head .. ',"choices":[{"index":1,"delta":{"content":"!"}},{"index":0,"delta":{"content":"?"}}]}' }
+  local two_body = {}
+  for _, r in ipairs(two) do two_body[#two_body + 1] = "data: " .. r .. "\n\n" end
+  two_body = table.concat(two_body) .. "data: [DONE]\n\n"
+
+  it("luachat.delta_text(chunk, index) reads choice index (default 0), not the first element", function()
+    local ch = json.decode(two[5])
+    assert.equal("?", luachat.delta_text(ch))
+    assert.equal("?", luachat.delta_text(ch, 0))
+    assert.equal("!", luachat.delta_text(ch, 1))
+    assert.equal("", luachat.delta_text(ch, 2))
+    assert.equal("", luachat.delta_text(json.decode(two[2])))
+    assert.equal("", luachat.delta_text({ choices = { { delta = { content = 5 } } } }))
+    assert.equal("x", luachat.delta_text({ choices = { { delta = { content = "x" } } } })) -- no index: 0
+  end)
+
+  it("on_text(text, index) and s:text() give each choice its own text", function()
+    srv:script { { body = two_body, content_type = "text/event-stream" }, { body = two_body, content_type = "text/event-stream" } }
+    local got = {}
+    local final = assert(c:stream(req, { on_text = function(t, i) got[#got + 1] = i .. ":" .. t end }))
+    assert.same({ "1:B", "0:a", "1:b", "1:!", "0:?" }, got)
+    assert.equal("a?", final.choices[1].message.content)
+    assert.equal("Bb!", final.choices[2].message.content)
+    local s <close> = assert(c:open_stream(req))
+    local pulled = {}
+    for t, i in s:text() do pulled[#pulled + 1] = i .. ":" .. t end
+    assert.same(got, pulled)
+    assert.same(final, (s:result()))
+  end)
+
+  it("on_text: an error propagates with its traceback and closes the stream; false stops", function()
+    srv:script { { body = body, content_type = "text/event-stream" }, { body = body, content_type = "text/event-stream" } }
+    local ok, e = pcall(c.stream, c, req, { on_text = function(t) if t == "Hel" then error("on_text broke") end end })
+    assert.is_false(ok)
+    assert.matches("on_text broke", e)
+    assert.matches("stack traceback", e)
+    local final, err = c:stream(req, { on_text = function(t) return t ~= "Hel" end })
+    assert.equal("cancelled", err.kind)
+    assert.equal("Hel", final.choices[1].message.content)
+  end)
+
+  it("on_text inside a task may wait (yields to the scheduler)", function()
+    srv:script { { body = body, content_type = "text/event-stream" } }
+    local t = luachat.spawn(function()
+      local got = {}
+      local final, err = c:stream(req, { on_text = function(x) luachat.sleep(0.001); got[#got + 1] = x end })
+      return final, err, table.concat(got)
+    end)
+    local final, err, text = t:wait()
+    assert.is_nil(err)
+    assert.equal("Hello é", text)
+    assert.equal("Hello é", final.choices[1].message.content)
+  end)
+
+  it("refuses handlers that are not functions and unknown handler keys", function()
+    assert.has_error(function() c:stream(req, { on_text = 1 }) end, "bad argument #2 to 'stream' (on_text: function expected, got number)")
+    assert.has_error(function() c:stream(req, { on_chunk = "x" }) end, "bad argument #2 to 'stream' (on_chunk: function expected, got string)")
+    assert.has_error(function() c:stream(req, { ontext = print }) end, "bad argument #2 to 'stream' (unknown key 'ontext': on_chunk, on_text)")
+    assert.has_error(function() c:stream(req, 5) end, "bad argument #2 to 'stream' (function or table expected, got number)")
   end)
 end)

@@ -164,7 +164,8 @@ describe("streaming", function()
         local m = whole.choices[1] and whole.choices[1].message
         assert.truthy(m, "no message accumulated")
         assert.is_true((type(m.content) == "string" and #m.content > 0) or (m.tool_calls and #m.tool_calls > 0)
-          or (type(m.refusal) == "string" and #m.refusal > 0) or (err1 ~= nil), "empty final from " .. name)
+          or (type(m.refusal) == "string" and #m.refusal > 0) or (type(m.audio) == "table" and m.audio.transcript ~= nil)
+          or (err1 ~= nil), "empty final from " .. name)
       end)
     end
   end)

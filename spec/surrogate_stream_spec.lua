@@ -127,7 +127,7 @@ describe("the accumulator joins halves the same on both paths", function()
     local opt = { surrogates = "wtf8" }
     for _, data in ipairs(EVENTS) do
       lua_acc:add(assert(json.decode(data, opt)))
-      if not core.accumulate_plain(fast, data) then fast:add(assert(json.decode(data, opt))) end
+      if not fast:add_data(data) then fast:add(assert(json.decode(data, opt))) end
     end
     assert.equal(CONTENT, lua_acc:result().choices[1].message.content)
     assert.equal(json.encode(lua_acc:result(), { sort_keys = true }), json.encode(fast:result(), { sort_keys = true }))

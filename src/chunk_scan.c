@@ -309,7 +309,7 @@ static int function_field(struct cursor *c, const char *key, size_t len, void *s
 		return dup ? -1 : scan_empty_string(c);
 	if (KEY("arguments", 2))
 		return dup ? -1 : scan_opt_string(c, &out->args, &is_string);
-	return skip_value(c);
+	return -1; /* allow-list: a key not named here may need a rule */
 }
 
 static int tool_call_field(struct cursor *c, const char *key, size_t len, void *state, unsigned *seen)
@@ -327,7 +327,7 @@ static int tool_call_field(struct cursor *c, const char *key, size_t len, void *
 			return 0;
 		return scan_object(c, function_field, out);
 	}
-	return skip_value(c);
+	return -1; /* allow-list */
 }
 
 /*
@@ -385,7 +385,7 @@ static int delta_field(struct cursor *c, const char *key, size_t len, void *stat
 		return dup ? -1 : scan_opt_string(c, &d->reasoning, &is_string);
 	if (KEY("tool_calls", 32))
 		return dup ? -1 : scan_tool_calls(c, out);
-	return skip_value(c);
+	return -1; /* allow-list: annotations, audio, anything new goes to the full path */
 }
 
 static int choice_field(struct cursor *c, const char *key, size_t len, void *state, unsigned *seen)
@@ -413,7 +413,7 @@ static int choice_field(struct cursor *c, const char *key, size_t len, void *sta
 		return dup ? -1 : scan_empty_string(c);
 	if (KEY("message", 8) || KEY("logprobs", 16))
 		return dup || !accept_null(c) ? -1 : 0;
-	return skip_value(c);
+	return -1; /* allow-list: content_filter_results and the like go to the full path */
 }
 
 /* choices: null, [], or exactly one choice object. */
@@ -445,8 +445,8 @@ static int top_field(struct cursor *c, const char *key, size_t len, void *state,
 		return dup ? -1 : scan_head_string(c, out, CHUNK_HEAD_ID);
 	if (KEY("model", 2))
 		return dup ? -1 : scan_head_string(c, out, CHUNK_HEAD_MODEL);
-	if (KEY("system_fingerprint", 4))
-		return dup ? -1 : scan_head_string(c, out, CHUNK_HEAD_FINGERPRINT);
+	if (KEY("object", 4)) /* "chat.completion.chunk": the final's object is fixed */
+		return dup ? -1 : skip_value(c);
 	if (KEY("created", 8)) {
 		skip_ws(c);
 		if (dup)
@@ -459,7 +459,7 @@ static int top_field(struct cursor *c, const char *key, size_t len, void *state,
 		return dup ? -1 : scan_choices(c, out);
 	if (KEY("error", 32) || KEY("usage", 64))
 		return dup || !accept_null(c) ? -1 : 0;
-	return skip_value(c);
+	return -1; /* allow-list: system_fingerprint, service_tier, citations... go to the full path */
 }
 
 #undef KEY

@@ -7,9 +7,13 @@
  * what luachat.json decodes, so decoding it later always succeeds the same way)
  * whose only effect on the accumulated message is text: content, refusal,
  * reasoning, or one tool call's argument fragment, for at most one choice.
- * Anything else (errors, usage, finish_reason, new tool calls, ids, several
- * choices, exponents, odd escapes) is "not plain" and goes to the full
- * decoder and the Lua accumulator, which own every rule.
+ * It decides by an allow-list: only the keys named in chunk_scan.c (id, model,
+ * created, object, choices; index, delta; content, role, refusal,
+ * reasoning_content, reasoning, tool_calls; a fragment's index and arguments;
+ * null/"" for finish_reason, usage, error, logprobs and the like) may appear.
+ * Any other key, and anything else (errors, usage, finish_reason, new tool
+ * calls, several choices, exponents, odd escapes), is "not plain" and goes to
+ * the full decoder and the Lua accumulator, which own every rule.
  * Never: includes lua.h, allocates, or reads past n bytes.
  */
 #ifndef LCHAT_CHUNK_SCAN_H
@@ -21,8 +25,7 @@
 enum {
 	CHUNK_HEAD_ID = 1,          /* "id": non-empty string */
 	CHUNK_HEAD_MODEL = 2,       /* "model": non-empty string */
-	CHUNK_HEAD_CREATED = 4,     /* "created": a number */
-	CHUNK_HEAD_FINGERPRINT = 8  /* "system_fingerprint": non-empty string */
+	CHUNK_HEAD_CREATED = 4      /* "created": a number */
 };
 
 /* A JSON string's body inside the scanned text; escaped: it holds backslash escapes. */

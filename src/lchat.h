@@ -37,10 +37,7 @@ struct lchat_transfer {
 	int ref;                  /* pin in the engine's pin table, LUA_NOREF if none */
 	size_t ev_off;            /* queued events before this offset were handed out */
 	unsigned long popped;     /* events handed out so far (detects a queue changed under us) */
-	int eager;                /* the script reads chunk fields: decode plain chunks up front */
 };
-/* User value of a transfer: the last lazy chunk handed out (lchat_chunks.c). */
-#define LCHAT_UV_LAST_CHUNK 2
 
 /* One queued SSE event, pointing into the transfer's queue (valid until the next poll). */
 struct lchat_event {
@@ -69,13 +66,8 @@ int lchat_transfer_start(lua_State *L);
 /* Push the Lua object of a transfer the engine reported ready; unpins it when done. */
 void lchat_transfer_push_ready(lua_State *L, int engine_idx, struct http_transfer *t);
 
-/* lchat_chunks.c: the plain-chunk fast path (transfer methods) and lazy chunks. */
-extern const luaL_Reg lchat_chunk_methods[];
-/* Create the lazy chunk metatable (decode: index of json_decode) and set mod.delta_text. */
-void lchat_chunks_register(lua_State *L, int mod, int decode);
-/* Decode a lazy chunk in place (no-op for other tables). */
-void lchat_chunk_materialize(lua_State *L, int idx);
-int lchat_is_lazy_chunk(lua_State *L, int idx);
+/* lchat_chunks.c: set mod.scan_text (the text path's allow-list scanner). */
+void lchat_chunks_register(lua_State *L, int mod);
 
 /* lchat_err.c: the only place error tables are built. */
 /*

@@ -237,6 +237,7 @@ int luaopen_luachat_core(lua_State *L)
 	lua_pushcfunction(L, lchat_err_new);
 	lua_setfield(L, -2, "error");
 	lchat_json_register(L);
+	lchat_chunks_register(L, -1);
 	lua_pushliteral(L, LUACHAT_VERSION);
 	lua_setfield(L, -2, "version");
 	lua_newtable(L); /* metatable: curl_version on demand, so require never loads libcurl */

@@ -781,8 +781,6 @@ static void encode_table(struct encoder *e, int t)
 	STEP(e, e->depth).key = NULL;
 	STEP(e, e->depth).index = 0;
 	e->depth++;
-	if (lchat_is_lazy_chunk(L, t))
-		lchat_chunk_materialize(L, t);
 	if (lua_getmetatable(L, t)) {
 		int array = lua_rawequal(L, -1, lua_upvalueindex(UV_ARRAY_MT));
 		int object = lua_rawequal(L, -1, lua_upvalueindex(UV_OBJECT_MT));
@@ -889,7 +887,6 @@ void lchat_json_register(lua_State *L)
 	lua_pushcclosure(L, l_json_encode, 2);
 	lua_setfield(L, mod, "json_encode");
 	lua_pushcclosure(L, l_json_decode, 2);
-	lchat_chunks_register(L, mod, -1);
 	lua_setfield(L, mod, "json_decode");
 	lua_pushlightuserdata(L, NULL);
 	lua_setfield(L, mod, "json_null");

@@ -14,7 +14,7 @@
 
 #include "lchat.h"
 
-/* User values of a transfer: 1 = the engine userdata; LCHAT_UV_LAST_CHUNK (lchat.h). */
+/* User value of a transfer: 1 = the engine userdata. */
 #define UV_ENGINE 1
 
 struct lchat_transfer *lchat_check_transfer(lua_State *L, int i)
@@ -141,12 +141,11 @@ int lchat_transfer_start(lua_State *L)
 	req.nheaders = n;
 
 	/* Create the object closed, then acquire: a memory error leaves nothing half-made. */
-	lt = lua_newuserdatauv(L, sizeof *lt, 2);
+	lt = lua_newuserdatauv(L, sizeof *lt, 1);
 	lt->t = NULL;
 	lt->ref = LUA_NOREF;
 	lt->ev_off = 0;
 	lt->popped = 0;
-	lt->eager = 0;
 	luaL_setmetatable(L, LCHAT_TRANSFER_MT);
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_setiuservalue(L, -2, UV_ENGINE);
@@ -409,7 +408,6 @@ void lchat_transfer_open(lua_State *L)
 	if (luaL_newmetatable(L, LCHAT_TRANSFER_MT)) {
 		luaL_setfuncs(L, meta, 0);
 		luaL_newlib(L, methods);
-		luaL_setfuncs(L, lchat_chunk_methods, 0);
 		lua_setfield(L, -2, "__index");
 	}
 	lua_pop(L, 1);

@@ -186,18 +186,18 @@ function Agent:call_model(req)
   local cb_err
   local on_text = self.on_text
   local join = stream.text_joiner() -- on_text gets whole characters (a pair split across chunks)
-  local final, err = self.client:stream(req, function(chunk)
-    if on_text then
-      local text = join(stream.delta_text(chunk))
-      if text ~= "" then
-        local ok, e = call_back("on_text", on_text, text)
-        if not ok then
-          cb_err = e
-          return false
-        end
+  -- The text path: chunks that only carry text are never built as tables.
+  local final, err = self.client:stream(req, on_text and { on_text = function(piece, index)
+    if index ~= 0 then return end -- the agent reads choice 0
+    local text = join(piece)
+    if text ~= "" then
+      local ok, e = call_back("on_text", on_text, text)
+      if not ok then
+        cb_err = e
+        return false
       end
     end
-  end)
+  end } or nil)
   local rest = not cb_err and on_text and join(nil) or ""
   if rest ~= "" then
     local ok, e = call_back("on_text", on_text, rest)

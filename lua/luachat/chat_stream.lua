@@ -4,9 +4,11 @@
 -- arrives), turning SSE events into chunks, in-band errors, the end of a
 -- stream ([DONE], a clean close, a cut), and handing back one accumulated
 -- final message beside any error, so nothing that arrived is lost.
--- Plain chunks take the C fast path (t:drain, t:next_chunk: lazy chunks, text
--- appended to the accumulator's part lists); every other event comes here
--- one at a time (Stream:step). Accumulation rules are luachat.stream's.
+-- Every chunk is a plain decoded table, accumulated by luachat.stream's
+-- accumulator (the one owner of the merge rules). The text path (on_text,
+-- s:text()) may skip building tables: core.scan_text reads a text-only chunk
+-- (an allow-list of keys) and the accumulator takes its text via acc:add_text;
+-- any other chunk is decoded and goes through acc:add as usual.
 -- Never: retries once data has been delivered, or lets a callback error
 -- leave a transfer running.
 local core = require "luachat.core"
@@ -178,16 +180,9 @@ function Stream:step()
 end
 
 -- The next decoded chunk, or nil at the end (see :result() for the outcome).
--- Plain chunks come from C (t:next_chunk); the rest from the Lua path.
 function Stream:next()
   while not self.finished do
-    local chunk = self.transfer:next_chunk(self.acc)
-    if chunk then
-      self.nevents = self.nevents + 1
-      return chunk
-    end
-    if self.finished then break end -- closed meanwhile (a finalizer, say)
-    chunk = self:step()
+    local chunk = self:step()
     if chunk then return chunk end
   end
   return nil
@@ -197,22 +192,98 @@ function Stream:chunks()
   return function() return self:next() end
 end
 
--- Hand every chunk to fn until the stream ends or fn returns false; a Lua error in fn
--- closes the stream and propagates with its traceback.
-function Stream:each(fn)
-  local t, acc = self.transfer, self.acc
-  while not self.finished do
-    local status, n, err = t:drain(acc, fn) -- plain chunks, in C
-    self.nevents = self.nevents + n
-    if status == "slow" or status == "empty" then
-      local chunk = self:step() -- one event the Lua path owns, or a wait
-      if chunk then
-        local ok, ret = xpcall(fn, debug.traceback, chunk)
-        if not ok then
-          status, err = "error", ret
-        elseif ret == false then
-          status = "stop"
+local scan_text = core.scan_text
+
+-- One step of the text path: emit(text, index) for each choice's non-empty content in the next
+-- event (a text-only chunk skips the decode), or wait for one. Returns the decoded chunk when
+-- one was built (for on_chunk), else nil.
+function Stream:text_step(emit, want_chunk)
+  local t = self.transfer
+  local ev = t:take_one()
+  if not ev then
+    if t:done() then
+      self:on_transfer_done()
+    else
+      sched.wait_transfer(t)
+    end
+    return nil
+  end
+  if not want_chunk and type(ev) == "string" then
+    local index, content, refusal, reasoning, tool_index, args, head, has_role = scan_text(ev)
+    if index ~= nil and self.acc:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role) then
+      self.nevents = self.nevents + 1
+      if content then emit(content, index) end
+      return nil
+    end
+  end
+  local chunk = self:handle(ev)
+  if chunk then
+    local choices = chunk.choices
+    if type(choices) == "table" then
+      for i = 1, #choices do
+        local c = choices[i]
+        local d = type(c) == "table" and c.delta
+        local text = type(d) == "table" and d.content
+        if type(text) == "string" and text ~= "" then
+          local index = c.index
+          emit(text, type(index) == "number" and index or 0)
         end
+      end
+    end
+  end
+  return chunk
+end
+
+-- for text, index in s:text() do ... end: the text of every choice as it arrives (no chunk tables
+-- for text-only chunks); s:result() afterwards gives the final message and the error.
+function Stream:text()
+  local queue, head = {}, 1
+  local function emit(text, index)
+    queue[#queue + 1] = text
+    queue[#queue + 1] = index
+  end
+  return function()
+    while true do
+      if head <= #queue then
+        local text, index = queue[head], queue[head + 1]
+        queue[head], queue[head + 1] = nil, nil
+        head = head + 2
+        if head > #queue then queue, head = {}, 1 end
+        return text, index
+      end
+      if self.finished then return nil end
+      self:text_step(emit, false)
+    end
+  end
+end
+
+-- Hand every chunk to fn until the stream ends or fn returns false; a Lua error in fn
+-- closes the stream and propagates with its traceback. With on_text, each choice's text
+-- goes to on_text(text, index) first; without on_chunk, text-only chunks are never built.
+function Stream:each(on_chunk, on_text)
+  local status, err
+  local function emit(text, index)
+    if status then return end
+    local ok, ret = xpcall(on_text, debug.traceback, text, index)
+    if not ok then
+      status, err = "error", ret
+    elseif ret == false then
+      status = "stop"
+    end
+  end
+  while not self.finished do
+    local chunk
+    if on_text then
+      chunk = self:text_step(emit, on_chunk ~= nil)
+    else
+      chunk = self:step()
+    end
+    if chunk and on_chunk and not status then
+      local ok, ret = xpcall(on_chunk, debug.traceback, chunk)
+      if not ok then
+        status, err = "error", ret
+      elseif ret == false then
+        status = "stop"
       end
     end
     if status == "error" then
@@ -220,8 +291,6 @@ function Stream:each(fn)
       error(err, 0)
     elseif status == "stop" then
       self:fail("cancelled", string.format("stream cancelled by the callback after %d events", self.nevents))
-      return
-    elseif status == "closed" then
       return
     end
   end
@@ -280,13 +349,31 @@ function M.open(client, req, opts)
 end
 
 -- client:stream(req, fn) -> final, err. fn(chunk) per chunk; return false to stop.
-function M.stream(client, req, on_chunk, opts)
-  if on_chunk ~= nil and type(on_chunk) ~= "function" then
-    error("bad argument #2 to 'stream' (function expected, got " .. type(on_chunk) .. ")", 3)
+-- client:stream(req, { on_text = function(text, index) end, on_chunk = fn }): both optional;
+-- with on_text alone, text-only chunks are never built as tables.
+function M.stream(client, req, handlers, opts)
+  local on_chunk, on_text
+  if type(handlers) == "function" then
+    on_chunk = handlers
+  elseif type(handlers) == "table" then
+    on_chunk, on_text = handlers.on_chunk, handlers.on_text
+    for k in pairs(handlers) do
+      if k ~= "on_chunk" and k ~= "on_text" then
+        error("bad argument #2 to 'stream' (unknown key '" .. tostring(k) .. "': on_chunk, on_text)", 3)
+      end
+    end
+    if on_chunk ~= nil and type(on_chunk) ~= "function" then
+      error("bad argument #2 to 'stream' (on_chunk: function expected, got " .. type(on_chunk) .. ")", 3)
+    end
+    if on_text ~= nil and type(on_text) ~= "function" then
+      error("bad argument #2 to 'stream' (on_text: function expected, got " .. type(on_text) .. ")", 3)
+    end
+  elseif handlers ~= nil then
+    error("bad argument #2 to 'stream' (function or table expected, got " .. type(handlers) .. ")", 3)
   end
   local s, err = M.open(client, req, opts)
   if not s then return nil, err end
-  if on_chunk then s:each(on_chunk) end
+  if on_chunk or on_text then s:each(on_chunk, on_text) end
   return s:result()
 end
 

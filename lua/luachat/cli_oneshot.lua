@@ -4,7 +4,6 @@
 -- with --tools), streaming the answer or printing --json, and the exit code.
 -- Never: reads more than one input, or writes anything but the answer (or
 -- the JSON) to stdout.
-local luachat = require "luachat"
 local json = require "luachat.json"
 local options = require "luachat.cli_options"
 local term = require "luachat.cli_term"
@@ -77,13 +76,14 @@ local function one_shot_direct(ctx, prompt)
     end
   else
     local join = require("luachat.stream").text_joiner() -- whole characters, even split across chunks
-    res, err = ctx.client:stream(req, function(chunk)
-      if ctx.o.json then return end
-      local t = join(luachat.delta_text(chunk))
-      if t and t ~= "" then
+    -- The text path (no chunk tables for text-only chunks); --json prints only the final.
+    res, err = ctx.client:stream(req, not ctx.o.json and { on_text = function(piece, index)
+      if index ~= 0 then return end
+      local t = join(piece)
+      if t ~= "" then
         if not out(ctx, t) then return false end
       end
-    end)
+    end } or nil)
     ctx.spinner.stop()
     local rest = join(nil)
     if rest ~= "" and not ctx.o.json then out(ctx, rest) end

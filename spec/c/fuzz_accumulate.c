@@ -4,7 +4,8 @@
  * Bytes in -> the SSE parser -> each event's data to spec/fuzz/accumulate.lua,
  * which decodes it, feeds luachat's accumulator and raises "invariant: ..."
  * when a property fails (content is the concatenation of the deltas, error
- * chunks change nothing, the final always encodes and round-trips). An
+ * chunks are merged and reported with a one-line message, the final
+ * always encodes and round-trips; the text path agrees with the full path). An
  * invariant failure aborts (a crash for libFuzzer); other Lua errors are
  * bugs too and abort as well. Built and run by scripts/fuzz.sh.
  */
