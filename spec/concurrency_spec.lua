@@ -166,7 +166,12 @@ local function cases(start, client)
       local inner, inner_res, inner_err
       -- The inner request starts before the stream has any answer; the stream's
       -- callback then waits for it while the stream's unread events pile up.
-      local t, calls = outer_stream(c, function() inner_res, inner_err = inner:wait() end)
+      -- spawn(inner) may turn the loop before it returns, so the stream's first
+      -- callback can run before `inner` is assigned: it yields until then.
+      local t, calls = outer_stream(c, function()
+        while not inner do luachat.sleep(0) end
+        inner_res, inner_err = inner:wait()
+      end)
       inner = luachat.spawn(inner_chat, c)
       local final, err = t:wait()
       assert.is_nil(inner_err, "the inner request: " .. tostring(inner_err))
