@@ -101,6 +101,13 @@ describe("plain-chunk fast path", function()
       '{"id":"later","model":"m2","created":5,"system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"c"}}]}',
       '{"id":"","model":7,"choices":[{"index":0,"delta":{"content":"d"}}]}',
     },
+    ["system_fingerprint and service_tier: repeated (text path), changed, null, empty"] = {
+      '{' .. head .. ',"system_fingerprint":"fp1","service_tier":"default","choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}]}',
+      '{' .. head .. ',"system_fingerprint":"fp1","service_tier":"default","choices":[{"index":0,"delta":{"content":"b"}}]}',
+      '{' .. head .. ',"system_fingerprint":"fp2","service_tier":"default","choices":[{"index":0,"delta":{"content":"c"}}]}',
+      '{' .. head .. ',"system_fingerprint":null,"service_tier":"flex","choices":[{"index":0,"delta":{"content":"d"}}]}',
+      '{' .. head .. ',"system_fingerprint":"fp2","service_tier":"","choices":[{"index":0,"delta":{"content":"e"}}]}',
+    },
     ["unknown fields anywhere, nested deeply"] = {
       first,
       '{' .. head .. ',"service_tier":"default","obfuscation":"xyz","x":{"a":[1,2,{"b":[[[]]]}],"c":true},'
@@ -178,6 +185,9 @@ describe("plain-chunk fast path", function()
     ["head fields arriving late"] = answer({ choice { content = "abcd" } },
       { id = "late", model = "m2", created = 5, system_fingerprint = "fp" }),
     -- every field kept: top-level, per choice and inside the delta (last non-null; objects merged)
+    -- last non-null: fp2 (null keeps it), service_tier "" (the last, not null)
+    ["system_fingerprint and service_tier: repeated (text path), changed, null, empty"] = answer(
+      { choice { content = "abcde" } }, { system_fingerprint = "fp2", service_tier = "" }),
     ["unknown fields anywhere, nested deeply"] = answer({ {
       index = 0, finish_reason = null, content_filter_results = { hate = { filtered = false } },
       message = { role = "assistant", content = "ok", extra = { null } } } },
@@ -224,11 +234,14 @@ describe("plain-chunk fast path", function()
     assert.is_false(acc:add_data('[1]'))
     -- the allow-list: a key the scanner does not name sends the chunk to acc:add
     assert.is_false(acc:add_data(delta('{"content":"z","annotations":[]}')))
-    assert.is_false(acc:add_data('{' .. head .. ',"service_tier":"default","choices":[{"index":0,"delta":{"content":"z"}}]}'))
+    assert.is_false(acc:add_data('{' .. head .. ',"citations":["u"],"choices":[{"index":0,"delta":{"content":"z"}}]}'))
+    assert.is_false(acc:add_data('{' .. head .. ',"service_tier":"default","choices":[{"index":0,"delta":{"content":"z"}}]}')) -- not ours yet
     assert.is_false(acc:add_data(delta('{"content":"z"}', ',"content_filter_results":{}')))
     assert.equal("xy", acc:result().choices[1].message.content)
     local _, _, nfast = both_ways(sequences["tool arguments in fragments"])
     assert.equal(3, nfast)
+    _, _, nfast = both_ways(sequences["system_fingerprint and service_tier: repeated (text path), changed, null, empty"])
+    assert.equal(1, nfast) -- only the chunk repeating both
   end)
 
   -- A field the accumulator has a rule for (stream.RULES) must be one the scanner either
@@ -249,7 +262,7 @@ describe("plain-chunk fast path", function()
     local n = 0
     for place, rules in pairs(stream.RULES) do
       local make = assert(places[place], "no chunk shape for the rules of " .. place)
-      local fields = { "an_unknown_field" }
+      local fields = { "an_unknown_field", "system_fingerprint", "service_tier" }
       for f in pairs(rules) do if f ~= "*" then fields[#fields + 1] = f end end
       for _, f in ipairs(fields) do
         for _, v in ipairs(values) do

@@ -251,6 +251,15 @@ static int scan_empty_string(struct cursor *c)
 	return t.p == NULL ? 0 : -1;
 }
 
+/* null, or a non-empty string whose body goes to *t ("" would replace a value: not plain). */
+static int scan_repeated(struct cursor *c, struct chunk_text *t)
+{
+	int is_string;
+	if (scan_opt_string(c, t, &is_string) != 0)
+		return -1;
+	return is_string && t->p == NULL ? -1 : 0;
+}
+
 /* A small non-negative integer (an index). */
 static int scan_index(struct cursor *c, long *v)
 {
@@ -447,6 +456,11 @@ static int top_field(struct cursor *c, const char *key, size_t len, void *state,
 		return dup ? -1 : scan_head_string(c, out, CHUNK_HEAD_MODEL);
 	if (KEY("object", 4)) /* "chat.completion.chunk": the final's object is fixed */
 		return dup ? -1 : skip_value(c);
+	/* Last non-null, repeated in every chunk by OpenAI: handed over for the accumulator to compare. */
+	if (KEY("system_fingerprint", 128))
+		return dup ? -1 : scan_repeated(c, &out->fingerprint);
+	if (KEY("service_tier", 256))
+		return dup ? -1 : scan_repeated(c, &out->service_tier);
 	if (KEY("created", 8)) {
 		skip_ws(c);
 		if (dup)
@@ -459,7 +473,7 @@ static int top_field(struct cursor *c, const char *key, size_t len, void *state,
 		return dup ? -1 : scan_choices(c, out);
 	if (KEY("error", 32) || KEY("usage", 64))
 		return dup || !accept_null(c) ? -1 : 0;
-	return -1; /* allow-list: system_fingerprint, service_tier, citations... go to the full path */
+	return -1; /* allow-list: citations, x_groq, usage... go to the full path */
 }
 
 #undef KEY

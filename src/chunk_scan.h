@@ -8,7 +8,8 @@
  * whose only effect on the accumulated message is text: content, refusal,
  * reasoning, or one tool call's argument fragment, for at most one choice.
  * It decides by an allow-list: only the keys named in chunk_scan.c (id, model,
- * created, object, choices; index, delta; content, role, refusal,
+ * created, object, system_fingerprint, service_tier (handed over: the
+ * accumulator takes the chunk only when they equal what it holds), choices; index, delta; content, role, refusal,
  * reasoning_content, reasoning, tool_calls; a fragment's index and arguments;
  * null/"" for finish_reason, usage, error, logprobs and the like) may appear.
  * Any other key, and anything else (errors, usage, finish_reason, new tool
@@ -47,6 +48,8 @@ struct chunk_scan {
 	int has_args;                /* delta.tool_calls is one continuation fragment */
 	long tool_index;             /* its "index" */
 	struct chunk_text args;      /* its function.arguments */
+	struct chunk_text fingerprint;  /* system_fingerprint (non-empty string; "" is not plain) */
+	struct chunk_text service_tier; /* service_tier (likewise) */
 };
 
 /* Whether s[0..n) is a plain chunk; fills *out either way (partially when not). */

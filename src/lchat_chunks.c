@@ -33,11 +33,13 @@ static void push_text(lua_State *L, const struct chunk_text *t)
 /*
  * core.scan_text(json) -> nil when json is not a text-only chunk (any key
  * outside the scanner's allow-list, see chunk_scan.h); else
- * index, content, refusal, reasoning, tool_index, arguments, head, has_role:
+ * index, content, refusal, reasoning, tool_index, arguments, head, has_role,
+ * system_fingerprint, service_tier:
  * index: the choice's index, or nil when the chunk has no choice;
  * the texts: nil when absent, null or ""; tool_index: nil without a
  * fragment; head: CHUNK_HEAD_* bits of id/model/created carrying a value;
- * has_role: the delta has a non-empty role.
+ * has_role: the delta has a non-empty role; system_fingerprint and
+ * service_tier: their non-empty strings, or nil.
  */
 static int l_scan_text(lua_State *L)
 {
@@ -62,7 +64,9 @@ static int l_scan_text(lua_State *L)
 	push_text(L, &sc.args);
 	lua_pushinteger(L, (lua_Integer)sc.head);
 	lua_pushboolean(L, sc.has_role);
-	return 8;
+	push_text(L, &sc.fingerprint);
+	push_text(L, &sc.service_tier);
+	return 10;
 }
 
 void lchat_chunks_register(lua_State *L, int mod)

@@ -209,8 +209,9 @@ function Stream:text_step(emit, want_chunk)
     return nil
   end
   if not want_chunk and type(ev) == "string" then
-    local index, content, refusal, reasoning, tool_index, args, head, has_role = scan_text(ev)
-    if index ~= nil and self.acc:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role) then
+    local index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier = scan_text(ev)
+    if index ~= nil
+      and self.acc:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier) then
       self.nevents = self.nevents + 1
       if content then emit(content, index) end
       return nil

@@ -268,8 +268,11 @@ end
 -- whose only effect is text, when no rule needs the chunk itself (the choice and tool call
 -- already exist, no head field or role is still unset). Returns false, changing nothing,
 -- when the chunk must go through acc:add instead. index false: a chunk without a choice.
-function Acc:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role)
+-- fingerprint, service_tier: the chunk's (last-non-null fields): taken only when equal to ours.
+function Acc:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, service_tier)
   if head and head & self.missing ~= 0 then return false end
+  if fingerprint and self.top.system_fingerprint ~= fingerprint then return false end
+  if service_tier and self.top.service_tier ~= service_tier then return false end
   if not index then return true end
   local st = self.by_index[index]
   if not st then return false end
@@ -294,9 +297,9 @@ end
 -- acc:add_text); nothing changes otherwise. For tests and fuzzers: acc:add(decoded) must agree.
 local scan_text = core.scan_text
 function Acc:add_data(data)
-  local index, content, refusal, reasoning, tool_index, args, head, has_role = scan_text(data)
+  local index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier = scan_text(data)
   if index == nil then return false end
-  return self:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role)
+  return self:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier)
 end
 
 -- A surrogate pair split across chunks ("\ud83d" ending one delta, "\ude00" starting the

@@ -48,8 +48,10 @@ static const struct scan_case cases[] = {
 	{ "an unknown top-level key", "{\"x\":[1,-2.5,true,false,null,{\"y\":[[]]}],\"choices\":[{\"delta\":{\"content\":\"c\"}}]}",
 	  0, NULL, NULL, NULL, 0, -1, 0 },
 	{ "an unknown delta key", "{\"choices\":[{\"delta\":{\"content\":\"c\",\"z\":{}}}]}", 0, NULL, NULL, NULL, 0, -1, 0 },
-	{ "a fingerprint", "{\"system_fingerprint\":\"fp\",\"choices\":[]}", 0, NULL, NULL, NULL, 0, -1, 0 },
-	{ "service_tier", "{\"service_tier\":\"default\",\"choices\":[]}", 0, NULL, NULL, NULL, 0, -1, 0 },
+	{ "a fingerprint (handed over)", "{\"system_fingerprint\":\"fp\",\"choices\":[]}", 1, NULL, NULL, NULL, 0, -1, 0 },
+	{ "service_tier (handed over)", "{\"service_tier\":\"default\",\"choices\":[]}", 1, NULL, NULL, NULL, 0, -1, 0 },
+	{ "an empty fingerprint (it would replace one)", "{\"system_fingerprint\":\"\",\"choices\":[]}", 0, NULL, NULL, NULL, 0, -1, 0 },
+	{ "a fingerprint that is no string", "{\"system_fingerprint\":5,\"choices\":[]}", 0, NULL, NULL, NULL, 0, -1, 0 },
 	{ "citations", "{\"citations\":[\"u\"],\"choices\":[]}", 0, NULL, NULL, NULL, 0, -1, 0 },
 	{ "annotations", "{\"choices\":[{\"delta\":{\"content\":\"c\",\"annotations\":[]}}]}", 0, NULL, NULL, NULL, 0, -1, 0 },
 	{ "audio", "{\"choices\":[{\"delta\":{\"audio\":{\"transcript\":\"t\"}}}]}", 0, NULL, NULL, NULL, 0, -1, 0 },
@@ -131,6 +133,10 @@ static void test_case(const struct scan_case *c)
 			T_EQ_INT(sc.tool_index, c->tool_index);
 		}
 		T_EQ_INT(sc.choice_index, c->choice_index);
+		if (strstr(c->json, "\"system_fingerprint\":\"fp\""))
+			check_text(__LINE__, "fingerprint", &sc.fingerprint, "fp");
+		if (strstr(c->json, "\"service_tier\":\"default\""))
+			check_text(__LINE__, "service_tier", &sc.service_tier, "default");
 		T_EQ_INT(sc.head, c->head);
 		size_t close = (size_t)(strrchr(c->json, '}') - c->json);
 		for (size_t k = 0; k <= close; k++) /* cut before its last brace, a chunk is not plain */
