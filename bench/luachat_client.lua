@@ -8,11 +8,12 @@
 -- text as it arrives, the final message for tool calls (their arguments are
 -- counted there, so a lost fragment fails the check). FORM "tables" reads
 -- every chunk's fields instead (chunk.choices[1].delta...), which decodes each
--- chunk into tables: the cost a script pays when it wants them.
+-- chunk into tables: the cost a script pays when it wants them. FORM "text" is the
+-- text path (issue 14): on_text only, so text-only chunks are never built as tables.
 -- Never: times itself (the harness measures the whole process with wait4).
 --
 -- Usage: luachat bench/luachat_client.lua WORKLOAD FORM BASE_URL N [M]
---   stream_text|stream_tool  FORM=callback|pull|tables  N ignored (the server decides)
+--   stream_text|stream_tool  FORM=callback|pull|tables|text  N ignored (the server decides)
 --   nonstream                FORM=callback       N requests in sequence
 --   concurrent               FORM=callback|pull  N streams at once
 --   agent                    FORM=callback       N runs of M turns each
@@ -76,6 +77,11 @@ local function one_stream()
     local s <close> = assert(client:open_stream(request))
     for chunk in s:chunks() do count(chunk) end
     final, err = s:result()
+  elseif form == "text" then
+    local s <close> = assert(client:open_stream(request))
+    s:each(nil, function(text) content_bytes = content_bytes + #text end)
+    final, err = s:result()
+    chunks = chunks + s.nevents - (s.done_seen and 1 or 0) -- events handled as chunks
   else
     final, err = client:stream(request, form == "tables" and count_fields or count)
   end

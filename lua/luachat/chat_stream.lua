@@ -25,6 +25,7 @@ Stream.__index = Stream
 Stream.__name = "luachat.Stream"
 
 local decode = json.decode
+local scan_text = core.scan_text
 -- Chunks keep a surrogate half at a string's edge as WTF-8 bytes: its partner may start the
 -- next chunk, and the accumulator joins them (luachat.stream, join_surrogate_halves).
 local CHUNK_DECODE = { surrogates = "wtf8" }
@@ -112,12 +113,18 @@ function Stream:handle(ev)
     self:finish(nil)
     return nil
   end
+  -- A text-only chunk (core.scan_text) gives its text to the accumulator without the merge
+  -- walk (acc:add_text); the script still gets the whole decoded table.
+  local index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier = scan_text(data)
+  local taken = index ~= nil
+    and self.acc:add_text(index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier)
   local chunk, derr = decode(data, CHUNK_DECODE)
   if type(chunk) ~= "table" then
     self:fail("deserialise", string.format("invalid JSON in event %d: %s", n,
       derr or ("expected an object, got " .. type(chunk))), { body = self:redact(data):sub(1, 65536) })
     return nil
   end
+  if taken then return chunk end
   local api_err = self.acc:add(chunk)
   if api_err then
     self:fail("api", "error in the stream: " .. tostring(api_err.message),
@@ -191,8 +198,6 @@ end
 function Stream:chunks()
   return function() return self:next() end
 end
-
-local scan_text = core.scan_text
 
 -- One step of the text path: emit(text, index) for each choice's non-empty content in the next
 -- event (a text-only chunk skips the decode), or wait for one. Returns the decoded chunk when

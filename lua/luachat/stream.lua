@@ -85,6 +85,7 @@ end
 -- the last non-null one.
 local function merge(dst, k, v)
   if v == nil or v == null then return end
+  if type(v) ~= "table" then dst[k] = v; return end -- the common case: no copy, no array test
   local cur = dst[k]
   if is_object(v) and is_object(cur) then
     for k2, v2 in pairs(v) do merge(cur, k2, v2) end
@@ -225,10 +226,10 @@ local function add_choice(self, c)
   for k, v in pairs(c) do
     if k == "delta" or k == "message" then -- luacheck: ignore 542 (taken above)
     elseif k == "finish_reason" then
-      if nonempty(v) then st.finish_reason = v end
+      if type(v) == "string" and v ~= "" then st.finish_reason = v end
     elseif k == "logprobs" then
       if type(v) == "table" then add_logprobs(st, v) end
-    elseif k ~= "index" then
+    elseif k ~= "index" and v ~= null then
       merge(st.extra, k, v)
     end
   end
@@ -255,8 +256,8 @@ function Acc:add(chunk)
     elseif k == "created" then
       -- 0 is a placeholder (Azure's prompt-filter chunk), as "" is for id and model
       if self.created == nil and type(v) == "number" and v > 0 then self.created = v; self.missing = self.missing & ~4 end
-    elseif k ~= "object" and k ~= "error" then
-      merge(top, k, v)
+    elseif k ~= "object" and k ~= "error" and v ~= null then
+      if type(v) == "table" then merge(top, k, v) else top[k] = v end -- merge, inlined for scalars
     end
   end
   local e = chunk.error

@@ -31,7 +31,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BENCH = os.path.join(ROOT, "bench")
-HOST = os.path.join(ROOT, "luachat")
+HOST = os.environ.get("BENCH_HOST") or os.path.join(ROOT, "luachat")  # BENCH_HOST: another build's host
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 RUNS = int(os.environ.get("BENCH_RUNS", "1" if QUICK else "3"))
 ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
@@ -74,7 +74,7 @@ TOOL_COMPLETION = {
 
 # A contender shown for information, not held to the targets: the callback form
 # reading every chunk's fields (chunk.choices[1].delta...), so each chunk is decoded.
-TABLES = "luachat callback, chunk fields read"
+TABLES = "luachat callback, every chunk a table"
 
 # Targets for luachat (callback and pull forms): CPU seconds, RSS MB.
 TARGETS = {
@@ -126,7 +126,7 @@ class Server:
         self.proc.wait()
 
 
-METER = os.path.join(ROOT, "build/bench/measure")
+METER = os.environ.get("BENCH_METER") or os.path.join(ROOT, "build/bench/measure")
 
 
 def measure(cmd, tmp, env=None, repeat=1):
@@ -252,6 +252,8 @@ class Bench:
                     ("luachat pull", self.luachat(name, "pull", api), check_counts(expect)),
                     # Not a target row: the price of reading every chunk's fields (each is decoded).
                     (TABLES, self.luachat(name, "tables", api), check_counts(expect)),
+                    # The text path (issue 14): on_text only, no tables for text-only chunks.
+                    ("luachat text path", self.luachat(name, "text", api), check_counts(expect)),
                 ]})
 
         spec = {"json": COMPLETION}
