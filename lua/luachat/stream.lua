@@ -229,7 +229,7 @@ local function add_choice(self, c)
       if type(v) == "string" and v ~= "" then st.finish_reason = v end
     elseif k == "logprobs" then
       if type(v) == "table" then add_logprobs(st, v) end
-    elseif k ~= "index" and v ~= null then
+    elseif k ~= "index" then
       merge(st.extra, k, v)
     end
   end
