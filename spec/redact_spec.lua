@@ -245,6 +245,23 @@ describe("redaction in client errors", function()
     assert_clean(err, QKEY, "at-QUERY-3838")
   end)
 
+  it("a query in base_url: the path goes before it, it is sent, and its secrets are redacted", function()
+    local QQ = "QQsecret-base-7777"
+    srv:script { { status = 400, json = { error = { message = "query was {{query}}" } } } }
+    local c = client { base_url = srv.base_url .. "/?api-version=2024-06&key=" .. QQ, query = { a = "1" } }
+    local _, err = c:chat({ model = "m", messages = {} }, { query = { b = "2" } })
+    local req = srv:requests()[1]
+    assert.equal("/v1/chat/completions", req.path)
+    assert.equal("api-version=2024-06&key=" .. QQ .. "&a=1&b=2", req.query)
+    assert.equal(400, err.status)
+    assert.matches("api-version=2024-06", err.message, 1, true)
+    assert.matches("key=[REDACTED]", err.message, 1, true)
+    assert_clean(err, QQ)
+    assert.is_nil(tostring(c):find(QQ, 1, true))
+    assert.is_true(redact.has_credential { url = "http://h/v1?api_key=x" })
+    assert.is_false(redact.has_credential { url = "http://h/v1?api-version=x" })
+  end)
+
   it("a key straddling the 200-character cut of a plain-text message leaves no prefix", function()
     local line = string.rep("x", 190) .. KEY .. " tail"
     srv:script { { status = 401, body = line, content_type = "text/plain" } }
@@ -331,6 +348,23 @@ describe("redaction in logs and on the command line #once", function()
       assert.is_nil(text:find("set OPENAI_API_KEY", 1, true), text)
       assert.matches("api-key=[REDACTED]", text, 1, true)
       assert.matches("AZURE_OPENAI_API_KEY", text, 1, true)
+    end
+  end)
+
+  it("--base-url with a secret query: sent after the path, redacted in the error and debug lines", function()
+    local QQ = "QQsecret77-cli"
+    srv:default { status = 401, json = { error = { message = "you sent {{query}}" } } }
+    for _, mode in ipairs { "-p hi", "--no-stream -p hi" } do
+      local out, err, code = proc.run(string.format("env -i PATH=%s HOME=/nonexistent LUACHAT_LOG=debug %s --base-url %s -m m %s",
+        proc.shell_quote(os.getenv("PATH")), HOST, proc.shell_quote(srv.base_url .. "?key=" .. QQ), mode))
+      local text = out .. err
+      local req = srv:requests()[#srv:requests()]
+      assert.equal("/v1/chat/completions", req.path)
+      assert.equal("key=" .. QQ, req.query)
+      assert.equal(1, code, text)
+      assert.matches("key=[REDACTED]", text, 1, true)
+      assert.matches("luachat[debug]", text, 1, true)
+      assert_absent(text, QQ)
     end
   end)
 

@@ -185,9 +185,14 @@ local function query_string(...)
   return #parts > 0 and ("?" .. table.concat(parts, "&")) or ""
 end
 
+-- base_url may carry a query (Azure's "...?api-version=..."): the path goes
+-- before it, and it comes first in the query sent; a fragment is dropped.
 function Client:url(path, query)
   path = tostring(path):gsub("^/+", "")
-  return self.base_url .. "/" .. path .. query_string(self.query, query)
+  local base, bq = self.base_url:match("^([^?#]*)%??([^#]*)")
+  local qs = query_string(self.query, query)
+  if bq ~= "" then qs = "?" .. bq .. (qs ~= "" and "&" .. qs:sub(2) or "") end
+  return base:gsub("/+$", "") .. "/" .. path .. qs
 end
 
 local function random_hex(n)

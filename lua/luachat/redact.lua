@@ -2,7 +2,8 @@
 --
 -- Owns: what counts as a credential a client sends (its API key; the value of
 -- any header or query parameter whose name says key/token/auth/secret/
--- password/cookie/credential/signature; URL userinfo, and the Basic
+-- password/cookie/credential/signature, in query = {...} or in a URL's own
+-- query (a base URL "...?key=..."); URL userinfo, and the Basic
 -- Authorization libcurl derives from it), the forms they may come back in
 -- (percent-encoded, JSON-escaped, base64), and replacing every occurrence in
 -- a string with MARK. Callers redact a whole text first and cut it after;
@@ -78,6 +79,20 @@ function M.url(url)
   return (url:gsub("[?#].*$", ""))
 end
 
+-- The query of a URL ("a=1&key=x" in http://h/v1?a=1&key=x#f) as a table of
+-- decoded name -> value as sent, or nil: a base URL may carry one (Azure's
+-- ?api-version=...), and its secret-named values are secrets like query = {...}.
+local function url_query(url)
+  local q = tostring(url):match("^[^?#]*%?([^#]*)")
+  if not q or q == "" then return nil end
+  local t = {}
+  for pair in q:gmatch("[^&;]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if k then t[percent_decode((k:gsub("%+", " ")))] = v end -- the value as sent
+  end
+  return t
+end
+
 -- Add s and the forms a server may echo it in to the list `out`.
 local function add(out, s)
   if type(s) ~= "string" then
@@ -127,6 +142,13 @@ function M.secrets(what)
       if M.is_secret_name(k) then add(out, v) end
     end
   end
+  local uq = what.url and url_query(what.url)
+  for k, v in pairs(uq or {}) do
+    if M.is_secret_name(k) then
+      add(out, v)
+      add(out, percent_decode((v:gsub("%+", " "))))
+    end
+  end
   if what.url then
     local auth = userinfo(what.url)
     if auth and auth ~= "" then
@@ -163,7 +185,11 @@ function M.has_credential(what)
       end
     end
   end
-  return what.url ~= nil and userinfo(what.url) ~= nil
+  if what.url == nil then return false end
+  for k in pairs(url_query(what.url) or {}) do
+    if M.is_secret_name(k) then return true end
+  end
+  return userinfo(what.url) ~= nil
 end
 
 --[[
