@@ -251,6 +251,17 @@ describe("hostile input", function()
       assert.equal("bad argument #2 to 'get' (unknown field 'idle' (did you mean 'idle_timeout'?))", raised(c.get, c, "models", { idle = 1 }))
     end)
 
+    it("the suggestion is the nearest name: a plain typo beats an abbreviation, a long prefix counts", function()
+      assert.equal("bad argument #1 to 'client' (unknown field 'timout' (did you mean 'timeout'?))",
+        raised(luachat.client, { timout = 5 }))
+      assert.equal("bad argument #1 to 'client' (unknown field 'max_retry' (did you mean 'max_retries'?))",
+        raised(luachat.client, { max_retry = 5 }))
+      local c = luachat.client { base_url = srv.base_url }
+      assert.equal("bad argument #2 to 'chat' (unknown field 'timout' (did you mean 'timeout'?))",
+        raised(c.chat, c, { model = "m", messages = {} }, { timout = 5 }))
+      assert.equal("bad argument #1 to 'client' (unknown field 'zzzzzz')", raised(luachat.client, { zzzzzz = 1 }))
+    end)
+
     it("request tables are not option tables: any provider field goes through", function()
       srv:script { { json = completion } }
       local c = luachat.client { base_url = srv.base_url, api_key = false }

@@ -116,16 +116,33 @@ local function subsequence(a, b)
 end
 
 -- The known name an unknown key most likely meant, or nil: the same letters
--- (baseurl), a typo or two (default_profle), or an abbreviation (params, desc).
+-- (baseurl), a typo or two (default_profle, timout), or the start or an
+-- abbreviation of a name (idle, max_retry, params, desc). Ranked by edit
+-- distance (a start or abbreviation counts as the most typos allowed), then
+-- by plain edit distance, then by closer length, then by name.
+local function less(a, b) -- lexicographic order of two rank lists
+  for i = 1, #a do
+    if a[i] ~= b[i] then return a[i] < b[i] end
+  end
+  return false
+end
+
 local function nearest(k, names)
   if type(k) ~= "string" then return nil end
-  local want, best = squash(k), nil
-  local best_d = (#want >= 6 and 2 or #want >= 3 and 1 or 0) + 1 -- typos allowed, by length
+  local want = squash(k)
+  local limit = #want >= 6 and 2 or #want >= 3 and 1 or 0 -- typos allowed, by length
+  local best, best_rank
   for _, name in ipairs(names) do
     local have = squash(name)
     local d = distance(want, have)
-    if #want >= 4 and #want < #have and subsequence(want, have) then d = math.min(d, 1) end
-    if d < best_d then best, best_d = name, d end
+    local score = d
+    if #want >= 4 and #want < #have then
+      local p = 0
+      while p < #want and want:byte(p + 1) == have:byte(p + 1) do p = p + 1 end
+      if p >= #want - 2 or subsequence(want, have) then score = math.min(d, limit) end
+    end
+    local rank = { score, d, math.abs(#have - #want) }
+    if score <= limit and (not best_rank or less(rank, best_rank)) then best, best_rank = name, rank end
   end
   return best
 end
