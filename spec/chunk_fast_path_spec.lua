@@ -495,6 +495,22 @@ describe("stream chunks", function()
     assert.equal("Hello é", final.choices[1].message.content)
   end)
 
+  it("the text path skips named events (event: ping with a text delta) as the chunk path does", function()
+    local ping = "event: ping\ndata: " .. delta('{"content":"PING"}') .. "\n\n"
+    local b = "data: " .. raws[1] .. "\n\n" .. "data: " .. raws[2] .. "\n\n" .. ping .. "data: " .. raws[3] .. "\n\n"
+      .. ping .. "data: " .. raws[4] .. "\n\ndata: [DONE]\n\n"
+    srv:script { { body = b, content_type = "text/event-stream" }, { body = b, content_type = "text/event-stream" } }
+    local got = {}
+    local final = assert(c:stream(req, { on_text = function(t) got[#got + 1] = t end }))
+    assert.same({ "Hel", "lo é" }, got)
+    assert.equal("Hello é", final.choices[1].message.content)
+    local s <close> = assert(c:open_stream(req))
+    local pulled = {}
+    for t in s:text() do pulled[#pulled + 1] = t end
+    assert.same({ "Hel", "lo é" }, pulled)
+    assert.equal("Hello é", s:result().choices[1].message.content)
+  end)
+
   it("refuses handlers that are not functions and unknown handler keys", function()
     assert.has_error(function() c:stream(req, { on_text = 1 }) end, "bad argument #2 to 'stream' (on_text: function expected, got number)")
     assert.has_error(function() c:stream(req, { on_chunk = "x" }) end, "bad argument #2 to 'stream' (on_chunk: function expected, got string)")
