@@ -188,7 +188,7 @@ describe("luachat.cli", function()
       { { "-p", "x", "--frobnicate" }, "unrecognized option '--frobnicate'" },
       { { "-p", "x", "extra" }, "unexpected argument 'extra'" },
       { { "-m", "x" }, "give -p PROMPT or -c" },
-      { { "--json=yes", "-p", "x" }, "unrecognized option '--json=yes'" },
+      { { "--json=yes", "-p", "x" }, "option '--json' takes no value" },
       { { "-c", "--json" }, "--json goes with -p, not -c" },
     }
     for _, c in ipairs(cases) do

@@ -118,6 +118,59 @@ describe("luachat CLI against hostile input", function()
     assert.equal("Bearer sk-h5-cli", srv:requests()[1].headers["authorization"])
   end)
 
+  it("every value read from the environment is trimmed; a control character inside names the variable #once", function()
+    srv:default(text_sse("ok"))
+    local out, err, code = run("-p hi", nil, { OPENAI_BASE_URL = srv.base_url .. "\n", LUACHAT_MODEL = " m-env\n",
+      OPENAI_ORG_ID = "org-1\r\n", OPENAI_PROJECT_ID = "\tproj-1 " })
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal("ok\n", out)
+    local req = srv:requests()[1]
+    assert.equal("m-env", req.json.model)
+    assert.equal("org-1", req.headers["openai-organization"])
+    assert.equal("proj-1", req.headers["openai-project"])
+    for name, value in pairs { OPENAI_BASE_URL = srv.base_url .. "\nx", LUACHAT_BASE_URL = srv.base_url .. "\rx",
+      LUACHAT_MODEL = "m\rx", OPENAI_ORG_ID = "o\r\nX-Evil: 1", OPENAI_PROJECT_ID = "p\nX-Evil: 1",
+      OPENAI_API_KEY = "sk\r\nX-Evil: 1", LUACHAT_PROFILE = "openai\n\27" } do
+      out, err, code = run("-p hi", nil, { [name] = value })
+      assert.equal("luachat: environment variable " .. name .. " contains a control character\n", err)
+      assert.equal(1, code, name)
+      assert.equal("", out)
+    end
+    assert.equal(1, #srv:requests())
+  end)
+
+  it("--tools: a plain table's error names the file, not luachat's lines; several returned values are refused #once", function()
+    local path = home .. "/tools.lua"
+    proc.write_file(path, "return { { name = 'x' } }")
+    local out, err, code = run("--tools " .. shell_quote(path) .. " -p hi")
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.equal("luachat: --tools: " .. path .. ": item 1: bad argument #1 to 'tool' (field 'handler' must be a function)\n", err)
+    proc.write_file(path, "local luachat = require 'luachat'\nlocal h = function() return 'ok' end\n"
+      .. "return luachat.tool { name = 'a', handler = h }, luachat.tool { name = 'b', handler = h }")
+    out, err, code = run("--tools " .. shell_quote(path) .. " -p hi")
+    assert.equal(1, code)
+    assert.equal("luachat: --tools: " .. path .. " returned 2 values: return one list, { tool1, tool2 }\n", err)
+    srv:script { text_sse("ok") }
+    proc.write_file(path, "return { { name = 'x', handler = function() return 'ok' end } }")
+    out, err, code = run("--tools " .. shell_quote(path) .. " -p hi")
+    os.remove(path)
+    assert.equal("", err)
+    assert.equal(0, code)
+    assert.equal("x", srv:requests()[1].json.tools[1]["function"].name)
+  end)
+
+  it("--no-stream=1 and --chat=1: the option takes no value #once", function()
+    for _, opt in ipairs { "--no-stream", "--chat" } do
+      local out, err, code = run(opt .. "=1 -p hi")
+      assert.equal(2, code)
+      assert.equal("", out)
+      assert.matches("option '" .. opt .. "' takes no value", err, 1, true)
+    end
+    assert.equal(0, #srv:requests())
+  end)
+
   it("a config file's unknown key or wrong type is an error naming the file and the key", function()
     local dir = home .. "/config/luachat"
     os.execute("mkdir -p " .. shell_quote(dir))

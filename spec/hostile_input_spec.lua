@@ -143,7 +143,63 @@ describe("hostile input", function()
       local none, err, kind = profiles.resolve({}, { OPENAI_API_KEY = "sk\r\nX: 1" })
       assert.is_nil(none)
       assert.equal("config", kind)
-      assert.equal("openai: OPENAI_API_KEY contains a control character", err)
+      assert.equal("environment variable OPENAI_API_KEY contains a control character", err)
+    end)
+  end)
+
+  describe("programming errors blame the caller's line, not luachat's", function()
+    -- The error fn (a one-line function) raises, and fn's line: the one to blame.
+    local function blamed(fn)
+      local line = debug.getinfo(fn, "S").linedefined
+      local ok, e = pcall(fn)
+      assert.is_false(ok, "expected an error")
+      return tostring(e), line
+    end
+
+    it("a request JSON cannot hold (NaN): chat, post, stream, open_stream", function()
+      local c = luachat.client { base_url = srv.base_url, api_key = false }
+      local bad = { model = "m", messages = {}, temperature = 0 / 0 }
+      local cases = {
+        { "chat", function() c:chat(bad) end, 1, "$.temperature" },
+        { "post", function() c:post("x", { a = 0 / 0 }) end, 2, "$.a" },
+        { "stream", function() c:stream(bad, function() end) end, 1, "$.temperature" },
+        { "stream", function() c:stream(bad) end, 1, "$.temperature" },
+        { "open_stream", function() c:open_stream(bad) end, 1, "$.temperature" },
+      }
+      for _, case in ipairs(cases) do
+        local e, line = blamed(case[2])
+        assert.equal(string.format("spec/hostile_input_spec.lua:%d: bad argument #%d to '%s' (cannot encode NaN at %s)",
+          line, case[3], case[1], case[4]), (e:gsub("^.-(spec/hostile_input_spec.lua)", "%1")))
+      end
+      assert.equal(0, #srv:requests())
+    end)
+
+    it("luachat.gather of something not a list of tasks", function()
+      assert.equal("bad argument #1 to 'gather' (list of tasks expected, item 1 is a number)", raised(luachat.gather, { 1 }))
+      assert.equal("bad argument #1 to 'gather' (list of tasks expected, got nil)", raised(luachat.gather, nil))
+      local e, line = blamed(function() luachat.gather { 1 } end)
+      assert.matches("hostile_input_spec.lua:" .. line .. ": ", e, 1, true)
+    end)
+
+    it("luachat.step(math.huge) is refused like sleep; NaN shows as 'nan', never '-nan'", function()
+      -- A timer due now: without the check, step(math.huge) would fire it and return (not block a day).
+      local t = luachat.spawn(function() luachat.sleep(0) end)
+      assert.equal("bad argument #1 to 'step' (a finite number of seconds expected, got inf)", raised(luachat.step, math.huge))
+      t:wait()
+      assert.equal("bad argument #1 to 'step' (a finite number of seconds expected, got nan)", raised(luachat.step, 0 / 0))
+      assert.equal("bad argument #1 to 'sleep' (a finite number of seconds expected, got nan)", raised(luachat.sleep, 0 / 0))
+      assert.equal("bad argument #1 to 'client' (field 'timeout' must be a finite number of seconds, got nan)",
+        raised(luachat.client, { timeout = 0 / 0 }))
+    end)
+
+    it("a stream cut after one event says 'after 1 event'", function()
+      local ev = "data: " .. json.encode { id = "c", object = "chat.completion.chunk", created = 1, model = "m",
+        choices = { { index = 0, delta = { content = "Hel" } } } } .. "\n\n"
+      srv:script { { body = ev .. ev, content_type = "text/event-stream", chunked = false, close_after_body = #ev + 5 } }
+      local c = luachat.client { base_url = srv.base_url, api_key = false, max_retries = 0 }
+      local final, err = c:stream { model = "m", messages = {} }
+      assert.equal("Hel", final and final.choices[1].message.content)
+      assert.matches("stream cut short after 1 event: ", err.message, 1, true)
     end)
   end)
 
@@ -232,7 +288,7 @@ describe("hostile input", function()
       for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
       assert.matches("^false\tbad argument #1 to 'sleep' %(a finite number of seconds expected, got %-?nan%)$", lines[1])
       assert.matches("^false\tbad argument #1 to 'sleep' %(a finite number of seconds expected, got inf%)$", lines[2])
-      assert.matches("^false\tbad argument #1 to 'step' %(number expected, got nan%)$", lines[3])
+      assert.matches("^false\tbad argument #1 to 'step' %(a finite number of seconds expected, got nan%)$", lines[3])
       assert.equal("end", lines[4])
     end)
   end)

@@ -43,7 +43,8 @@ local function copy(t)
 end
 
 -- The JSON body of a streaming request: stream=true, usage included by default.
-local function stream_body(req)
+-- A value JSON cannot hold raises as a bad argument to fname, `level` frames up.
+local function stream_body(req, fname, level)
   local body = copy(req)
   body.stream = true
   if body.stream_options == nil then
@@ -51,7 +52,8 @@ local function stream_body(req)
   elseif body.stream_options == false then
     body.stream_options = nil -- for servers that reject the field
   end
-  return json.encode(body)
+  local encoded = client_mod.encode_body(body, fname, 1, level + 1) -- not a tail call: keeps the levels
+  return encoded
 end
 
 -- s without any credential this stream's request sent (the client's and the call's own).
@@ -139,7 +141,7 @@ function Stream:on_transfer_done()
   local r = self.transfer:result()
   if r.failure then
     local e = self.client:error_for(r, "stream", self.opts)
-    local msg = string.format("stream cut short after %d events: %s", self.nevents, r.message)
+    local msg = string.format("stream cut short after %d event%s: %s", self.nevents, self.nevents == 1 and "" or "s", r.message)
     -- events: the server was reached and answered (what arrived is kept).
     self:fail(e.kind, msg, { status = r.status, request_id = r.request_id, events = self.nevents })
     return
@@ -322,9 +324,13 @@ function Stream:__tostring()
 end
 
 -- client:open_stream(req) -> stream | nil, err (nothing arrived).
-function M.open(client, req, opts)
+-- fname, up: the public function called, and how many luachat frames lie
+-- above M.open before the user's (0: client:open_stream tail-calls M.open;
+-- 1: M.stream). A request JSON cannot hold blames the user's line.
+function M.open(client, req, opts, fname, up)
   client_mod.check_chat_request(req, "open_stream")
-  local spec = client:transfer_spec("POST", "chat/completions", stream_body(req), opts, true,
+  local spec = client:transfer_spec("POST", "chat/completions",
+    stream_body(req, fname or "open_stream", 2 + (up or 0)), opts, true,
     "luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)))
   local what = client_mod.describe(spec)
   local started = core.now()
@@ -377,7 +383,7 @@ function M.stream(client, req, handlers, opts)
   elseif handlers ~= nil then
     error("bad argument #2 to 'stream' (function or table expected, got " .. type(handlers) .. ")", 3)
   end
-  local s, err = M.open(client, req, opts)
+  local s, err = M.open(client, req, opts, "stream", 1)
   if not s then return nil, err end
   if on_chunk or on_text then s:each(on_chunk, on_text) end
   return s:result()

@@ -103,6 +103,8 @@ function M.parse(args)
       o[VALUE_OPTS[name]] = v
     elseif FLAG_OPTS[name] and inline == nil then
       o[FLAG_OPTS[name]] = true
+    elseif FLAG_OPTS[name] then
+      return nil, string.format("option '%s' takes no value", name)
     elseif a:sub(1, 1) == "-" and a ~= "-" then
       return nil, string.format("unrecognized option '%s'", a)
     else

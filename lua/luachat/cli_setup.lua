@@ -23,12 +23,18 @@ end
 local getenv = M.getenv
 
 -- load_tools(path) -> list of tools | nil, message. A file returning one
--- tool (`return luachat.tool{...}`) gives a list of one.
+-- tool (`return luachat.tool{...}`) gives a list of one; a plain table in the
+-- list is made a tool here, so its error names the file, not luachat's lines.
+-- Several values (`return tool1, tool2`) are refused: return one list.
 local function load_tools(path)
   local chunk, err = loadfile(path, "t")
   if not chunk then return nil, "--tools: " .. err end
-  local ok, res = xpcall(chunk, debug.traceback)
+  local got = table.pack(xpcall(chunk, debug.traceback))
+  local ok, res = got[1], got[2]
   if not ok then return nil, "--tools: " .. path .. ": " .. one_line(res, 400) end
+  if got.n > 2 then
+    return nil, string.format("--tools: %s returned %d values: return one list, { tool1, tool2 }", path, got.n - 1)
+  end
   if type(res) ~= "table" then
     return nil, "--tools: " .. path .. " must return a list of luachat.tool{...}, got " .. type(res)
   end
@@ -36,6 +42,13 @@ local function load_tools(path)
   for i, t in ipairs(res) do
     if type(t) ~= "table" then
       return nil, string.format("--tools: %s: item %d is a %s, not a luachat.tool", path, i, type(t))
+    end
+    if getmetatable(t) ~= luachat.agent.Tool then
+      local tok, tool = pcall(luachat.tool, t)
+      if not tok then
+        return nil, string.format("--tools: %s: item %d: %s", path, i, one_line(tostring(tool):gsub("^[^\n]-:%d+: ", ""), 400))
+      end
+      res[i] = tool
     end
   end
   return res
@@ -59,6 +72,7 @@ function M.setup(o)
   end
   local ok, client = pcall(luachat.client, {
     base_url = s.base_url, api_key = s.api_key, headers = s.headers, query = s.query,
+    organization = s.organization, project = s.project,
   })
   if not ok then
     io.stderr:write("luachat: ", s.profile, ": ", one_line((tostring(client):gsub("^.-bad argument", "bad argument"))), "\n")

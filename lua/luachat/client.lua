@@ -105,13 +105,8 @@ M.check_call_options = check_call_options
 -- mounted secret file often ends in a newline); set but empty counts as unset.
 -- Control characters left inside are refused: they would reach the wire.
 local function getenv(name)
-  local v = os.getenv(name)
-  if v == nil then return nil end
-  v = v:match("^%s*(.-)%s*$")
-  if v == "" then return nil end
-  if v:find(options.CONTROL) then
-    argerror("client", "environment variable " .. name .. " contains a control character", 3)
-  end
+  local v, why = options.env_value(name, os.getenv(name))
+  if why then argerror("client", why, 3) end
   return v
 end
 
@@ -463,6 +458,7 @@ end
 
 function Client:post(path, body, opts)
   check_call_options(opts, "post", 3)
+  if body ~= nil and type(body) ~= "string" then body = M.encode_body(body, "post", 2) end
   return self:request("POST", path, body, opts)
 end
 
@@ -508,13 +504,24 @@ function M.check_chat_request(req, fname, level)
   M.mark_array_fields(req)
 end
 
+-- json.encode(v) for a request body. A value JSON cannot hold (NaN, a
+-- function) is the caller's programming error: "bad argument #argn to 'fname'
+-- (cannot encode NaN at $.temperature)", blaming the line `level` frames up
+-- (1: the function calling this; 2, the default: its caller).
+function M.encode_body(v, fname, argn, level)
+  local ok, s = pcall(json.encode, v)
+  if ok then return s end
+  s = tostring(s):gsub("^[^\n]-:%d+: ", "")
+  error(string.format("bad argument #%d to '%s' (%s)", argn, fname, s), (level or 2) + 1)
+end
+
 -- client:chat{model=, messages=, ...} -> chat.completion | nil, err.
 -- Every field given is sent as is; `stream = true` gives a streamed call's final result.
 function Client:chat(req, opts)
   M.check_chat_request(req, "chat")
   check_call_options(opts, "chat", 2)
   if req.stream == true then return self:stream(req, nil, opts) end
-  return self:request("POST", "chat/completions", req, opts)
+  return self:request("POST", "chat/completions", M.encode_body(req, "chat", 1), opts)
 end
 
 function Client:stream(req, on_chunk, opts)

@@ -44,6 +44,19 @@ M.any = rule("any value", function() return true end)
 local CONTROL = "[%z\1-\31\127]"
 M.CONTROL = CONTROL
 
+-- A value read from the environment (every variable luachat reads: keys,
+-- URLs, model, organization, project): surrounding whitespace trimmed (a value
+-- from a mounted secret file often ends in a newline), set but empty counts as
+-- unset. A control character left inside is refused, naming the variable.
+-- -> value | nil (unset) | nil, message
+function M.env_value(name, v)
+  if v == nil then return nil end
+  v = tostring(v):match("^%s*(.-)%s*$")
+  if v == "" then return nil end
+  if v:find(CONTROL) then return nil, "environment variable " .. name .. " contains a control character" end
+  return v
+end
+
 -- A string with no control character (keys, header values, URLs, ids).
 M.text = rule("a string", function(v)
   if type(v) ~= "string" then return nil end
@@ -51,13 +64,20 @@ M.text = rule("a string", function(v)
   return true
 end)
 
+-- A number as error messages show it: NaN is "nan" whatever its sign bit
+-- (tostring gives "-nan" for 0/0 on glibc).
+function M.number_text(v)
+  if v ~= v then return "nan" end
+  return tostring(v)
+end
+
 local function finite(v) return type(v) == "number" and v == v and v ~= math.huge and v ~= -math.huge end
 
 -- Seconds: a finite number in [0, MAX_SECONDS].
 M.seconds = M.with(rule("a finite number of seconds", function(v)
   if not finite(v) then return nil end
   if v < 0 or v > M.MAX_SECONDS then
-    return nil, string.format("must be between 0 and %.0f seconds, got %s", M.MAX_SECONDS, tostring(v))
+    return nil, string.format("must be between 0 and %.0f seconds, got %s", M.MAX_SECONDS, M.number_text(v))
   end
   return true
 end), { numeric = true })
@@ -158,7 +178,7 @@ local function complaint(k, r, v, why)
   if not text then
     text = "must be " .. r.what
     -- A number's value says more to a numeric rule; elsewhere its type does.
-    if v ~= nil then text = text .. ", got " .. ((r.numeric and type(v) == "number") and tostring(v) or type(v)) end
+    if v ~= nil then text = text .. ", got " .. ((r.numeric and type(v) == "number") and M.number_text(v) or type(v)) end
   end
   return string.format("field %s %s", describe_key(k), text)
 end

@@ -94,6 +94,8 @@ function M.names(config)
   return sorted_names(M.builtin, config and config.profiles)
 end
 
+local resolve -- below: the body of M.resolve, env read through getenv
+
 --[[
 resolve(opts, env, config) -> settings | nil, err, kind
   opts    flags: { profile=, base_url=, model=, system= }
@@ -111,12 +113,29 @@ Precedence (the first that is set wins):
   system    -s > the profile's system
 A configured profile with a built-in's name is merged over the built-in.
 settings: { profile=, base_url=, model=, system=, api_key= string|false,
-            key_env=, headers=, query= }. err kinds: "usage" (unknown profile,
+            key_env=, headers=, query=, organization=, project= }.
+Every value read from env is trimmed of surrounding whitespace; one with a
+control character inside is a "config" error naming the variable. err kinds: "usage" (unknown profile,
 no model) and "config" (a missing key or Azure endpoint, a bad config).
 ]]
 function M.resolve(opts, env, config)
   opts, env, config = opts or {}, env or {}, config or {}
-  local function getenv(name) return name and nonempty(env[name]) end
+  -- Every value read from env goes through options.env_value (trimmed; a
+  -- control character inside is a config error naming the variable, reported
+  -- before anything else resolve would say without that variable).
+  local env_err
+  local function getenv(name)
+    if not name then return nil end
+    local v, why = options.env_value(name, env[name])
+    env_err = env_err or why
+    return v
+  end
+  local s, err, kind = resolve(opts, getenv, config)
+  if env_err then return nil, env_err, "config" end
+  return s, err, kind
+end
+
+function resolve(opts, getenv, config)
   local cprofiles = config.profiles or {}
   if type(cprofiles) ~= "table" then
     return nil, "config: 'profiles' must be a table", "config"
@@ -144,17 +163,13 @@ function M.resolve(opts, env, config)
     key_env = p.key_env,
     headers = headers,
     query = query,
+    organization = getenv("OPENAI_ORG_ID"), project = getenv("OPENAI_PROJECT_ID"),
   }
 
   -- A key read from the environment loses surrounding whitespace (a trailing
   -- newline from a secret file is common); one with a control character left
   -- inside would break the request line it goes in.
-  local key = getenv(p.key_env)
-  key = key and nonempty(key:match("^%s*(.-)%s*$"))
-  if key and key:find(options.CONTROL) then
-    return nil, string.format("%s: %s contains a control character", name, p.key_env), "config"
-  end
-  key = key or nonempty(p.api_key)
+  local key = getenv(p.key_env) or nonempty(p.api_key)
   local explicit_url = nonempty(opts.base_url) or getenv("LUACHAT_BASE_URL")
   local own_url = not explicit_url and not getenv(p.base_url_env)
   -- A key is required at the provider's own URL; a redirected one may not need it.
@@ -266,7 +281,7 @@ end
 
 -- The environment variables resolve() reads, as a table.
 function M.environment(config)
-  local names = { "LUACHAT_PROFILE", "LUACHAT_BASE_URL", "LUACHAT_MODEL",
+  local names = { "LUACHAT_PROFILE", "LUACHAT_BASE_URL", "LUACHAT_MODEL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID",
     "AZURE_OPENAI_DEPLOYMENT", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_VERSION",
     "XDG_CONFIG_HOME", "XDG_STATE_HOME", "HOME" }
   for _, src in ipairs { M.builtin, config and config.profiles or {} } do

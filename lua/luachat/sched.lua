@@ -7,6 +7,7 @@
 -- works both ways.
 -- Never: yields across a C call, or loses a task's error.
 local core = require "luachat.core"
+local options = require "luachat.options"
 
 local M = {}
 
@@ -224,7 +225,7 @@ end
 function M.sleep(seconds)
   seconds = tonumber(seconds) or error("bad argument #1 to 'sleep' (number expected)", 2)
   if seconds ~= seconds or seconds == math.huge or seconds == -math.huge then
-    error("bad argument #1 to 'sleep' (a finite number of seconds expected, got " .. tostring(seconds) .. ")", 2)
+    error("bad argument #1 to 'sleep' (a finite number of seconds expected, got " .. options.number_text(seconds) .. ")", 2)
   end
   local task = M.current()
   if task then
@@ -272,6 +273,14 @@ end
 
 -- Wait for every task: { {res, err}, ... } in the order given.
 function M.gather(list)
+  if type(list) ~= "table" then
+    error("bad argument #1 to 'gather' (list of tasks expected, got " .. type(list) .. ")", 2)
+  end
+  for i, task in ipairs(list) do
+    if getmetatable(task) ~= Task then
+      error(string.format("bad argument #1 to 'gather' (list of tasks expected, item %d is a %s)", i, type(task)), 2)
+    end
+  end
   local out = {}
   for i, task in ipairs(list) do
     local res, err = task:wait()
@@ -287,7 +296,9 @@ function M.step(timeout)
     return nil, core.error { kind = "environment", message = "luachat.step: the loop is already running" }
   end
   local seconds = tonumber(timeout) or 0
-  if seconds ~= seconds then error("bad argument #1 to 'step' (number expected, got nan)", 2) end
+  if seconds ~= seconds or seconds == math.huge or seconds == -math.huge then
+    error("bad argument #1 to 'step' (a finite number of seconds expected, got " .. options.number_text(seconds) .. ")", 2)
+  end
   turn(seconds)
   return core.live() + #timers + #runq
 end
