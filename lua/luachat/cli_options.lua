@@ -27,9 +27,11 @@ Options:
                        mistral, together, ollama, llamacpp, vllm, azure, or one
                        from the config file
   --base-url URL       the API's base URL (e.g. http://localhost:8080/v1)
-  --tools FILE.lua     a Lua file returning a list of luachat.tool{...} (or one):
-                       the model may call them (each call is shown on stderr;
-                       Ctrl-C during a call ends the turn when the handler returns)
+  --tools FILE.lua     a Lua file returning a list of luachat.tool{...} (or one
+                       tool; not several values): the model may call them (each
+                       call is shown on stderr). Ctrl-C during a call ends the
+                       turn: a handler running Lua stops at once, one blocked
+                       in a command (os.execute) when the command returns
   --json               print the final result as JSON instead of the text (-p);
                        with --tools, the agent's result {content, finish_reason,
                        turns, usage, messages}
