@@ -296,7 +296,7 @@ function M.step(timeout)
     return nil, core.error { kind = "environment", message = "luachat.step: the loop is already running" }
   end
   local seconds = tonumber(timeout) or 0
-  if seconds ~= seconds or seconds == math.huge or seconds == -math.huge then
+  if seconds ~= seconds or math.abs(seconds) == math.huge then
     error("bad argument #1 to 'step' (a finite number of seconds expected, got " .. options.number_text(seconds) .. ")", 2)
   end
   turn(seconds)
