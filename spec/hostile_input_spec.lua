@@ -342,6 +342,11 @@ describe("hostile input", function()
       -- A plain definition in an agent's tools goes through the same check.
       assert.equal("bad argument #1 to 'tool' (unknown field 'params' (did you mean 'parameters'?))",
         raised(luachat.agent, { client = c, model = "m", tools = { { name = "t", handler = print, params = {} } } }))
+      -- ... blaming the caller's line, not agent.lua's
+      local ok, e = pcall(luachat.agent, { client = c, model = "m", tools = { { name = "x" } } })
+      assert.is_false(ok)
+      assert.equal("bad argument #1 to 'tool' (field 'handler' must be a function)", (tostring(e):gsub("^[^\n]-:%d+: ", "")))
+      assert.is_nil(tostring(e):find("agent.lua", 1, true), tostring(e))
     end)
 
     it("a config file: the file and the key are named", function()

@@ -117,7 +117,12 @@ function M.new(opts)
   local tools = opts.tools
   if M.is_tool(tools) then tools = { tools } end
   for i, t in ipairs(tools or {}) do
-    if getmetatable(t) ~= Tool then t = M.tool(t) end
+    if getmetatable(t) ~= Tool then
+      -- A plain definition's error blames the line calling luachat.agent, not this one.
+      local ok, tool = pcall(M.tool, t)
+      if not ok then error((tostring(tool):gsub("^[^\n]-:%d+: ", "")), 2) end
+      t = tool
+    end
     if self.tools_by_name[t.name] then argerror("agent", "two tools are named '" .. t.name .. "'") end
     self.tools[i] = t
     self.tools_by_name[t.name] = t
