@@ -125,10 +125,13 @@ local function cases(start, client)
 
     -- 2,000 events (about 200 KB): far past the 48 KiB of unread events at
     -- which a stream's transfer pauses while its callback is busy.
-    local function big_stream()
+    -- hold_n: answer only once that many requests have arrived.
+    local function big_stream(hold_n)
       local events = {}
       for i = 1, 2000 do events[i] = { json = text_chunk(string.format("%04d,", i)) } end
-      return closing({ sse = events, done = true }, close)
+      local spec = { sse = events, done = true }
+      if hold_n then return held(spec, hold_n, close) end
+      return closing(spec, close)
     end
 
     -- Runs the outer stream in a task; its first callback calls wait_inner().
@@ -161,19 +164,24 @@ local function cases(start, client)
     end
 
     it("a stream callback waits on a request started just after the stream" .. variant, function()
-      srv:script { big_stream(), closing({ json = completion }, close) }
+      -- The stream's answer waits until the inner request has arrived too, so
+      -- the inner request starts before the stream has any answer; the stream's
+      -- callback then waits for it while the stream's unread events pile up.
+      srv:script { big_stream(2), closing({ json = completion }, close) }
       local c = client(target)
       local inner, inner_res, inner_err
-      -- The inner request starts before the stream has any answer; the stream's
-      -- callback then waits for it while the stream's unread events pile up.
       -- spawn(inner) may turn the loop before it returns, so the stream's first
       -- callback can run before `inner` is assigned: it yields until then.
       local t, calls = outer_stream(c, function()
         while not inner do luachat.sleep(0) end
         inner_res, inner_err = inner:wait()
       end)
+      -- The stream's request first (it takes the scripted stream): the two go
+      -- over separate connections, and either could reach the server first.
+      while #srv:requests() < 1 do luachat.sleep(0.01) end
       inner = luachat.spawn(inner_chat, c)
       local final, err = t:wait()
+      assert.is_nil(err, "the stream: " .. tostring(err))
       assert.is_nil(inner_err, "the inner request: " .. tostring(inner_err))
       assert.equal("hello", inner_res.choices[1].message.content)
       assert_outer_ok(final, err, calls())
