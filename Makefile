@@ -120,7 +120,7 @@ $(BUILD)/examples/%: examples/%.c $(LIB_A)
 
 $(BUILD)/spec/test_%: spec/c/test_%.c $(BASE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(ALL_LDFLAGS)
+	$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c %.o,$^) $(ALL_LDFLAGS)
 
 # A clear stop instead of "lua.h: No such file or directory".
 pkgcheck:

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "chunk_scan.h"
+#include "json_hex.h"
 
 #define SCAN_MAX_DEPTH 32
 #define SCAN_MAX_NUMBER 300 /* digits; longer could overflow a double */
@@ -43,25 +44,6 @@ static int accept(struct cursor *c, char ch)
 		c->p++;
 		return 1;
 	}
-	return 0;
-}
-
-static int hex4(const char *p, unsigned *v)
-{
-	unsigned r = 0;
-	for (int i = 0; i < 4; i++) {
-		char h = p[i];
-		r <<= 4;
-		if (h >= '0' && h <= '9')
-			r |= (unsigned)(h - '0');
-		else if (h >= 'a' && h <= 'f')
-			r |= (unsigned)(h - 'a' + 10);
-		else if (h >= 'A' && h <= 'F')
-			r |= (unsigned)(h - 'A' + 10);
-		else
-			return -1;
-	}
-	*v = r;
 	return 0;
 }
 
@@ -102,14 +84,14 @@ static int scan_string(struct cursor *c, struct chunk_text *t)
 			break;
 		case 'u': {
 			unsigned u, lo;
-			if (c->end - c->p < 6 || hex4(c->p + 2, &u) != 0)
+			if (c->end - c->p < 6 || json_hex4(c->p + 2, &u) != 0)
 				return -1;
 			c->p += 6;
 			if (u >= 0xDC00 && u <= 0xDFFF)
 				return -1; /* a lone low surrogate */
 			if (u >= 0xD800 && u <= 0xDBFF) { /* must pair with a low surrogate */
 				if (c->end - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u' ||
-				    hex4(c->p + 2, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF)
+				    json_hex4(c->p + 2, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF)
 					return -1;
 				c->p += 6;
 			}
@@ -532,10 +514,13 @@ size_t chunk_unescape(const struct chunk_text *t, char *dst)
 		case 'u': break;
 		default: dst[o++] = p[1]; p += 2; continue; /* " \ / */
 		}
-		hex4(p + 2, &cp);
+		/* scan_string validated every escape: the digits are there and a high
+		 * half is followed by its low half. */
+		cp = lo = 0;
+		(void)json_hex4(p + 2, &cp);
 		p += 6;
 		if (cp >= 0xD800 && cp <= 0xDBFF) {
-			hex4(p + 2, &lo);
+			(void)json_hex4(p + 2, &lo);
 			p += 6;
 			cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
 		}

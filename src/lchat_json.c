@@ -20,6 +20,7 @@
 #include <lauxlib.h>
 
 #include "buf.h"
+#include "json_hex.h"
 #include "lchat.h"
 #include "lchat_json.h"
 
@@ -62,24 +63,7 @@ static void skip_blanks(struct decoder *d)
 
 static int hex4(const char *p, const char *end, unsigned *v)
 {
-	unsigned r = 0;
-	int i;
-	if (end - p < 4)
-		return -1;
-	for (i = 0; i < 4; i++) {
-		char h = p[i];
-		r <<= 4;
-		if (h >= '0' && h <= '9')
-			r |= (unsigned)(h - '0');
-		else if (h >= 'a' && h <= 'f')
-			r |= (unsigned)(h - 'a' + 10);
-		else if (h >= 'A' && h <= 'F')
-			r |= (unsigned)(h - 'A' + 10);
-		else
-			return -1;
-	}
-	*v = r;
-	return 0;
+	return end - p < 4 ? -1 : json_hex4(p, v);
 }
 
 /* UTF-8 (or, for a surrogate, WTF-8) of cp into b. */
