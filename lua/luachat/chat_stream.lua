@@ -175,16 +175,24 @@ function Stream:on_transfer_done()
   self:finish(nil) -- ended cleanly without [DONE]: complete
 end
 
--- One step of the Lua path: handle the next queued event (its chunk, if any), or wait for one.
-function Stream:step()
+-- The next queued event; or nil once it has waited for one (or, the transfer being done,
+-- finished the stream). Both paths' steps start here.
+function Stream:take_or_wait()
   local t = self.transfer
   local ev = t:take_one()
-  if ev then return self:handle(ev) end
+  if ev then return ev end
   if t:done() then
     self:on_transfer_done()
   else
     sched.wait_transfer(t)
   end
+  return nil
+end
+
+-- One step of the Lua path: handle the next queued event (its chunk, if any), or wait for one.
+function Stream:step()
+  local ev = self:take_or_wait()
+  if ev then return self:handle(ev) end
   return nil
 end
 
@@ -205,16 +213,8 @@ end
 -- event (a text-only chunk skips the decode), or wait for one. Returns the decoded chunk when
 -- one was built (for on_chunk), else nil.
 function Stream:text_step(emit, want_chunk)
-  local t = self.transfer
-  local ev = t:take_one()
-  if not ev then
-    if t:done() then
-      self:on_transfer_done()
-    else
-      sched.wait_transfer(t)
-    end
-    return nil
-  end
+  local ev = self:take_or_wait()
+  if not ev then return nil end
   if not want_chunk and type(ev) == "string" then
     local index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier = scan_text(ev)
     if index ~= nil
