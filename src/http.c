@@ -235,6 +235,7 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 		r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
 		r->request_id[0] = r->content_type[0] = r->retry_after[0] = '\0';
 		r->retry_after_ms[0] = r->should_retry[0] = r->location[0] = '\0';
+		r->mcp_session_id[0] = '\0';
 		t->decided = 0;
 		t->headers_done = 0;
 		return n;
@@ -257,6 +258,8 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 		copy_trimmed(r->should_retry, sizeof r->should_retry, v, vl);
 	else if (header_is(line, n, "location", &v, &vl))
 		copy_trimmed(r->location, sizeof r->location, v, vl);
+	else if (header_is(line, n, "mcp-session-id", &v, &vl))
+		copy_trimmed(r->mcp_session_id, sizeof r->mcp_session_id, v, vl);
 	return n;
 }
 

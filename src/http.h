@@ -63,6 +63,7 @@ struct http_result {
 	char retry_after_ms[32];     /* raw retry-after-ms value, "" if none */
 	char should_retry[16];       /* raw x-should-retry value, "" if none */
 	char location[512];          /* a redirect's Location (never followed), "" if none */
+	char mcp_session_id[256];    /* Mcp-Session-Id (MCP Streamable HTTP), "" if none */
 	char message[256];           /* one line: what failed and where, never a key */
 	size_t bytes_received;       /* body bytes received */
 	double seconds;              /* wall time from start to done */

@@ -340,6 +340,7 @@ static int l_transfer_result(lua_State *L)
 	set_string_field(L, "retry_after_ms", r->retry_after_ms);
 	set_string_field(L, "should_retry", r->should_retry);
 	set_string_field(L, "location", r->location);
+	set_string_field(L, "mcp_session_id", r->mcp_session_id);
 	lua_pushlstring(L, body->data ? body->data : "", body->len);
 	lua_setfield(L, -2, "body");
 	lua_pushboolean(L, http_is_sse(lt->t));
