@@ -133,6 +133,7 @@ SUBMAKE = $(MAKE) --no-print-directory
 
 test: deps
 	@$(SUBMAKE) all
+	@scripts/mcp-peers.sh # the reference MCP servers (npm, cached) for spec/mcp*_spec.lua
 	@scripts/run-tests.sh $(BUILD)
 
 check: test asan
@@ -143,6 +144,7 @@ asan: deps
 	  EXTRA_CFLAGS="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
 	@ln -sfn ../../lua build-asan/bin/lua # the host finds its Lua files beside itself
+	@scripts/mcp-peers.sh
 	@ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp \
 	  LUACHAT_HOST=build-asan/bin/luachat LUACHAT_SKIP_STOCK_LUA=1 \
 	  scripts/run-tests.sh build-asan

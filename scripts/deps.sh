@@ -12,11 +12,12 @@ set -eu
 
 packages="lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted pkg-config \
 make gcc libreadline-dev python3 curl openssl tmux nghttp2-server"
+# node and npm: the reference MCP servers of the MCP specs (scripts/mcp-peers.sh) and make bench.
+# node may come from elsewhere (nodesource bundles npm): ask for the commands, not the packages.
+command -v node >/dev/null 2>&1 || packages="$packages nodejs"
+command -v npm >/dev/null 2>&1 || packages="$packages npm"
 if [ "${1:-}" = "--bench" ]; then
 	packages="$packages time"
-	# node may come from elsewhere (nodesource bundles npm): ask for the commands, not the packages.
-	command -v node >/dev/null 2>&1 || packages="$packages nodejs"
-	command -v npm >/dev/null 2>&1 || packages="$packages npm"
 fi
 if [ "${1:-}" = "--dev" ]; then
 	packages="$packages clang valgrind luarocks"
