@@ -220,6 +220,20 @@ function M.wait_transfer(tr, timeout)
   return tr:done()
 end
 
+-- Mark `obj` ready, as core.poll does for a transfer, for objects that Lua code
+-- completes (an MCP request's answer, luachat.mcp_rpc): the task waiting on it
+-- with wait_transfer resumes in this turn's run queue, or the next wait returns
+-- at once. obj needs :done() like a transfer.
+function M.wake(obj)
+  local co = waiters[obj]
+  if co then
+    waiters[obj] = nil
+    runq[#runq + 1] = { co, true, n = 2 }
+  else
+    flagged[obj] = true
+  end
+end
+
 -- Sleep `seconds`: yields inside a task, drives the loop (other tasks go on) outside.
 -- A NaN or infinite time never comes (now() >= NaN is never true): refused.
 function M.sleep(seconds)
