@@ -1,0 +1,281 @@
+-- luachat.batch_cli: `luachat batch`: the command line of luachat.batch and
+-- luachat.batch_remote.
+--
+-- Owns: the batch options and their --help text, the shard from the
+-- environment (--shards), the progress line and the summary on stderr, and
+-- the exit status (0 every request answered, 1 some failed, 2 usage or
+-- input, 130 interrupted).
+-- Never: writes to stdout (but --help), prints an API key, or calls os.exit.
+local luachat = require "luachat"
+local batch = require "luachat.batch"
+local options = require "luachat.cli_options"
+local term = require "luachat.cli_term"
+local cli_error = require "luachat.cli_error"
+
+local EXIT = options.EXIT
+
+local M = {}
+
+M.HELP = [[
+usage: luachat batch REQUESTS.jsonl -o RESULTS.jsonl [options]
+       luachat batch --remote-status BATCH_ID -o RESULTS.jsonl [options]
+
+Runs every request of a file in the OpenAI Batch input format, one a line:
+  {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+(method and url optional; url is resolved against the base URL, so /v1/... works
+with a base URL ending in /v1) and writes one line per request to RESULTS in the
+OpenAI Batch output format, in completion order, each line flushed as it comes.
+The input is checked before anything is sent (exit 2 naming the lines).
+
+Options:
+  -o, --output FILE      the results (required); {shard} in the name becomes K
+  --concurrency N        requests in flight at once (64)
+  --rpm N                at most N requests a minute (requests evenly spaced)
+  --tpm N                at most N tokens a minute (estimated from each body,
+                         corrected by the answer's usage)
+  --resume               continue: skip every custom_id RESULTS already answers
+                         (a cut last line is dropped and its request runs again)
+  --shard K/N            only the K-th of N slices of the input (0 <= K < N; by
+                         a hash of custom_id, the same for every machine)
+  --shards N             the same, K from JOB_COMPLETION_INDEX (Kubernetes
+                         Indexed Job) or SLURM_ARRAY_TASK_ID (minus
+                         SLURM_ARRAY_TASK_MIN when set)
+  --max-retries N        retries of a request on 429, 5xx and network errors,
+                         after Retry-After (5); a 429 pauses every request
+  --remote               hand the file to the provider's Batch API instead: upload
+                         (/files), create (/batches), wait, download into RESULTS
+  --poll-interval S      with --remote: seconds between status checks (10)
+  --remote-status ID     wait for a batch created earlier, download its results
+  --quiet                no progress line and no summary
+  -m, --model NAME       the model for lines whose body has none
+  -P, --profile NAME     the provider (see luachat -p --help)
+  --base-url URL         the API's base URL
+  -h, --help             this help
+
+Progress (done/total, ok/failed, requests/s, tokens, ETA) goes to stderr when it
+is a terminal; a summary at the end. Exit status: 0 every request answered, 1 some
+failed (their lines are written too), 2 usage or input error, 130 interrupted
+(what completed is written; --resume continues). See docs/BATCH.md.
+]]
+
+M.USAGE = "usage: luachat batch REQUESTS.jsonl -o RESULTS.jsonl [options]  (try 'luachat batch --help')"
+
+local VALUE_OPTS = {
+  ["-o"] = "output", ["--output"] = "output",
+  ["--concurrency"] = "concurrency", ["--rpm"] = "rpm", ["--tpm"] = "tpm",
+  ["--shard"] = "shard", ["--shards"] = "shards",
+  ["--max-retries"] = "max_retries", ["--poll-interval"] = "poll_interval",
+  ["--remote-status"] = "remote_status",
+  ["-m"] = "model", ["--model"] = "model",
+  ["-P"] = "profile", ["--profile"] = "profile",
+  ["--base-url"] = "base_url",
+}
+local FLAG_OPTS = {
+  ["--resume"] = "resume", ["--remote"] = "remote", ["--quiet"] = "quiet",
+  ["-h"] = "help", ["--help"] = "help",
+}
+local INTEGERS = { concurrency = 1, rpm = 1, tpm = 1, max_retries = 0, shards = 1 }
+
+-- parse(args) -> opts | nil, message. args: what follows "batch".
+-- env: a getenv function (for --shards).
+function M.parse(args, env)
+  env = env or os.getenv
+  local o = {}
+  for _, a in ipairs(args) do
+    if a == "-h" or a == "--help" then return { help = true } end
+  end
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
+    if not name then name = a end
+    if VALUE_OPTS[name] then
+      local v = inline
+      if v == nil then
+        i = i + 1
+        v = args[i]
+        if v == nil then return nil, string.format("option '%s' needs an argument", name) end
+      end
+      o[VALUE_OPTS[name]] = v
+    elseif FLAG_OPTS[name] and inline == nil then
+      o[FLAG_OPTS[name]] = true
+    elseif FLAG_OPTS[name] then
+      return nil, string.format("option '%s' takes no value", name)
+    elseif a:sub(1, 1) == "-" and a ~= "-" then
+      return nil, string.format("unrecognized option '%s'", a)
+    elseif o.input then
+      return nil, string.format("unexpected argument '%s' (one input file)", a)
+    else
+      o.input = a
+    end
+    i = i + 1
+  end
+  for f, min in pairs(INTEGERS) do
+    if o[f] then
+      local n = tonumber(o[f])
+      if math.type(n) ~= "integer" or n < min then
+        return nil, string.format("--%s needs a %s whole number, got '%s'", f:gsub("_", "-"),
+          min == 0 and "non-negative" or "positive", o[f])
+      end
+      o[f] = n
+    end
+  end
+  if o.poll_interval then
+    local s = tonumber(o.poll_interval)
+    if not s or s ~= s or s <= 0 or s == math.huge then
+      return nil, string.format("--poll-interval needs a positive number of seconds, got '%s'", o.poll_interval)
+    end
+    o.poll_interval = s
+  end
+  if not o.output then return nil, "give the results file: -o RESULTS.jsonl" end
+  if o.remote_status then
+    if o.input then return nil, "--remote-status takes no input file" end
+  elseif not o.input then
+    return nil, "give the requests file: luachat batch REQUESTS.jsonl -o RESULTS.jsonl"
+  end
+  if o.shard and o.shards then return nil, "--shard and --shards cannot be used together" end
+  if o.shard then
+    local k, n = batch.parse_shard(o.shard)
+    if not k then return nil, n end
+    o.shard = { k, n }
+  elseif o.shards then
+    local v, from = env("JOB_COMPLETION_INDEX"), "JOB_COMPLETION_INDEX"
+    if v == nil or v == "" then v, from = env("SLURM_ARRAY_TASK_ID"), "SLURM_ARRAY_TASK_ID" end
+    if v == nil or v == "" then
+      return nil, "--shards needs JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID (Slurm) set; or give --shard K/N"
+    end
+    local k = tonumber(v)
+    local min = from == "SLURM_ARRAY_TASK_ID" and tonumber(env("SLURM_ARRAY_TASK_MIN") or "") or 0
+    if math.type(k) ~= "integer" or not math.type(min) then
+      return nil, string.format("%s is not a whole number: '%s'", from, v)
+    end
+    k = k - min
+    if k < 0 or k >= o.shards then
+      return nil, string.format("%s=%s gives shard %d, not in 0..%d (--shards %d)", from, v, k, o.shards - 1, o.shards)
+    end
+    o.shard = { k, o.shards }
+  end
+  if o.remote and (o.shard or o.rpm or o.tpm) then
+    return nil, "--remote sends the whole file to the provider: no --shard, --rpm or --tpm"
+  end
+  if o.shard then o.output = o.output:gsub("{shard}", tostring(o.shard[1])) end
+  return o
+end
+
+local function fmt_secs(s)
+  if s ~= s or s == math.huge then return "?" end
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return string.format("%dh%02dm", s // 3600, s % 3600 // 60) end
+  if s >= 60 then return string.format("%dm%02ds", s // 60, s % 60) end
+  return string.format("%ds", s)
+end
+
+-- The progress line's text for a running summary.
+function M.progress_text(s, elapsed)
+  local done = s.ok + s.failed
+  local todo = s.total - s.skipped
+  local rate = elapsed > 0 and done / elapsed or 0
+  local eta = rate > 0 and (todo - done) / rate or math.huge
+  return string.format("%d/%d done, %d ok, %d failed%s, %.0f req/s, %d tokens, ETA %s", done + s.skipped, s.total,
+    s.ok, s.failed, s.skipped > 0 and (", " .. s.skipped .. " skipped") or "", rate, s.tokens, fmt_secs(eta))
+end
+
+-- A progress writer: redraws one stderr line at most 5 times a second.
+local function progress(show)
+  if not show then return nil, function() end end
+  local last = 0
+  local shown = false
+  local function update(s)
+    local t = luachat.now()
+    if t - last < 0.2 then return end
+    last = t
+    io.stderr:write("\r\27[K", M.progress_text(s, t - s.started))
+    io.stderr:flush()
+    shown = true
+  end
+  local function clear()
+    if shown then
+      io.stderr:write("\r\27[K")
+      io.stderr:flush()
+    end
+  end
+  return update, clear
+end
+
+local function summary_line(s, quiet)
+  if quiet then return end
+  local secs = s.seconds or 0
+  local done = s.ok + s.failed
+  io.stderr:write(string.format("luachat: batch: %d requests: %d ok, %d failed, %d skipped, %d tokens in %.1f s%s -> %s\n",
+    s.total, s.ok, s.failed, s.skipped, s.tokens, secs,
+    secs > 0 and done > 0 and string.format(" (%.0f req/s)", done / secs) or "", s.output))
+end
+
+-- The message of a run's error, problems listed one a line.
+local function report_error(err, s)
+  if type(err) == "table" and err.kind == "input" and type(err.problems) == "table" then
+    io.stderr:write("luachat: batch: ", term.one_line(err.headline or err.message, 400), ":\n")
+    for _, p in ipairs(err.problems) do io.stderr:write("  ", term.one_line(p, 400), "\n") end
+    return EXIT.usage
+  end
+  if type(err) == "table" and err.kind == "usage" then
+    io.stderr:write("luachat: batch: ", term.one_line(err.message, 400), "\n")
+    return EXIT.usage
+  end
+  io.stderr:write(cli_error.format_error(err, s), "\n")
+  return EXIT.error
+end
+
+-- main(args) -> exit code. args: argv without the program name, args[1] == "batch".
+function M.main(args)
+  local rest = table.move(args, 2, #args, 1, {})
+  local o, uerr = M.parse(rest)
+  if not o then
+    io.stderr:write("luachat batch: ", uerr, "\n", M.USAGE, "\n")
+    return EXIT.usage
+  end
+  if o.help then
+    io.stdout:write(M.HELP)
+    return EXIT.ok
+  end
+  local setup = require "luachat.cli_setup"
+  local ctx, code = setup.setup { profile = o.profile, base_url = o.base_url, model = o.model }
+  if not ctx then return code end
+  local show = not o.quiet and ctx.err_tty
+  local update, clear = progress(show)
+  local ok, intr, res, rerr = term.protect(function()
+    if o.remote or o.remote_status then
+      local remote = require "luachat.batch_remote"
+      return remote.run {
+        client = ctx.client, input = o.input, output = o.output, batch_id = o.remote_status,
+        poll_interval = o.poll_interval, max_retries = o.max_retries or 5, model = ctx.model,
+        resume = o.resume,
+        on_status = show and function(b)
+          local c = type(b.request_counts) == "table" and b.request_counts or {}
+          io.stderr:write("\r\27[K", string.format("batch %s: %s, %s/%s done, %s failed", tostring(b.id),
+            tostring(b.status), tostring(c.completed or 0), tostring(c.total or "?"), tostring(c.failed or 0)))
+          io.stderr:flush()
+        end or nil,
+      }
+    end
+    return batch.run {
+      client = ctx.client, input = o.input, output = o.output, concurrency = o.concurrency,
+      rpm = o.rpm, tpm = o.tpm, resume = o.resume, shard = o.shard, model = ctx.model,
+      max_retries = o.max_retries or 5, on_progress = show and update or nil,
+    }
+  end)
+  clear()
+  if intr then
+    io.stderr:write("\r\27[Kluachat: batch: interrupted; what completed is in ", o.output, " (--resume continues)\n")
+    return EXIT.interrupted
+  end
+  if not ok then
+    io.stderr:write(cli_error.format_error(res, ctx.s), "\n")
+    return EXIT.error
+  end
+  if not res then return report_error(rerr, ctx.s) end
+  summary_line(res, o.quiet)
+  return res.failed > 0 and EXIT.error or EXIT.ok
+end
+
+return M
