@@ -59,6 +59,8 @@ static const char usage_text[] =
 	"  -m MODEL, -s SYSTEM, -P PROFILE, --base-url URL, --tools FILE, --max-turns N,\n"
 	"  --json, --no-stream; any option that is not one of the host's goes to the chat\n"
 	"  command line, and long ones take --name=VALUE too\n"
+	"  batch FILE -o OUT run a file of requests (OpenAI Batch format), resumable,\n"
+	"                    rate-limited, sharded or remote (see `" PROGNAME " batch --help`)\n"
 	"\n"
 	"Other:\n"
 	"  -v, --version     print luachat, Lua and libcurl versions\n"
@@ -116,6 +118,10 @@ static int parse_options(struct options *o, int *code)
 	int i;
 	for (i = 1; i < o->argc; i++) {
 		const char *a = o->argv[i];
+		if (i == 1 && strcmp(a, "batch") == 0) {
+			o->chat_cli = 1; /* `luachat batch ...`: lua/luachat/batch_cli.lua (a script named batch: ./batch) */
+			return 0;
+		}
 		if (a[0] != '-') {
 			o->script = i;
 			return 0;

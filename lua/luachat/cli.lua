@@ -31,6 +31,8 @@ M.format_error = cli_error.format_error
 
 -- main(args) -> exit code. args: argv without the program name.
 function M.main(args)
+  -- `luachat batch ...`: its own command line (luachat.batch_cli).
+  if args and args[1] == "batch" then return require("luachat.batch_cli").main(args) end
   local o, uerr = options.parse(args or {})
   if not o then
     io.stderr:write("luachat: ", uerr, "\n", options.USAGE, "\n")
