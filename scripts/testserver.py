@@ -44,6 +44,22 @@ class State:
         self.gates = {}  # name -> {"state": armed|released|timed_out, "event": Event} (sse gates)
         self.progress = []  # one entry per response served with `sndbuf` (flow-control specs)
         self.arrived = threading.Condition(self.lock)  # notified on every logged request (hold_until)
+        self.rules = []  # [{"contains": text, "times": n, "response": R}]: picked by request body (batch specs)
+        self.files = {}  # Files API: id -> {"bytes", "filename", "purpose"}
+        self.batches = {}  # Batches API: id -> batch object (plus "_polls")
+        self.batch_polls = 1  # a batch reads "in_progress" for this many GETs before "completed"
+
+    def rule_response(self, body):
+        """The first rule whose `contains` text is in the request body and has `times`
+        left (no `times`: always), or None. Lets a spec answer each request by its
+        content whatever order concurrent requests arrive in."""
+        with self.lock:
+            for rule in self.rules:
+                if str(rule.get("contains", "")) in body and rule.get("times", 1) > 0:
+                    if "times" in rule:
+                        rule["times"] -= 1
+                    return rule.get("response") or {}
+        return None
 
     def next_response(self):
         """Pop the head of the queue (honouring `repeat`), else the default."""
@@ -335,7 +351,10 @@ class Handler(BaseHTTPRequestHandler):
             })
             STATE.arrived.notify_all()
         REQUEST.headers, REQUEST.query = headers, query
-        self.respond(STATE.next_response(), rid, request_json)
+        if batch_api(self, path, body, request_json, headers):
+            return
+        spec = STATE.rule_response(body.decode("utf-8", "replace")) if STATE.rules else None
+        self.respond(spec if spec is not None else STATE.next_response(), rid, request_json)
 
     do_GET = do_POST = handle_any
 
@@ -365,8 +384,13 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.queue.extend(arg.get("responses", []))
             elif path == "/_control/default":
                 STATE.default = DEFAULT_RESPONSE if arg is None else arg
+            elif path == "/_control/rules":
+                STATE.rules = list((arg or {}).get("rules") or [])
+            elif path == "/_control/batch_polls":
+                STATE.batch_polls = int((arg or {}).get("n", 1))
             elif path == "/_control/reset":
                 STATE.queue, STATE.default, STATE.requests = [], DEFAULT_RESPONSE, []
+                STATE.rules, STATE.files, STATE.batches, STATE.batch_polls = [], {}, {}, 1
                 for g in STATE.gates.values():
                     g["event"].set()  # nothing stays blocked past a reset
                 STATE.gates = {}
@@ -496,6 +520,141 @@ class Handler(BaseHTTPRequestHandler):
             if chunked:
                 writer.write(b"0\r\n\r\n")
         writer.finish(close=closing or close_delimited)
+
+
+def multipart_fields(body, content_type):
+    """multipart/form-data -> {name: (filename or None, bytes)}; {} when it is not one."""
+    marker = "boundary="
+    if "multipart/form-data" not in content_type or marker not in content_type:
+        return {}
+    boundary = content_type.split(marker, 1)[1].split(";")[0].strip().strip('"').encode()
+    fields = {}
+    for part in body.split(b"--" + boundary):
+        if part in (b"", b"--", b"--\r\n") or b"\r\n\r\n" not in part:
+            continue
+        head, _, data = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        disp = head.decode("utf-8", "replace")
+        name = disp.split('name="', 1)[1].split('"', 1)[0] if 'name="' in disp else None
+        fname = disp.split('filename="', 1)[1].split('"', 1)[0] if 'filename="' in disp else None
+        if name:
+            fields[name] = (fname, data)
+    return fields
+
+
+def run_batch(batch, data):
+    """Answer every line of a batch's input as the chat endpoint would (rules, then the
+    queue, then the default; `json` and `body` responses), into an output file (2xx)
+    and an error file (the rest), in the OpenAI Batch output format."""
+    out, err = [], []
+    n = 0
+    for line in data.decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            continue
+        n += 1
+        try:
+            req = json.loads(line)
+            body_text = compact(req.get("body"))
+        except (ValueError, AttributeError):
+            err.append(compact({"id": "batch_req_%d" % n, "custom_id": None, "response": None,
+                                "error": {"code": "invalid_json", "message": "line %d is not JSON" % n}}))
+            continue
+        spec = STATE.rule_response(body_text)
+        if spec is None:
+            spec = STATE.next_response()
+        status = int(spec.get("status", 200))
+        if "json" in spec:
+            rbody = apply_templates(spec["json"], req.get("body"))
+        else:
+            rbody = fill_template(str(spec.get("body", "")), req.get("body"))
+        entry = {"id": "batch_req_%d" % n, "custom_id": req.get("custom_id"),
+                 "response": {"status_code": status, "request_id": "req_b%d" % n, "body": rbody}, "error": None}
+        (out if 200 <= status < 300 else err).append(compact(entry))
+    with STATE.lock:
+        ids = []
+        for lines in (out, err):
+            if not lines:
+                ids.append(None)
+                continue
+            fid = "file-%d" % (len(STATE.files) + 1)
+            STATE.files[fid] = {"bytes": ("\n".join(lines) + "\n").encode(), "filename": fid + ".jsonl",
+                                "purpose": "batch_output"}
+            ids.append(fid)
+        batch["output_file_id"], batch["error_file_id"] = ids
+        batch["request_counts"] = {"total": n, "completed": len(out), "failed": len(err)}
+
+
+def batch_api(handler, path, body, request_json, headers):
+    """A minimal Files and Batches API under /v1 (or /): upload (multipart, purpose),
+    file metadata and content, create a batch (processed at once; it reads
+    "in_progress" for STATE.batch_polls GETs), get and cancel it. True when it answered."""
+    p = path[3:] if path.startswith("/v1/") else path
+    parts = [x for x in p.split("/") if x]
+    if not parts or parts[0] not in ("files", "batches"):
+        return False
+    method = handler.command
+    if parts == ["files"] and method == "POST":
+        fields = multipart_fields(body, headers.get("content-type", ""))
+        if "file" not in fields or "purpose" not in fields:
+            handler.send_simple(400, {"error": {"message": "multipart fields 'file' and 'purpose' are required",
+                                                "type": "invalid_request_error"}})
+            return True
+        with STATE.lock:
+            fid = "file-%d" % (len(STATE.files) + 1)
+            STATE.files[fid] = {"bytes": fields["file"][1], "filename": fields["file"][0] or "upload",
+                                "purpose": fields["purpose"][1].decode("utf-8", "replace")}
+        f = STATE.files[fid]
+        handler.send_simple(200, {"id": fid, "object": "file", "bytes": len(f["bytes"]), "created_at": int(time.time()),
+                                  "filename": f["filename"], "purpose": f["purpose"]})
+        return True
+    if parts[0] == "files" and len(parts) in (2, 3) and method == "GET":
+        f = STATE.files.get(parts[1])
+        if f is None:
+            handler.send_simple(404, {"error": {"message": "no such file " + parts[1], "type": "invalid_request_error"}})
+        elif len(parts) == 3 and parts[2] == "content":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/octet-stream")
+            handler.send_header("Content-Length", str(len(f["bytes"])))
+            handler.end_headers()
+            handler.wfile.write(f["bytes"])
+        else:
+            handler.send_simple(200, {"id": parts[1], "object": "file", "bytes": len(f["bytes"]),
+                                      "filename": f["filename"], "purpose": f["purpose"]})
+        return True
+    if parts == ["batches"] and method == "POST":
+        req = request_json if isinstance(request_json, dict) else {}
+        f = STATE.files.get(req.get("input_file_id"))
+        if f is None or not req.get("endpoint") or req.get("completion_window") != "24h":
+            handler.send_simple(400, {"error": {"message": "want input_file_id (an uploaded file), endpoint and "
+                                                "completion_window \"24h\"", "type": "invalid_request_error"}})
+            return True
+        with STATE.lock:
+            bid = "batch_%d" % (len(STATE.batches) + 1)
+            batch = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
+                     "completion_window": "24h", "status": "in_progress", "created_at": int(time.time()),
+                     "output_file_id": None, "error_file_id": None, "metadata": req.get("metadata"),
+                     "request_counts": {"total": 0, "completed": 0, "failed": 0}, "_polls": 0}
+            STATE.batches[bid] = batch
+        run_batch(batch, f["bytes"])
+        handler.send_simple(200, dict((k, v) for k, v in batch.items() if not k.startswith("_")))
+        return True
+    if parts[0] == "batches" and len(parts) >= 2:
+        batch = STATE.batches.get(parts[1])
+        if batch is None:
+            handler.send_simple(404, {"error": {"message": "no such batch " + parts[1], "type": "invalid_request_error"}})
+            return True
+        with STATE.lock:
+            if len(parts) == 3 and parts[2] == "cancel" and method == "POST":
+                batch["status"] = "cancelled"
+            elif method == "GET" and batch["status"] == "in_progress":
+                batch["_polls"] += 1
+                if batch["_polls"] > STATE.batch_polls:
+                    batch["status"] = "completed"
+            shown = dict((k, v) for k, v in batch.items() if not k.startswith("_"))
+        handler.send_simple(200, shown)
+        return True
+    return False
 
 
 def hold(spec):

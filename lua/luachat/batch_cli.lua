@@ -250,6 +250,10 @@ function M.main(args)
         client = ctx.client, input = o.input, output = o.output, batch_id = o.remote_status,
         poll_interval = o.poll_interval, max_retries = o.max_retries or 5, model = ctx.model,
         resume = o.resume,
+        on_created = not o.quiet and function(b)
+          io.stderr:write(string.format("luachat: batch: created %s (if this stops: luachat batch --remote-status %s -o %s)\n",
+            tostring(b.id), tostring(b.id), o.output))
+        end or nil,
         on_status = show and function(b)
           local c = type(b.request_counts) == "table" and b.request_counts or {}
           io.stderr:write("\r\27[K", string.format("batch %s: %s, %s/%s done, %s failed", tostring(b.id),

@@ -1,0 +1,220 @@
+-- luachat.batch_remote: `luachat batch --remote`: hand a requests file to the
+-- provider's own Batch API, wait for it, and download its results.
+--
+-- Owns: the multipart upload to /files (purpose=batch), creating the batch
+-- (/batches: endpoint, completion_window "24h"), polling its status, and
+-- writing the output and error files into the results file in the same
+-- format as a local run (luachat.batch), each custom id once.
+-- Never: uploads an input that luachat.batch.validate refuses, or writes a
+-- custom id the results file already has.
+--
+--   remote.run{ client =, input = "in.jsonl" | batch_id = "batch_...", output =,
+--     poll_interval = 10, max_retries = 5, resume = bool,
+--     on_created = function(batch) end, on_status = function(batch) end }
+--   -> { total, ok, failed, skipped, tokens, batch_id } | nil, err
+local core = require "luachat.core"
+local json = require "luachat.json"
+local sched = require "luachat.sched"
+local client_mod = require "luachat.client"
+local batch = require "luachat.batch"
+
+local M = {}
+
+local TERMINAL = { completed = true, failed = true, expired = true, cancelled = true }
+
+-- One request with a raw body and content type; returns the transfer result
+-- (body as bytes) | nil, err. Retries as a local run does.
+local function raw(client, method, path, body, content_type, max_retries)
+  local idem = method == "POST" and ("luachat-batch-" .. string.format("%08x", math.random(0, 0x7fffffff))) or nil
+  local attempt = 0
+  while true do
+    local spec = client:transfer_spec(method, path, body, nil, false, idem)
+    if content_type then
+      for i, h in ipairs(spec.headers) do
+        if h:lower():find("^content%-type:") then spec.headers[i] = "Content-Type: " .. content_type end
+      end
+    end
+    local what = client_mod.describe(spec)
+    local r, err
+    local t, serr = core.start(spec)
+    if not t then
+      err = serr
+    else
+      while not t:done() do sched.wait_transfer(t) end
+      r = t:result()
+      t:close()
+      err = client:error_for(r, what)
+    end
+    if not err then return r end
+    err.retries = attempt
+    local sr = r and r.should_retry
+    local again = sr == "true" or (sr ~= "false" and err.retryable and err.kind ~= "cancelled")
+    if attempt >= max_retries or not again then return nil, err end
+    sched.sleep(batch.retry_delay(r, attempt))
+    attempt = attempt + 1
+  end
+end
+
+local function json_call(client, method, path, value, max_retries)
+  local r, err = raw(client, method, path, value ~= nil and json.encode(value) or nil, nil, max_retries)
+  if not r then return nil, err end
+  local doc, derr = json.decode(r.body)
+  if type(doc) ~= "table" then
+    return nil, core.error { kind = "deserialise", status = r.status, request_id = r.request_id,
+      message = method .. " " .. path .. ": response is not a JSON object (" .. tostring(derr) .. ")" }
+  end
+  return doc
+end
+
+-- A multipart/form-data body: fields { {name, value [, filename, type]} }.
+function M.multipart(fields)
+  local boundary = "luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+  local parts = {}
+  for _, f in ipairs(fields) do
+    local disp = 'form-data; name="' .. f[1] .. '"'
+    if f[3] then disp = disp .. '; filename="' .. f[3]:gsub('["\r\n]', "_") .. '"' end
+    parts[#parts + 1] = "--" .. boundary .. "\r\nContent-Disposition: " .. disp .. "\r\n"
+      .. (f[4] and ("Content-Type: " .. f[4] .. "\r\n") or "") .. "\r\n" .. f[2] .. "\r\n"
+  end
+  parts[#parts + 1] = "--" .. boundary .. "--\r\n"
+  return table.concat(parts), "multipart/form-data; boundary=" .. boundary
+end
+
+-- The one endpoint every line of the input names (a provider batch has one).
+local function endpoint_of(path)
+  local eps, n = {}, 0
+  local f = assert(io.open(path, "rb"))
+  for text in f:lines() do
+    if text:find("%S") then
+      local req = batch.parse_line(text)
+      if req and not eps[req.url] then
+        eps[req.url] = true
+        n = n + 1
+      end
+    end
+  end
+  f:close()
+  if n ~= 1 then
+    local list = {}
+    for u in pairs(eps) do list[#list + 1] = u end
+    table.sort(list)
+    return nil, core.error { kind = "input", message = string.format(
+      "%s: a remote batch has one endpoint, the input names %d: %s", path, n, table.concat(list, ", ")) }
+  end
+  return next(eps)
+end
+
+-- run(opts) -> summary | nil, err. See the top of the file.
+function M.run(o)
+  local client = o.client or require("luachat").client()
+  local started = core.now()
+  local max_retries = o.max_retries or 5
+  local interval = o.poll_interval or 10
+  local output = o.output
+  local done = {}
+  local existing = io.open(output, "rb")
+  if existing then
+    local size = existing:seek("end")
+    existing:close()
+    if size > 0 and not o.resume then
+      return nil, core.error { kind = "usage",
+        message = output .. " already has results: pass --resume (resume = true) to add to it, or remove it" }
+    end
+    local d, serr = batch.scan_output(output)
+    if not d then return nil, serr end
+    done = d
+  end
+
+  local b, err
+  if o.batch_id then
+    b, err = json_call(client, "GET", "batches/" .. o.batch_id, nil, max_retries)
+    if not b then return nil, err end
+  else
+    local v, verr = batch.validate(o.input, nil, nil)
+    if not v then return nil, verr end
+    local endpoint, eerr = endpoint_of(o.input)
+    if not endpoint then return nil, eerr end
+    local f = assert(io.open(o.input, "rb"))
+    local data = f:read("a")
+    f:close()
+    local name = o.input:match("([^/]*)$")
+    local body, ctype = M.multipart { { "purpose", "batch" }, { "file", data, name, "application/jsonl" } }
+    data = nil
+    local r, uerr = raw(client, "POST", "files", body, ctype, max_retries)
+    body = nil
+    if not r then return nil, uerr end
+    local file = json.decode(r.body)
+    if type(file) ~= "table" or type(file.id) ~= "string" then
+      return nil, core.error { kind = "deserialise", message = "POST files: no file id in the answer" }
+    end
+    b, err = json_call(client, "POST", "batches",
+      { input_file_id = file.id, endpoint = endpoint, completion_window = "24h" }, max_retries)
+    if not b then return nil, err end
+    if o.on_created then o.on_created(b) end
+  end
+  if type(b.id) ~= "string" then
+    return nil, core.error { kind = "deserialise", message = "the batch has no id" }
+  end
+  local id = b.id
+  while not TERMINAL[b.status] do
+    if o.on_status then o.on_status(b) end
+    sched.sleep(interval)
+    b, err = json_call(client, "GET", "batches/" .. id, nil, max_retries)
+    if not b then return nil, err end
+  end
+  if o.on_status then o.on_status(b) end
+
+  local counts = type(b.request_counts) == "table" and b.request_counts or {}
+  local summary = { total = math.tointeger(counts.total) or 0, ok = 0, failed = 0, skipped = 0, tokens = 0,
+    batch_id = id, status = b.status, output = output }
+  local out, oerr = io.open(output, "ab")
+  if not out then return nil, core.error { kind = "environment", message = "cannot open the output: " .. tostring(oerr) } end
+  local seen = 0
+  for _, key in ipairs { "output_file_id", "error_file_id" } do
+    local fid = b[key]
+    if type(fid) == "string" then
+      local r, ferr = raw(client, "GET", "files/" .. fid .. "/content", nil, nil, max_retries)
+      if not r then
+        out:close()
+        return nil, ferr
+      end
+      for line in r.body:gmatch("[^\n]+") do
+        local doc = json.decode(line)
+        local cid = type(doc) == "table" and doc.custom_id
+        if type(cid) == "string" then
+          seen = seen + 1
+          if done[cid] then
+            summary.skipped = summary.skipped + 1
+          else
+            done[cid] = true
+            out:write(line:gsub("\r$", ""), "\n")
+            out:flush()
+            local resp = type(doc.response) == "table" and doc.response or {}
+            local status = math.tointeger(resp.status_code)
+            if (doc.error == nil or doc.error == json.null) and status and status >= 200 and status < 300 then
+              summary.ok = summary.ok + 1
+            else
+              summary.failed = summary.failed + 1
+            end
+            local usage = type(resp.body) == "table" and resp.body.usage
+            local used = type(usage) == "table" and math.tointeger(usage.total_tokens)
+            if used then summary.tokens = summary.tokens + used end
+          end
+        end
+      end
+    end
+  end
+  out:close()
+  if summary.total < seen then summary.total = seen end
+  summary.seconds = core.now() - started
+  -- Requests the provider never answered (expired, cancelled) count as failed.
+  summary.failed = summary.failed + math.max(0, summary.total - seen)
+  if b.status == "failed" then
+    local errs = type(b.errors) == "table" and type(b.errors.data) == "table" and b.errors.data or {}
+    local first = type(errs[1]) == "table" and errs[1].message or "no reason given"
+    return nil, core.error { kind = "api", message = "batch " .. id .. " failed: " .. tostring(first) }
+  end
+  return summary
+end
+
+return M
