@@ -48,6 +48,10 @@ setmetatable(M, {
       rawset(t, "agent", agent)
       rawset(t, "tool", agent.tool)
       return rawget(t, k)
+    elseif k == "mcp" then
+      local mcp = require "luachat.mcp" -- Model Context Protocol sessions (docs/MCP.md)
+      rawset(t, "mcp", mcp)
+      return mcp
     end
     return nil
   end,
