@@ -1,0 +1,322 @@
+-- luachat.batch (issue 18), in process: validation before anything is sent,
+-- mixed outcomes (400 kept, 500 and 429 retried), the shared pause after a
+-- 429, resume (a cut last line dropped, finished ids never re-sent), shards,
+-- --rpm and --tpm pacing, URL resolution and other endpoints.
+-- The test server answers each request by its body (/_control/rules), so the
+-- order concurrent requests arrive in does not matter; pacing is asserted on
+-- the server's own arrival times, lower bounds only.
+local server = require "spec.helpers.server"
+local proc = require "spec.helpers.proc"
+local luachat = require "luachat"
+local core = require "luachat.core"
+local batch = require "luachat.batch"
+local json = luachat.json
+
+local function completion(tokens)
+  return { json = { id = "chatcmpl-b", object = "chat.completion", model = "m",
+    choices = { { index = 0, message = { role = "assistant", content = "hi" }, finish_reason = "stop" } },
+    usage = { prompt_tokens = 1, completion_tokens = tokens - 1, total_tokens = tokens } } }
+end
+
+-- A requests file of n lines; line i asks "q<i>." (so a body names its id).
+local function write_input(path, n, extra)
+  local f = assert(io.open(path, "wb"))
+  for i = 1, n do
+    local line = { custom_id = "r" .. i, method = "POST", url = "/v1/chat/completions",
+      body = { model = "m", messages = { { role = "user", content = "q" .. i .. "." } } } }
+    if extra then extra(line, i) end
+    f:write(json.encode(line), "\n")
+  end
+  f:close()
+end
+
+local function read_lines(path)
+  local out = {}
+  local f = io.open(path, "rb")
+  if not f then return out end
+  for l in f:lines() do out[#out + 1] = l end
+  f:close()
+  return out
+end
+
+-- The output lines decoded, by custom_id; raises on a duplicate id.
+local function results(path)
+  local by = {}
+  for _, l in ipairs(read_lines(path)) do
+    local d = assert(json.decode(l), "not JSON: " .. l)
+    assert(by[d.custom_id] == nil, "custom_id written twice: " .. tostring(d.custom_id))
+    by[d.custom_id] = d
+  end
+  return by
+end
+
+local function count(t) local n = 0 for _ in pairs(t) do n = n + 1 end return n end
+
+-- How many logged requests ask "q<i>."
+local function sent(reqs, i)
+  local n = 0
+  for _, r in ipairs(reqs) do
+    if r.body:find('"q' .. i .. '."', 1, true) then n = n + 1 end
+  end
+  return n
+end
+
+describe("luachat.batch", function()
+  local srv, dir, client
+  setup(function()
+    srv = server.start()
+    client = luachat.client { base_url = srv.base_url, api_key = "sk-batch" }
+  end)
+  teardown(function() srv:stop() end)
+  before_each(function()
+    srv:reset()
+    srv:default(completion(10))
+    dir = proc.tmpdir()
+  end)
+  after_each(function()
+    os.execute("rm -rf " .. proc.shell_quote(dir))
+    assert.equal(0, core.live(), "a transfer was left running")
+  end)
+
+  it("keeps a 400, retries a 500 and a 429, writes every id once in the Batch output format", function()
+    write_input(dir .. "/in.jsonl", 10)
+    srv:control("/_control/rules", { rules = {
+      { contains = '"q3."', response = { status = 400, json = { error = { message = "bad request", code = "bad_thing" } } } },
+      { contains = '"q5."', times = 1, response = { status = 500, headers = { ["Retry-After"] = "0" },
+        json = { error = { message = "oops" } } } },
+      { contains = '"q7."', times = 1, response = { status = 429, headers = { ["Retry-After"] = "0" },
+        json = { error = { message = "slow down" } } } },
+    } })
+    local got = {}
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl",
+      concurrency = 4, max_retries = 3, on_result = function(line, info) got[info.custom_id] = { line, info } end })
+    assert.same({ 10, 9, 1, 0, 90 }, { s.total, s.ok, s.failed, s.skipped, s.tokens })
+    local by = results(dir .. "/out.jsonl")
+    assert.equal(10, count(by))
+    local r3 = by.r3
+    assert.equal(400, r3.response.status_code)
+    assert.equal("bad request", r3.response.body.error.message) -- the server's body is kept
+    assert.equal("bad_thing", r3.error.code)
+    assert.matches("HTTP 400", r3.error.message)
+    assert.matches("^batch_req_", r3.id)
+    assert.equal(200, by.r5.response.status_code)
+    assert.equal(json.null, by.r5.error)
+    assert.equal(200, by.r7.response.status_code)
+    assert.equal("hi", by.r1.response.body.choices[1].message.content)
+    assert.is_string(by.r1.response.request_id)
+    -- on_result saw every line, as written
+    assert.equal(10, count(got))
+    assert.is_false(got.r3[2].ok)
+    assert.equal(400, got.r3[2].status)
+    assert.same(json.decode(got.r3[1]), r3)
+    local reqs = srv:requests()
+    assert.same({ 1, 2, 2 }, { sent(reqs, 3), sent(reqs, 5), sent(reqs, 7) })
+    assert.equal(12, #reqs)
+    assert.equal(1, sent(reqs, 3))  -- a 400 is final
+    assert.equal(2, sent(reqs, 5))  -- 500, then 200
+    assert.equal(2, sent(reqs, 7))  -- 429, then 200
+    assert.equal("/v1/chat/completions", reqs[1].path)
+    assert.equal("Bearer sk-batch", reqs[1].headers.authorization)
+  end)
+
+  it("gives up after max_retries and writes the last answer with the error", function()
+    write_input(dir .. "/in.jsonl", 2)
+    srv:control("/_control/rules", { rules = {
+      { contains = '"q2."', response = { status = 503, headers = { ["Retry-After"] = "0" }, json = { error = { message = "down" } } } },
+    } })
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl", max_retries = 2 })
+    assert.same({ 1, 1 }, { s.ok, s.failed })
+    local r2 = results(dir .. "/out.jsonl").r2
+    assert.equal(503, r2.response.status_code)
+    assert.equal("down", r2.response.body.error.message)
+    assert.equal("api", r2.error.code)
+    assert.equal(3, sent(srv:requests(), 2))
+  end)
+
+  it("writes a network failure with a null response", function()
+    write_input(dir .. "/in.jsonl", 1)
+    -- a port nobody listens on: the server's own, after it closed? use a fresh closed one
+    local c = luachat.client { base_url = "http://127.0.0.1:1/v1", api_key = "k" }
+    local s = assert(batch.run { client = c, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl", max_retries = 0 })
+    assert.same({ 0, 1 }, { s.ok, s.failed })
+    local r1 = results(dir .. "/out.jsonl").r1
+    assert.equal(json.null, r1.response)
+    assert.equal("network", r1.error.code)
+  end)
+
+  it("refuses bad input with nothing sent, naming the lines and the duplicate ids", function()
+    local f = assert(io.open(dir .. "/in.jsonl", "wb"))
+    f:write('{"custom_id":"a","body":{"model":"m"}}\n',
+      'not json\n',
+      '\n',
+      '{"custom_id":"a","body":{"model":"m"}}\n',
+      '{"body":{"model":"m"}}\n',
+      '{"custom_id":"c"}\n',
+      '{"custom_id":"d","body":{},"url":"v1/x"}\n')
+    f:close()
+    local s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" }
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.same({
+      "line 2: invalid JSON: expected a value at character 1",
+      "line 4: duplicate custom_id 'a' (first on line 1)",
+      "line 5: no custom_id",
+      "line 6: no body (custom_id 'c')",
+      "line 7: url must be a path such as \"/v1/chat/completions\" (custom_id 'd')",
+    }, err.problems)
+    assert.matches("5 problems in the input, nothing was sent", err.message, 1, true)
+    assert.equal(0, #srv:requests())
+    assert.is_nil(io.open(dir .. "/out.jsonl"))
+  end)
+
+  it("refuses an output that already has results unless resuming", function()
+    write_input(dir .. "/in.jsonl", 2)
+    proc.write_file(dir .. "/out.jsonl", '{"custom_id":"r1"}\n')
+    local s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" }
+    assert.is_nil(s)
+    assert.equal("usage", err.kind)
+    assert.matches("--resume", err.message, 1, true)
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("resumes: skips answered ids, drops a cut last line, writes every id once", function()
+    write_input(dir .. "/in.jsonl", 6)
+    local out = dir .. "/out.jsonl"
+    assert(batch.run { client = client, input = dir .. "/in.jsonl", output = out, concurrency = 1 })
+    -- keep r1..r3 whole, cut r4's line in the middle (a crash mid-write)
+    local lines = read_lines(out)
+    local keep, cut = {}, nil
+    for _, l in ipairs(lines) do
+      local id = json.decode(l).custom_id
+      if id == "r1" or id == "r2" or id == "r3" then keep[#keep + 1] = l end
+      if id == "r4" then cut = l:sub(1, 30) end
+    end
+    proc.write_file(out, table.concat(keep, "\n") .. "\n" .. cut)
+    srv:reset()
+    srv:default(completion(10))
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = out, resume = true })
+    assert.same({ 6, 3, 0, 3 }, { s.total, s.ok, s.failed, s.skipped })
+    local by = results(out)
+    assert.equal(6, count(by))
+    local reqs = srv:requests()
+    for i = 1, 3 do assert.equal(0, sent(reqs, i), "r" .. i .. " was sent again") end
+    for i = 4, 6 do assert.equal(1, sent(reqs, i)) end
+    -- a finished output: resuming sends nothing
+    srv:reset()
+    s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = out, resume = true })
+    assert.same({ 6, 0, 6 }, { s.total, s.ok, s.skipped })
+    assert.equal(0, #srv:requests())
+    assert.equal(6, #read_lines(out))
+  end)
+
+  it("shards cover the input exactly once, stable for the file", function()
+    write_input(dir .. "/in.jsonl", 30)
+    local all, sizes = {}, {}
+    for k = 0, 2 do
+      local out = dir .. "/out" .. k .. ".jsonl"
+      local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = out, shard = { k, 3 } })
+      sizes[#sizes + 1] = s.total
+      for id in pairs(results(out)) do
+        assert.is_nil(all[id], id .. " in two shards")
+        all[id] = k
+        assert.equal(k, batch.hash(id) % 3) -- the documented rule: FNV-1a of custom_id mod N
+      end
+    end
+    assert.equal(30, count(all))
+    assert.equal(30, #srv:requests())
+    for _, n in ipairs(sizes) do assert.is_true(n > 0) end
+    -- "k/n" works too
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/again.jsonl", shard = "1/3" })
+    assert.equal(sizes[2], s.total)
+  end)
+
+  it("--rpm spaces request starts 60/rpm apart (server arrival times)", function()
+    write_input(dir .. "/in.jsonl", 6)
+    assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl",
+      concurrency = 4, rpm = 600 })
+    local reqs = srv:requests()
+    assert.equal(6, #reqs)
+    table.sort(reqs, function(a, b) return a.time < b.time end)
+    for i = 2, #reqs do
+      assert.is_true(reqs[i].time - reqs[i - 1].time >= 0.085,
+        string.format("requests %d and %d %.3f s apart", i - 1, i, reqs[i].time - reqs[i - 1].time))
+    end
+  end)
+
+  it("--tpm spaces requests by their estimated tokens", function()
+    -- each body asks max_tokens = 100: about 125 tokens estimated; 125 * 600 a minute = 0.1 s each
+    write_input(dir .. "/in.jsonl", 5, function(line) line.body.max_tokens = 100 end)
+    local body = json.encode({ model = "m", messages = { { role = "user", content = "q1." } }, max_tokens = 100 })
+    local est = batch.estimate_tokens(body, { max_tokens = 100 })
+    srv:default(completion(est)) -- usage equal to the estimate: no correction
+    assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl",
+      concurrency = 4, tpm = est * 600 })
+    local reqs = srv:requests()
+    table.sort(reqs, function(a, b) return a.time < b.time end)
+    for i = 2, #reqs do
+      assert.is_true(reqs[i].time - reqs[i - 1].time >= 0.085,
+        string.format("requests %d and %d %.3f s apart", i - 1, i, reqs[i].time - reqs[i - 1].time))
+    end
+  end)
+
+  it("a 429 pauses every worker, not just the one that got it", function()
+    -- 4 workers, answers take 50 ms: without a shared pause requests keep arriving
+    -- while the 429's Retry-After (2 s) runs; with it, none arrive in that window.
+    write_input(dir .. "/in.jsonl", 80)
+    local ok = completion(10)
+    ok.delay = 0.05
+    srv:default(ok)
+    srv:control("/_control/rules", { rules = {
+      { contains = '"q9."', times = 1, response = { status = 429, headers = { ["Retry-After"] = "2" },
+        json = { error = { message = "rate limited" } } } },
+    } })
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl",
+      concurrency = 4, max_retries = 2 })
+    assert.same({ 80, 0 }, { s.ok, s.failed })
+    local reqs = srv:requests()
+    local t429
+    for _, r in ipairs(reqs) do
+      if r.body:find('"q9."', 1, true) then t429 = t429 or r.time end
+    end
+    local during = 0
+    for _, r in ipairs(reqs) do
+      if r.time > t429 + 0.5 and r.time < t429 + 1.9 then during = during + 1 end
+    end
+    assert.equal(0, during)
+  end)
+
+  it("resolves url against the base URL, and other endpoints work", function()
+    assert.equal("chat/completions", batch.resolve_path("http://h/v1", "/v1/chat/completions"))
+    assert.equal("embeddings", batch.resolve_path("http://h/v1/", "/v1/embeddings"))
+    assert.equal("v1/embeddings", batch.resolve_path("http://h", "/v1/embeddings"))
+    assert.equal("openai/v1/x", batch.resolve_path("http://h/api", "/openai/v1/x"))
+    local f = assert(io.open(dir .. "/in.jsonl", "wb"))
+    f:write('{"custom_id":"e1","url":"/v1/embeddings","body":{"model":"e","input":"hello"}}\n')
+    f:write('{"custom_id":"c1","body":{"messages":[{"role":"user","content":"hi"}]}}\n')
+    f:close()
+    srv:control("/_control/rules", { rules = {
+      { contains = '"input"', response = { json = { object = "list", data = { { object = "embedding", index = 0,
+        embedding = { 0.5, -0.25 } } }, usage = { prompt_tokens = 2, total_tokens = 2 } } } },
+    } })
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl", model = "dflt" })
+    assert.same({ 2, 0, 12 }, { s.ok, s.failed, s.tokens })
+    local by = results(dir .. "/out.jsonl")
+    assert.same({ 0.5, -0.25 }, by.e1.response.body.data[1].embedding)
+    local paths = {}
+    for _, r in ipairs(srv:requests()) do paths[r.path] = r.json end
+    assert.equal("e", paths["/v1/embeddings"].model)
+    assert.equal("dflt", paths["/v1/chat/completions"].model) -- model fills a body without one
+  end)
+
+  it("checks its options", function()
+    assert.has_error(function() batch.run { input = 1 } end, "bad argument #1 to 'batch.run' (field 'input' must be a file name)")
+    assert.has_error(function() batch.run { input = "x", concurrency = 0 } end,
+      "bad argument #1 to 'batch.run' (field 'concurrency' must be a positive integer)")
+    assert.has_error(function() batch.run { input = "x", shard = { 3, 3 } } end,
+      "bad argument #1 to 'batch.run' (field 'shard' must be {k, n} with 0 <= k < n, or \"k/n\")")
+    assert.same({ nil, "--shard wants K/N with 0 <= K < N (e.g. 0/4), got '4/4'" }, { batch.parse_shard("4/4") })
+    assert.equal(360, batch.parse_duration("6m0s"))
+    assert.equal(0.02, batch.parse_duration("20ms"))
+    assert.is_nil(batch.parse_duration("soon"))
+  end)
+end)
