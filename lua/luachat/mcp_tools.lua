@@ -112,4 +112,45 @@ function M.make_tools(session, list, prefix)
   return out
 end
 
+local function is_session(v)
+  local mt = type(v) == "table" and getmetatable(v)
+  return type(mt) == "table" and rawget(mt, "__name") == "luachat.McpSession"
+end
+M.is_session = is_session
+
+-- An agent's `tools` list with every MCP session replaced by all its tools.
+-- A name two MCP servers both offer (or one a Lua tool has too) raises a
+-- luachat error (kind "mcp") naming both, unless prefix is true: then every
+-- session's tools are named server__tool. A session whose tool list cannot
+-- be read raises its error. Lists without sessions come back as given.
+function M.expand(tools, prefix)
+  local any = false
+  for _, t in ipairs(tools) do any = any or is_session(t) end
+  if not any then return tools end
+  local out, origin = {}, {}
+  local function add(t, from)
+    local name = type(t) == "table" and rawget(t, "name")
+    if type(name) == "string" and origin[name] and (from or origin[name].server) then
+      local a, b = origin[name].server, from
+      local function who(s) return s and ("MCP server '" .. s .. "'") or "a Lua tool" end
+      local hint = string.format("connect with prefix = true, or pass prefix = true to luachat.agent, to name them %s",
+        a and b and (a .. "__" .. t.mcp_name .. " and " .. b .. "__" .. t.mcp_name) or "server__tool")
+      error(require("luachat.core").error { kind = "mcp", message = string.format(
+        "two tools are named '%s': one from %s, one from %s (%s)", name, who(a), who(b), hint) }, 0)
+    end
+    if type(name) == "string" then origin[name] = { server = from } end
+    out[#out + 1] = t
+  end
+  for _, t in ipairs(tools) do
+    if is_session(t) then
+      local list, err = t:tools(prefix and { prefix = true } or nil)
+      if not list then error(err, 0) end
+      for _, tool in ipairs(list) do add(tool, t.name) end
+    else
+      add(t, nil)
+    end
+  end
+  return out
+end
+
 return M
