@@ -63,6 +63,7 @@ local AGENT_OPTIONS = {
   max_turns = options.with(options.integer(1), { must = "must be a positive integer" }),
   stream = options.boolean,
   parallel = options.boolean,
+  prefix = options.boolean, -- MCP sessions' tools are named server__tool
   request = options.with(options.table, { must = "must be a table" }),
   on_text = options.with(options.func, { must = "must be a function" }),
   on_tool_call = options.with(options.func, { must = "must be a function" }),
@@ -116,6 +117,8 @@ function M.new(opts)
   }, Agent)
   local tools = opts.tools
   if M.is_tool(tools) then tools = { tools } end
+  -- An MCP session (luachat.mcp.connect) in the list stands for all its tools.
+  if type(tools) == "table" then tools = require("luachat.mcp_tools").expand(tools, opts.prefix) end
   for i, t in ipairs(tools or {}) do
     if getmetatable(t) ~= Tool then
       -- A plain definition's error blames the line calling luachat.agent, not this one.
