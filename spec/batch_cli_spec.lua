@@ -1,0 +1,270 @@
+-- `luachat batch` (issue 18) as a process: exit statuses, bad input refused
+-- with nothing sent, kill -9 then --resume, Ctrl-C (SIGINT: 130, what
+-- completed written, --resume continues), --shards from the scheduler's
+-- environment, --remote and --remote-status against the test server's Files
+-- and Batches API, --help. Events, not sleeps, say when to kill: the spec
+-- waits until the results file has lines.
+local server = require "spec.helpers.server"
+local proc = require "spec.helpers.proc"
+local cjson = require "cjson"
+
+local HOST = proc.host
+local q = proc.shell_quote
+
+local function completion(tokens)
+  return { json = { id = "chatcmpl-b", object = "chat.completion", model = "m",
+    choices = { { index = 0, message = { role = "assistant", content = "hi" }, finish_reason = "stop" } },
+    usage = { prompt_tokens = 1, completion_tokens = tokens - 1, total_tokens = tokens } } }
+end
+
+local function write_input(path, n)
+  local f = assert(io.open(path, "wb"))
+  for i = 1, n do
+    f:write(cjson.encode { custom_id = "r" .. i, body = { model = "m", messages = { { role = "user", content = "q" .. i .. "." } } } }, "\n")
+  end
+  f:close()
+end
+
+local function read_lines(path)
+  local out = {}
+  local f = io.open(path, "rb")
+  if not f then return out end
+  for l in f:lines() do out[#out + 1] = l end
+  f:close()
+  return out
+end
+
+-- Decoded lines by custom_id; fails on a duplicate id or a line that is not JSON.
+local function results(path)
+  local by, n = {}, 0
+  for _, l in ipairs(read_lines(path)) do
+    local ok, d = pcall(cjson.decode, l)
+    assert(ok, "not JSON: " .. l)
+    assert(by[d.custom_id] == nil, "custom_id written twice: " .. tostring(d.custom_id))
+    by[d.custom_id] = d
+    n = n + 1
+  end
+  return by, n
+end
+
+local function sent(reqs, i)
+  local n = 0
+  for _, r in ipairs(reqs) do
+    if r.body:find('"q' .. i .. '."', 1, true) then n = n + 1 end
+  end
+  return n
+end
+
+describe("luachat batch", function()
+  local srv, dir, env
+  setup(function() srv = server.start() end)
+  teardown(function() srv:stop() end)
+  before_each(function()
+    srv:reset()
+    srv:default(completion(10))
+    dir = proc.tmpdir()
+    env = "env -u LUACHAT_PROFILE -u OPENAI_BASE_URL XDG_CONFIG_HOME=" .. q(dir) .. " OPENAI_API_KEY=sk-batch-cli "
+  end)
+  after_each(function() os.execute("rm -rf " .. q(dir)) end)
+
+  local function batch(args)
+    return proc.run(string.format("%s%s batch %s --base-url %s", env, q(HOST), args, q(srv.base_url)))
+  end
+
+  it("exits 0 when every request succeeded, writes the summary on stderr, nothing on stdout", function()
+    write_input(dir .. "/in.jsonl", 20)
+    local out, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl") .. " --concurrency 3")
+    assert.equal(0, code)
+    assert.equal("", out)
+    assert.matches("^luachat: batch: 20 requests: 20 ok, 0 failed, 0 skipped, 200 tokens in [%d.]+ s", err)
+    assert.not_matches("\r", err) -- no progress line: stderr is not a terminal
+    local by, n = results(dir .. "/out.jsonl")
+    assert.equal(20, n)
+    assert.equal(200, by.r1.response.status_code)
+    -- --quiet: nothing at all
+    out, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl") .. " --resume --quiet")
+    assert.same({ "", "", 0 }, { out, err, code })
+  end)
+
+  it("exits 1 when some failed, their lines written too", function()
+    write_input(dir .. "/in.jsonl", 5)
+    srv:control("/_control/rules", { rules = {
+      { contains = '"q2."', response = { status = 400, json = { error = { message = "no" } } } } } })
+    local _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl"))
+    assert.equal(1, code)
+    assert.matches("5 requests: 4 ok, 1 failed", err, 1, true)
+    local by, n = results(dir .. "/out.jsonl")
+    assert.equal(5, n)
+    assert.equal(400, by.r2.response.status_code)
+  end)
+
+  it("refuses bad input with exit 2, naming the lines and duplicate ids, nothing sent", function()
+    proc.write_file(dir .. "/in.jsonl", '{"custom_id":"a","body":{}}\n{"custom_id":"a","body":{}}\n{"custom_id":"b","body":{}\n')
+    local out, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl"))
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.matches("in.jsonl: 2 problems in the input, nothing was sent:\n", err, 1, true)
+    assert.matches("  line 2: duplicate custom_id 'a' (first on line 1)\n", err, 1, true)
+    assert.matches("  line 3: invalid JSON", err, 1, true)
+    assert.equal(0, #srv:requests())
+    assert.is_nil(io.open(dir .. "/out.jsonl"))
+  end)
+
+  it("usage errors exit 2", function()
+    write_input(dir .. "/in.jsonl", 1)
+    local cases = {
+      { "", "give the results file: -o RESULTS.jsonl" },
+      { "-o x.jsonl", "give the requests file" },
+      { q(dir .. "/in.jsonl") .. " -o x --shard 4/4", "--shard wants K/N with 0 <= K < N" },
+      { q(dir .. "/in.jsonl") .. " -o x --concurrency 0", "--concurrency needs a positive whole number, got '0'" },
+      { q(dir .. "/in.jsonl") .. " -o x --shards 2", "--shards needs JOB_COMPLETION_INDEX" },
+      { q(dir .. "/in.jsonl") .. " -o x --frobnicate", "unrecognized option '--frobnicate'" },
+      { q(dir .. "/in.jsonl") .. " -o x --remote --rpm 5", "--remote sends the whole file" },
+    }
+    for _, c in ipairs(cases) do
+      local _, err, code = batch(c[1])
+      assert.equal(2, code, c[1])
+      assert.matches(c[2], err, 1, true)
+    end
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("--help describes the command; luachat --help names it", function()
+    local out, _, code = proc.run(q(HOST) .. " batch --help")
+    assert.equal(0, code)
+    assert.matches("usage: luachat batch REQUESTS.jsonl -o RESULTS.jsonl", out, 1, true)
+    for _, opt in ipairs { "--concurrency", "--rpm", "--tpm", "--resume", "--shard K/N", "--shards N",
+      "--remote", "--poll-interval", "--max-retries", "--remote-status", "--quiet" } do
+      assert.matches(opt, out, 1, true)
+    end
+    out = proc.run(q(HOST) .. " --help")
+    assert.matches("batch FILE -o OUT", out, 1, true)
+  end)
+
+  it("kill -9, then --resume: every id exactly once, finished ones not sent again", function()
+    write_input(dir .. "/in.jsonl", 40)
+    local slow = completion(10)
+    slow.delay = 0.05
+    srv:default(slow)
+    local out = dir .. "/out.jsonl"
+    -- kill as soon as 10 lines are written
+    proc.run(string.format("%s%s batch %s -o %s --concurrency 2 --base-url %s & pid=$!; "
+      .. "while [ \"$(cat %s 2>/dev/null | wc -l)\" -lt 10 ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done; "
+      .. "kill -9 $pid; wait $pid", env, q(HOST), q(dir .. "/in.jsonl"), q(out), q(srv.base_url), q(out)))
+    local before = results(out)
+    local n_before = 0
+    for _ in pairs(before) do n_before = n_before + 1 end
+    assert.is_true(n_before >= 10 and n_before < 40, "lines before the kill: " .. n_before)
+    local logged = #srv:requests()
+    srv:default(completion(10))
+    local _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(out) .. " --resume")
+    assert.equal(0, code, err)
+    assert.matches("skipped", err)
+    local after, n = results(out)
+    assert.equal(40, n)
+    for i = 1, 40 do assert.is_table(after["r" .. i]) end
+    local reqs = srv:requests()
+    for i = logged + 1, #reqs do
+      local id = reqs[i].body:match('"q(%d+)%."')
+      assert.is_nil(before["r" .. id], "r" .. id .. " was finished before the kill but sent again")
+    end
+  end)
+
+  it("Ctrl-C: exit 130, what completed is written, --resume finishes", function()
+    write_input(dir .. "/in.jsonl", 30)
+    local slow = completion(10)
+    slow.delay = 0.1
+    srv:default(slow)
+    local out = dir .. "/out.jsonl"
+    local _, err, code = proc.run(string.format("%s%s batch %s -o %s --concurrency 2 --base-url %s & pid=$!; "
+      .. "while [ \"$(cat %s 2>/dev/null | wc -l)\" -lt 4 ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done; "
+      .. "kill -INT $pid; wait $pid", env, q(HOST), q(dir .. "/in.jsonl"), q(out), q(srv.base_url), q(out)))
+    assert.equal(130, code, err)
+    assert.matches("interrupted; what completed is in", err, 1, true)
+    local before, n_before = results(out) -- every line whole
+    assert.is_true(n_before >= 4 and n_before < 30, "lines: " .. n_before)
+    local logged = #srv:requests()
+    srv:default(completion(10))
+    local _, err2, code2 = batch(q(dir .. "/in.jsonl") .. " -o " .. q(out) .. " --resume")
+    assert.equal(0, code2, err2)
+    local _, n = results(out)
+    assert.equal(30, n)
+    local reqs = srv:requests()
+    for i = logged + 1, #reqs do
+      local id = reqs[i].body:match('"q(%d+)%."')
+      assert.is_nil(before["r" .. id], "r" .. id .. " sent again")
+    end
+  end)
+
+  it("--shards takes K from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID; the shards cover the input once", function()
+    write_input(dir .. "/in.jsonl", 30)
+    local seen = {}
+    local total = 0
+    for k = 0, 2 do
+      local var = k == 1 and ("SLURM_ARRAY_TASK_ID=" .. (k + 1) .. " SLURM_ARRAY_TASK_MIN=1") or ("JOB_COMPLETION_INDEX=" .. k)
+      local _, err, code = proc.run(string.format("%s%s %s batch %s -o %s --shards 3 --base-url %s", env, var, q(HOST),
+        q(dir .. "/in.jsonl"), q(dir .. "/out-{shard}.jsonl"), q(srv.base_url)))
+      assert.equal(0, code, err)
+      local by, n = results(dir .. "/out-" .. k .. ".jsonl")
+      assert.is_true(n > 0)
+      total = total + n
+      for id in pairs(by) do
+        assert.is_nil(seen[id], id .. " in two shards")
+        seen[id] = true
+      end
+    end
+    assert.equal(30, total)
+    assert.equal(30, #srv:requests())
+    -- the same slice as --shard K/N
+    local _, _, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/s1.jsonl") .. " --shard 1/3")
+    assert.equal(0, code)
+    local a = results(dir .. "/out-1.jsonl")
+    local b = results(dir .. "/s1.jsonl")
+    for id in pairs(a) do assert.is_table(b[id]) end
+    for id in pairs(b) do assert.is_table(a[id]) end
+  end)
+
+  it("--remote: upload, create, poll, download into -o; --remote-status downloads it again", function()
+    write_input(dir .. "/in.jsonl", 6)
+    srv:control("/_control/batch_polls", { n = 2 })
+    srv:control("/_control/rules", { rules = {
+      { contains = '"q4."', response = { status = 400, json = { error = { message = "bad line" } } } } } })
+    local out = dir .. "/out.jsonl"
+    local _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(out) .. " --remote --poll-interval 0.05")
+    assert.equal(1, code, err)
+    local id = err:match("created (batch_%d+)")
+    assert.is_string(id, err)
+    assert.matches("6 requests: 5 ok, 1 failed", err, 1, true)
+    local by, n = results(out)
+    assert.equal(6, n)
+    assert.equal(400, by.r4.response.status_code)
+    assert.equal("hi", by.r1.response.body.choices[1].message.content)
+    local reqs = srv:requests()
+    local upload = reqs[1]
+    assert.equal("/v1/files", upload.path)
+    assert.matches("^multipart/form%-data; boundary=", upload.headers["content-type"])
+    assert.matches('name="purpose"\r\n\r\nbatch\r\n', upload.body, 1, true)
+    assert.matches('"custom_id":"r6"', upload.body, 1, true)
+    assert.equal("/v1/batches", reqs[2].path)
+    local create = cjson.decode(reqs[2].body)
+    assert.same({ "/v1/chat/completions", "24h" }, { create.endpoint, create.completion_window })
+    local polls = 0
+    for _, r in ipairs(reqs) do if r.path == "/v1/batches/" .. id then polls = polls + 1 end end
+    assert.equal(3, polls) -- in_progress twice, then completed
+    -- later, from the batch id alone
+    local out2 = dir .. "/again.jsonl"
+    _, err, code = batch("--remote-status " .. id .. " -o " .. q(out2))
+    assert.equal(1, code, err)
+    local by2, n2 = results(out2)
+    assert.equal(6, n2)
+    assert.same(by.r2, by2.r2)
+  end)
+
+  it("--remote refuses bad input before uploading", function()
+    proc.write_file(dir .. "/in.jsonl", '{"custom_id":"a","body":{}}\n{"custom_id":"a","body":{}}\n')
+    local _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl") .. " --remote")
+    assert.equal(2, code)
+    assert.matches("duplicate custom_id 'a'", err, 1, true)
+    assert.equal(0, #srv:requests())
+  end)
+end)
