@@ -44,8 +44,10 @@ function M.main(args)
   end
   local ctx, code = setup.setup(o)
   if not ctx then return code end
-  if o.chat then return chat.run(ctx) end
-  return oneshot.run(ctx)
+  local rc
+  if o.chat then rc = chat.run(ctx) else rc = oneshot.run(ctx) end
+  setup.close_mcp(ctx) -- --mcp servers: asked to exit, then ended
+  return rc
 end
 
 -- For tests.

@@ -25,6 +25,7 @@ A line ending in \ continues on the next; """ opens and closes a block.
 Ctrl-C cancels a reply in progress; //text sends "/text".]]
 
 local commands = {}
+local err_text -- below
 
 function commands.help(ctx)
   note(ctx, CHAT_HELP)
@@ -63,13 +64,24 @@ end
 
 function commands.tools(ctx)
   if not ctx.tools or #ctx.tools == 0 then
-    note(ctx, "no tools (load some with --tools FILE.lua)")
+    note(ctx, "no tools (load some with --tools FILE.lua or --mcp 'CMD ARGS')")
     return
   end
+  local mcp_tools = require "luachat.mcp_tools"
   for _, t in ipairs(ctx.tools) do
+    if mcp_tools.is_session(t) then
+      -- An MCP server's tools, each with the server's name.
+      local list, err = t:tools()
+      if not list then note(ctx, string.format("MCP server %s: %s", t.name, one_line(err_text(err), 200))) end
+      for _, tool in ipairs(list or {}) do
+        note(ctx, string.format("%-20s (MCP server %s) %s", tool.name, t.name, one_line(tool.description or "", 90)))
+      end
+      goto continue
+    end
     local desc = t.description or (t["function"] and t["function"].description) or ""
     local name = t.name or (t["function"] and t["function"].name) or "?"
     note(ctx, string.format("%-20s %s", name, one_line(desc, 90)))
+    ::continue::
   end
 end
 
@@ -87,7 +99,7 @@ end
 M.expand_home = expand_home
 
 -- An error's own words (its message), not its tostring, which repeats "luachat: kind error:".
-local function err_text(err)
+function err_text(err)
   if type(err) == "table" and err.message ~= nil then return tostring(err.message) end
   return tostring(err)
 end

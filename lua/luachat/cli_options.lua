@@ -37,6 +37,11 @@ Options:
                        turns, usage, messages}
   --no-stream          one request/response, no streaming
   --max-turns N        with --tools: model calls per answer before giving up (10)
+  --mcp 'CMD ARGS'     tools from an MCP server run as CMD ARGS over stdio
+                       (repeatable; the value is split like shell words, with
+                       '...', "..." and \ quoting, and never run by a shell):
+                       --mcp 'npx -y @modelcontextprotocol/server-filesystem /srv';
+                       each call is shown on stderr, /tools lists them
   -h, --help           this help
 
 Chat commands: /help /model NAME /system TEXT /tools /reset /save FILE
@@ -58,7 +63,8 @@ Settings, first found wins:
 Config: $XDG_CONFIG_HOME/luachat/config.lua (default ~/.config/luachat/config.lua)
   return { default_profile = "work",
            profiles = { work = { base_url = "https://...", key_env = "WORK_KEY",
-                                 model = "...", headers = {}, query = {} } } }
+                                 model = "...", headers = {}, query = {},
+                                 mcp = { fs = { command = { "mcp-server", "/srv" } } } } } }
 History: $XDG_STATE_HOME/luachat/history (default ~/.local/state/luachat/history)
 Colour only on a terminal, and never when NO_COLOR is set.
 Exit status: 0 done, 1 error, 2 usage, 130 interrupted.
@@ -75,13 +81,67 @@ local VALUE_OPTS = {
   ["--base-url"] = "base_url",
   ["--tools"] = "tools",
   ["--max-turns"] = "max_turns",
+  ["--mcp"] = "mcp",
 }
+-- Options that may be given more than once: each value is kept, in order.
+local LIST_OPTS = { mcp = true }
 local FLAG_OPTS = {
   ["-c"] = "chat", ["--chat"] = "chat",
   ["--json"] = "json",
   ["--no-stream"] = "no_stream",
   ["-h"] = "help", ["--help"] = "help",
 }
+
+-- split_words(s) -> list of words | nil, why: s split as a POSIX shell splits
+-- a simple command's words, without running anything or expanding anything:
+-- blanks separate words; '...' keeps everything literally; "..." keeps all
+-- but \" \\ \$ \` (backslash-escaped) and a backslash-newline (removed);
+-- outside quotes a backslash keeps the next character. No $VAR, ~ or globs.
+function M.split_words(s)
+  local words, cur, have = {}, {}, false
+  local i, n = 1, #s
+  while i <= n do
+    local c = s:sub(i, i)
+    if c == " " or c == "\t" or c == "\n" then
+      if have then
+        words[#words + 1] = table.concat(cur)
+        cur, have = {}, false
+      end
+    elseif c == "'" then
+      local j = s:find("'", i + 1, true)
+      if not j then return nil, "unterminated ' quote" end
+      cur[#cur + 1] = s:sub(i + 1, j - 1)
+      have = true
+      i = j
+    elseif c == '"' then
+      have = true
+      i = i + 1
+      while true do
+        if i > n then return nil, 'unterminated " quote' end
+        local d = s:sub(i, i)
+        if d == '"' then break end
+        if d == "\\" and i < n and s:sub(i + 1, i + 1):match('["\\$`\n]') then
+          if s:sub(i + 1, i + 1) ~= "\n" then cur[#cur + 1] = s:sub(i + 1, i + 1) end
+          i = i + 1
+        else
+          cur[#cur + 1] = d
+        end
+        i = i + 1
+      end
+    elseif c == "\\" then
+      if i == n then return nil, "a backslash at the end" end
+      if s:sub(i + 1, i + 1) ~= "\n" then cur[#cur + 1] = s:sub(i + 1, i + 1) end
+      have = true
+      i = i + 1
+    else
+      cur[#cur + 1] = c
+      have = true
+    end
+    i = i + 1
+  end
+  if have then words[#words + 1] = table.concat(cur) end
+  return words
+end
 
 -- parse(args) -> opts | nil, message (a usage error).
 function M.parse(args)
@@ -102,7 +162,13 @@ function M.parse(args)
         v = args[i]
         if v == nil then return nil, string.format("option '%s' needs an argument", name) end
       end
-      o[VALUE_OPTS[name]] = v
+      local key = VALUE_OPTS[name]
+      if LIST_OPTS[key] then
+        o[key] = o[key] or {}
+        o[key][#o[key] + 1] = v
+      else
+        o[key] = v
+      end
     elseif FLAG_OPTS[name] and inline == nil then
       o[FLAG_OPTS[name]] = true
     elseif FLAG_OPTS[name] then
@@ -117,6 +183,12 @@ function M.parse(args)
   if o.prompt and o.chat then return nil, "-p and -c cannot be used together" end
   if not o.prompt and not o.chat then return nil, "give -p PROMPT or -c" end
   if o.json and o.chat then return nil, "--json goes with -p, not -c" end
+  for i, cmd in ipairs(o.mcp or {}) do
+    local argv, why = M.split_words(cmd)
+    if not argv then return nil, string.format("--mcp '%s': %s", cmd, why) end
+    if #argv == 0 then return nil, "--mcp needs a command (--mcp 'CMD ARGS')" end
+    o.mcp[i] = argv
+  end
   if o.max_turns then
     local n = tonumber(o.max_turns)
     if math.type(n) ~= "integer" or n < 1 then

@@ -113,7 +113,7 @@ Precedence (the first that is set wins):
   system    -s > the profile's system
 A configured profile with a built-in's name is merged over the built-in.
 settings: { profile=, base_url=, model=, system=, api_key= string|false,
-            key_env=, headers=, query=, organization=, project= }.
+            key_env=, headers=, query=, organization=, project=, mcp= }.
 Every value read from env is trimmed of surrounding whitespace; one with a
 control character inside is a "config" error naming the variable. err kinds: "usage" (unknown profile,
 no model) and "config" (a missing key or Azure endpoint, a bad config).
@@ -164,6 +164,7 @@ function resolve(opts, getenv, config)
     headers = headers,
     query = query,
     organization = getenv("OPENAI_ORG_ID"), project = getenv("OPENAI_PROJECT_ID"),
+    mcp = p.mcp, -- { name = luachat.mcp.connect options } (cli_setup connects them)
   }
 
   -- A key read from the environment loses surrounding whitespace (a trailing
@@ -235,6 +236,24 @@ local PROFILE_FIELDS = {
   api_key = options.text, model = options.string, system = options.string,
   headers = options.table, query = options.table,
   azure = options.boolean, deployment = options.string, endpoint = options.text,
+  -- MCP servers whose tools the model may use: { name = luachat.mcp.connect options }.
+  mcp = options.rule("a table of MCP server names to luachat.mcp.connect options", function(v)
+    if type(v) ~= "table" then return nil end
+    local names = {}
+    for name in pairs(v) do names[#names + 1] = name end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    for _, name in ipairs(names) do
+      local server = v[name]
+      if type(name) ~= "string" then return nil, "has a server name that is not a string: " .. tostring(name) end
+      if type(server) ~= "table" then return nil, string.format("server '%s' must be a table, got %s", name, type(server)) end
+      local ok, why = options.validate(server, require("luachat.mcp").CONNECT_OPTIONS)
+      if not ok then return nil, string.format("server '%s': %s", name, why) end
+      if (server.command == nil) == (server.url == nil) then
+        return nil, string.format("server '%s': give exactly one of command and url", name)
+      end
+    end
+    return true
+  end),
 }
 local CONFIG_FIELDS = { default_profile = options.string, profiles = options.table }
 

@@ -1,0 +1,153 @@
+-- luachat.mcp_stdio: MCP's stdio transport: the server is a child process
+-- (argv, never a shell) whose stdin/stdout pipes the engine's loop watches.
+--
+-- Owns: the child (luachat.core's process object), newline-delimited JSON-RPC
+-- framing both ways, a reader task that runs while requests wait for answers
+-- (so a slow server never blocks other tasks, and a session nobody waits on
+-- keeps no task alive), what the child's exit and stderr tell a failure.
+-- Never: blocks the loop, yields in send (mcp_rpc's rule), or leaves the child
+-- running once closed (the process object ends it and its process group).
+local core = require "luachat.core"
+local sched = require "luachat.sched"
+local log = require "luachat.log"
+local rpc_mod = require "luachat.mcp_rpc"
+
+local M = {}
+
+-- The longest message a server may send (bytes): one line of JSON. Larger is
+-- a failure of the session (the child is ended), never unbounded memory.
+M.MAX_MESSAGE = 64 * 1024 * 1024
+-- Lines of the child's stderr put in error messages.
+M.STDERR_LINES = 5
+
+local T = {}
+T.__index = T
+T.__name = "luachat.McpStdio"
+
+-- M.new{ name=, command = argv, env = { K = v | false }, cwd = } -> transport | nil, err
+function M.new(opts)
+  local p, err = core.spawn { argv = opts.command, env = opts.env, cwd = opts.cwd }
+  if not p then
+    return nil, rpc_mod.error(opts.name, "cannot start %s: %s", opts.command[1],
+      tostring(type(err) == "table" and err.message or err))
+  end
+  return setmetatable({ name = opts.name, proc = p, parts = {}, plen = 0, reading = false, closed = false }, T)
+end
+
+function T:attach(rpc) self.rpc = rpc end
+
+-- The last lines of the child's stderr, or "".
+function T:stderr_tail(lines)
+  local ok, s = pcall(self.proc.stderr, self.proc, lines or M.STDERR_LINES)
+  return ok and type(s) == "string" and s or ""
+end
+
+-- Why the child is gone, for messages: "exited with status 3", "was killed by signal 9".
+function T:exit_text()
+  local state, value = self.proc:status()
+  if state == "exited" then return "exited with status " .. tostring(value) end
+  if state == "signaled" then return "was killed by signal " .. tostring(value) end
+  return "closed its stdout"
+end
+
+function T:death_error()
+  local tail = self:stderr_tail()
+  tail = tail ~= "" and ("; its stderr ends: " .. rpc_mod.excerpt(tail, 600)) or ""
+  local pending = ""
+  local names = {}
+  for _, req in pairs(self.rpc.pending) do names[#names + 1] = req end
+  table.sort(names, function(a, b) return a.id < b.id end)
+  if #names > 0 then
+    local w = {}
+    for i, req in ipairs(names) do w[i] = req.what end
+    pending = " while waiting for " .. table.concat(w, ", ")
+  end
+  return rpc_mod.error(self.name, "the server %s%s%s%s", self:exit_text(), pending, tail, self.rpc:garbage_note())
+end
+
+-- Bytes from stdout: each complete line is one message.
+function T:feed(data)
+  local start = 1
+  while true do
+    local nl = data:find("\n", start, true)
+    if not nl then break end
+    local piece = data:sub(start, nl - 1)
+    local line = piece
+    if self.plen > 0 then
+      self.parts[#self.parts + 1] = piece
+      line = table.concat(self.parts)
+      self.parts, self.plen = {}, 0
+    end
+    start = nl + 1
+    if line:sub(-1) == "\r" then line = line:sub(1, -2) end
+    if line:find("%S") then self.rpc:receive(line) end
+    if self.rpc.dead then return end
+  end
+  if start <= #data then
+    local rest = data:sub(start)
+    self.parts[#self.parts + 1] = rest
+    self.plen = self.plen + #rest
+    if self.plen > M.MAX_MESSAGE then
+      self.rpc:fail_all(rpc_mod.error(self.name, "the server sent a message over %d bytes (the limit)", M.MAX_MESSAGE))
+      self:close(0)
+    end
+  end
+end
+
+-- The reader: runs while requests wait, reading what the child writes.
+local function reader(self)
+  local p = self.proc
+  while not self.closed do
+    local data = p:read()
+    if data and data ~= "" then
+      self:feed(data)
+    elseif p:eof() then
+      if p:done() then
+        self.rpc:fail_all(self:death_error())
+        break
+      end
+      sched.wait_transfer(p) -- stdout ended: wait for the exit status
+    elseif self.rpc:in_flight() == 0 then
+      break -- nobody waits: the next request starts a reader again
+    else
+      sched.wait_transfer(p)
+    end
+  end
+  self.reading = false
+end
+
+-- Write one message (a line) to the child's stdin; the loop writes what the
+-- pipe does not take now. Never yields. A request starts the reader.
+function T:send(text, req)
+  if self.closed then return nil, rpc_mod.error(self.name, "the session is closed") end
+  local ok, err = self.proc:write(text .. "\n")
+  if not ok then
+    local e = self.proc:done() and self:death_error()
+      or rpc_mod.error(self.name, "cannot write to the server: %s", tostring(type(err) == "table" and err.message or err))
+    return nil, e
+  end
+  if req and not self.reading then
+    self.reading = true
+    sched.spawn(reader, self)
+  end
+  return true
+end
+
+-- A request stopped waiting (timeout, cancelled): a reader left waiting for
+-- nobody is woken so it can end (luachat.run would wait for it).
+function T:abandon()
+  if self.reading and self.rpc:in_flight() == 0 then sched.wake(self.proc) end
+end
+
+-- End the child: stdin closed, `grace` seconds to exit, then SIGTERM to its
+-- process group, as long again, then SIGKILL; reaped, descriptors closed.
+-- grace nil (garbage collection): at once.
+function T:close(grace)
+  if self.closed then return end
+  self.closed = true
+  self.proc:close(grace or 0)
+  sched.wake(self.proc) -- the reader, if one waits, sees the session closed
+  log.debug("mcp %s: the server %s", self.name, self:exit_text())
+end
+
+return M
