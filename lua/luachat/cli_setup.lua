@@ -54,6 +54,42 @@ local function load_tools(path)
   return res
 end
 
+-- The MCP servers of --mcp (argv lists) and of the profile's `mcp` table
+-- (by name), connected in that order: list of sessions | nil, message (the
+-- ones already connected are closed then).
+function M.connect_mcp(o, s)
+  local specs = {}
+  for _, argv in ipairs(o.mcp or {}) do
+    specs[#specs + 1] = { what = "--mcp '" .. table.concat(argv, " ") .. "'", opts = { command = argv } }
+  end
+  local names = {}
+  for name in pairs(s.mcp or {}) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local c = {}
+    for k, v in pairs(s.mcp[name]) do c[k] = v end
+    c.name = c.name or name
+    specs[#specs + 1] = { what = "profile " .. s.profile .. ": mcp server '" .. name .. "'", opts = c }
+  end
+  local sessions = {}
+  for _, spec in ipairs(specs) do
+    local ok, session, err = pcall(luachat.mcp.connect, spec.opts)
+    if not ok or not session then
+      M.close_mcp { mcp = sessions }
+      local why = ok and err or session
+      why = type(why) == "table" and why.message or tostring(why):gsub("^[^\n]-:%d+: ", "")
+      return nil, one_line(spec.what .. ": " .. tostring(why), 600)
+    end
+    sessions[#sessions + 1] = session
+  end
+  return sessions
+end
+
+-- End the context's MCP sessions (stdio servers are asked to exit, then ended).
+function M.close_mcp(ctx)
+  for _, session in ipairs(ctx.mcp or {}) do session:close() end
+end
+
 -- setup(opts) -> ctx | nil, exit code. ctx: everything a run needs:
 -- settings, client, tools, output styles, spinner.
 function M.setup(o)
@@ -87,9 +123,25 @@ function M.setup(o)
       return nil, EXIT.error
     end
   end
+  local sessions, merr = M.connect_mcp(o, s)
+  if not sessions then
+    io.stderr:write("luachat: ", merr, "\n")
+    return nil, EXIT.error
+  end
+  if #sessions > 0 then
+    tools = tools or {}
+    for _, session in ipairs(sessions) do tools[#tools + 1] = session end
+    -- A name two servers offer: said now, not when the agent is made.
+    local eok, eerr = pcall(require("luachat.mcp_tools").expand, tools)
+    if not eok then
+      M.close_mcp { mcp = sessions }
+      io.stderr:write("luachat: ", one_line(type(eerr) == "table" and eerr.message or tostring(eerr), 400), "\n")
+      return nil, EXIT.error
+    end
+  end
   local color = getenv("NO_COLOR") == nil
   local ctx = {
-    o = o, s = s, client = client, tools = tools,
+    o = o, s = s, client = client, tools = tools, mcp = sessions,
     model = s.model, system = s.system,
     err_tty = term.isatty(2), out_tty = term.isatty(1), in_tty = term.isatty(0),
   }
