@@ -122,6 +122,11 @@ $(BUILD)/spec/test_%: spec/c/test_%.c $(BASE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c %.o,$^) $(ALL_LDFLAGS)
 
+# The event loop's C test also links the HTTP layer (still no Lua; libcurl is dlopen()ed).
+$(BUILD)/spec/test_http: spec/c/test_http.c $(BASE_OBJ) $(HTTP_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $(filter %.c %.o,$^) $(ALL_LDFLAGS)
+
 # A clear stop instead of "lua.h: No such file or directory".
 pkgcheck:
 	@$(if $(PKG_OK),:,echo "luachat: pkg-config finds no $(LUA_PC) or $(CURL_PC): run 'make deps' (or make test / make demo, which do)" >&2; exit 1)

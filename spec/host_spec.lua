@@ -99,7 +99,7 @@ io.write(mapped(), "|", tostring(core.next_timeout()), "|", #core.fds(), "|")
 local v = core.curl_version
 io.write(mapped(), "|", v, "\n")]]))
     assert.equal(0, code, err)
-    assert.matches("^no curl|no curl|nil|0|curl|%d+%.%d+%.%d+\n$", out)
+    assert.matches("^no curl|no curl|nil|1|curl|%d+%.%d+%.%d+\n$", out) -- fds(): the epoll fd
   end)
 
   it("-h prints usage on stdout", function()

@@ -41,11 +41,10 @@
 	X(CURLMcode, multi_setopt, (CURLM *, CURLMoption, ...)) \
 	X(CURLMcode, multi_add_handle, (CURLM *, CURL *)) \
 	X(CURLMcode, multi_remove_handle, (CURLM *, CURL *)) \
-	X(CURLMcode, multi_perform, (CURLM *, int *)) \
-	X(CURLMcode, multi_poll, (CURLM *, struct curl_waitfd *, unsigned int, int, int *)) \
+	X(CURLMcode, multi_socket_action, (CURLM *, curl_socket_t, int, int *)) \
+	X(CURLMcode, multi_assign, (CURLM *, curl_socket_t, void *)) \
 	X(CURLMsg *, multi_info_read, (CURLM *, int *)) \
 	X(CURLMcode, multi_timeout, (CURLM *, long *)) \
-	X(CURLMcode, multi_fdset, (CURLM *, fd_set *, fd_set *, fd_set *, int *)) \
 	X(const char *, multi_strerror, (CURLMcode)) \
 	X(struct curl_slist *, slist_append, (struct curl_slist *, const char *)) \
 	X(void, slist_free_all, (struct curl_slist *))

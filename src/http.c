@@ -3,9 +3,14 @@
  *
  * Owns: the CURLM, the easy handles, header lists and request bodies, the
  * response buffers, each streaming transfer's SSE parser and event queue,
- * and the idle-timeout bookkeeping. libcurl callbacks here only append to
- * C buffers and set flags; handles are removed and cleaned up only in the
- * drain loop (or by an explicit cancel/free from the owner). libcurl is
+ * the idle-timeout bookkeeping, and the engine's one epoll set. curl is
+ * driven event by event (curl_multi_socket_action): on_socket mirrors the
+ * sockets curl wants into the epoll set, on_timer keeps its one deadline,
+ * and a wake-up costs the sockets that are ready, not every transfer.
+ * Other descriptors (the SIGINT self-pipe, http_watch's) share the set.
+ * libcurl callbacks here only append to C buffers and set flags; handles
+ * are removed and cleaned up only in the drain loop (or by an explicit
+ * cancel/free from the owner). libcurl is
  * called through curl_dl (loaded on the first transfer, see curl_dl.h): an
  * engine that never starts one never loads it.
  * Never: includes lua.h, calls into a script, or prints anything.
@@ -15,13 +20,17 @@
 #include "curl_dl.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 struct http_transfer {
 	struct http_engine *engine;       /* NULL once the engine is gone */
@@ -45,18 +54,36 @@ struct http_transfer {
 	long idle_timeout_ms;
 	double started, last_rx;          /* monotonic seconds */
 	enum http_failure abort_reason;   /* why a callback stopped the transfer */
+	enum http_failure sock_failure;   /* on_socket could not watch its socket */
 	char abort_msg[160];
 	struct http_transfer *prev, *next;             /* engine->all */
 	struct http_transfer *ready_prev, *ready_next; /* engine ready queue */
 	void *owner;
 };
 
+/* A descriptor another layer watches through http_watch (indexed by fd; events 0: none). */
+struct http_watch_slot {
+	http_watch_fn fn;
+	void *ud;
+	int events;
+};
+
+/* Ready epoll entries taken per epoll_wait; more simply wait for the next poll. */
+#define HTTP_EPOLL_BATCH 512
+
 struct http_engine {
 	CURLM *multi;                     /* NULL until the first transfer loads libcurl */
+	int epfd;                         /* the one wait: curl's sockets, the wakeup fd, watches */
+	int wakeup_fd;
 	struct http_transfer *all;        /* every transfer not yet freed */
 	struct http_transfer *ready_head, *ready_tail;
 	size_t live;
-	int wakeup_fd;
+	double timer_at;                  /* curl's deadline (CURLMOPT_TIMERFUNCTION), < 0 none */
+	int kick;                         /* a resumed transfer: run curl's timeout action now */
+	double idle_at;                   /* no idle deadline is earlier than this, < 0 none */
+	size_t sock_failures;             /* transfers on_socket failed, to finish in the drain loop */
+	struct http_watch_slot *watches;  /* http_watch's descriptors, indexed by fd */
+	int nwatches;                     /* slots allocated */
 };
 
 static double now_seconds(void)
@@ -263,6 +290,24 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 	return n;
 }
 
+/* What an epoll entry is: the high half of its data.u64 (the fd is the low half). */
+enum { SRC_WAKEUP = 1, SRC_WATCH = 2, SRC_CURL = 3 };
+
+static uint64_t src_tag(int kind, int fd)
+{
+	return ((uint64_t)kind << 32) | (uint32_t)fd;
+}
+
+static uint32_t epoll_bits(int watch_events)
+{
+	uint32_t ev = 0;
+	if (watch_events & HTTP_WATCH_READ)
+		ev |= EPOLLIN;
+	if (watch_events & HTTP_WATCH_WRITE)
+		ev |= EPOLLOUT;
+	return ev;
+}
+
 struct http_engine *http_engine_new(char *err, size_t errlen)
 {
 	struct http_engine *e = calloc(1, sizeof *e);
@@ -271,13 +316,91 @@ struct http_engine *http_engine_new(char *err, size_t errlen)
 		return NULL;
 	}
 	e->wakeup_fd = -1;
+	e->timer_at = -1;
+	e->idle_at = -1;
+	/* The one wait of the engine: curl's sockets, the wakeup fd and watches join it. */
+	e->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (e->epfd < 0) {
+		int no_fds = errno == EMFILE || errno == ENFILE;
+		snprintf(err, errlen, "%s: epoll_create1: %s", no_fds ? HTTP_NO_FDS_MSG : "cannot wait for events",
+		         strerror(errno));
+		free(e);
+		return NULL;
+	}
 	return e; /* no curl yet: engine_multi makes the CURLM on the first transfer */
 }
 
 /*
+ * CURLMOPT_SOCKETFUNCTION: keep socket s in the epoll set as curl wants it.
+ * socketp is non-NULL once s is in the set (curl_multi_assign); curl
+ * forgets it on CURL_POLL_REMOVE, after which s is out of the set again.
+ * A failed epoll_ctl fails only that transfer, in the drain loop (curl
+ * would abort every transfer if this returned -1).
+ */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct http_engine *e = userp;
+	struct epoll_event ev;
+	struct http_transfer *t = NULL;
+	if (what == CURL_POLL_REMOVE) {
+		if (socketp)
+			epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL); /* fails only if curl closed it first */
+		return 0;
+	}
+	memset(&ev, 0, sizeof ev);
+	ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+	ev.data.u64 = src_tag(SRC_CURL, s);
+	if (epoll_ctl(e->epfd, socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev) == 0) {
+		if (socketp == NULL)
+			curl_dl.multi_assign(e->multi, s, e);
+		return 0;
+	}
+	curl_dl.easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&t);
+	if (t && t->state == HTTP_RUNNING && t->sock_failure == HTTP_OK) {
+		char msg[160];
+		int no_fds = errno == ENOMEM || errno == ENOSPC;
+		snprintf(msg, sizeof msg, "%s: epoll_ctl: %s", no_fds ? HTTP_NO_FDS_MSG : "cannot wait on a socket",
+		         strerror(errno));
+		fail_in_callback(t, no_fds ? HTTP_FAIL_NO_FDS : HTTP_FAIL_NETWORK, msg);
+		t->sock_failure = t->abort_reason;
+		e->sock_failures++;
+	}
+	return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: the one curl deadline; http_poll acts on it (never from here). */
+static int on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct http_engine *e = userp;
+	(void)multi;
+	e->timer_at = timeout_ms < 0 ? -1 : now_seconds() + (double)timeout_ms / 1000.0;
+	return 0;
+}
+
+/*
+ * CURLOPT_OPENSOCKETFUNCTION: curl's socket, made here so that running out
+ * of descriptors is a failure of its own (curl says only "couldn't
+ * connect"), and close-on-exec (child processes never inherit one).
+ */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	struct http_transfer *t = ud;
+	curl_socket_t s;
+	(void)purpose;
+	s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+	if (s < 0 && (errno == EMFILE || errno == ENFILE) && t->abort_reason == HTTP_OK) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "%s: socket: %s", HTTP_NO_FDS_MSG, strerror(errno));
+		fail_in_callback(t, HTTP_FAIL_NO_FDS, msg);
+	}
+	return s < 0 ? CURL_SOCKET_BAD : s;
+}
+
+/*
  * The engine's CURLM, made on first need: loads libcurl (curl_dl_load runs
- * curl_global_init once per process) then curl_multi_init. 0, or -1 with a
- * message in err, e.g. "cannot load libcurl.so.4: ...".
+ * curl_global_init once per process) then curl_multi_init, driven through
+ * the socket interface (on_socket, on_timer). 0, or -1 with a message in
+ * err, e.g. "cannot load libcurl.so.4: ...".
  */
 static int engine_multi(struct http_engine *e, char *err, size_t errlen)
 {
@@ -291,6 +414,10 @@ static int engine_multi(struct http_engine *e, char *err, size_t errlen)
 		return -1;
 	}
 	curl_dl.multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	curl_dl.multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_dl.multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+	curl_dl.multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	curl_dl.multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
 	return 0;
 }
 
@@ -331,18 +458,81 @@ void http_engine_free(struct http_engine *e)
 		t->prev = t->next = NULL;
 	}
 	if (e->multi)
-		curl_dl.multi_cleanup(e->multi);
+		curl_dl.multi_cleanup(e->multi); /* may call on_socket for cached connections: epfd still open */
+	close(e->epfd);
+	free(e->watches);
 	free(e);
 }
 
 void http_engine_set_wakeup_fd(struct http_engine *e, int fd)
 {
-	e->wakeup_fd = fd;
+	struct epoll_event ev;
+	if (e->wakeup_fd >= 0)
+		epoll_ctl(e->epfd, EPOLL_CTL_DEL, e->wakeup_fd, NULL);
+	e->wakeup_fd = -1;
+	if (fd < 0)
+		return;
+	memset(&ev, 0, sizeof ev);
+	ev.events = EPOLLIN;
+	ev.data.u64 = src_tag(SRC_WAKEUP, fd);
+	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) == 0)
+		e->wakeup_fd = fd;
+}
+
+int http_engine_fd(const struct http_engine *e)
+{
+	return e->epfd;
 }
 
 size_t http_engine_live(const struct http_engine *e)
 {
 	return e->live;
+}
+
+int http_watch(struct http_engine *e, int fd, int events, http_watch_fn fn, void *ud)
+{
+	struct epoll_event ev;
+	struct http_watch_slot *w;
+	if (fd < 0) {
+		errno = EBADF;
+		return -1;
+	}
+	if ((events & ~(HTTP_WATCH_READ | HTTP_WATCH_WRITE)) != 0 || (events != 0 && fn == NULL)) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (events == 0) {
+		/* Removing what is not watched is a no-op; a closed fd already left the set. */
+		if (fd < e->nwatches && e->watches[fd].events != 0) {
+			epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
+			memset(&e->watches[fd], 0, sizeof e->watches[fd]);
+		}
+		return 0;
+	}
+	if (fd >= e->nwatches) {
+		int n = e->nwatches ? e->nwatches : 16;
+		struct http_watch_slot *grown;
+		while (n <= fd)
+			n *= 2;
+		grown = realloc(e->watches, (size_t)n * sizeof *grown);
+		if (grown == NULL) {
+			errno = ENOMEM;
+			return -1;
+		}
+		memset(grown + e->nwatches, 0, (size_t)(n - e->nwatches) * sizeof *grown);
+		e->watches = grown;
+		e->nwatches = n;
+	}
+	w = &e->watches[fd];
+	memset(&ev, 0, sizeof ev);
+	ev.events = epoll_bits(events);
+	ev.data.u64 = src_tag(SRC_WATCH, fd);
+	if (epoll_ctl(e->epfd, w->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0)
+		return -1;
+	w->fn = fn;
+	w->ud = ud;
+	w->events = events;
+	return 0;
 }
 
 static int add_header(struct http_transfer *t, const char *line)
@@ -358,6 +548,17 @@ static int add_header(struct http_transfer *t, const char *line)
 static int http_url_is_tls(const char *url)
 {
 	return url != NULL && strncasecmp(url, "https://", 8) == 0;
+}
+
+/* A transfer's idle deadline may be earlier than the engine's earliest: lower it. */
+static void idle_note(struct http_engine *e, const struct http_transfer *t)
+{
+	double at;
+	if (t->idle_timeout_ms <= 0)
+		return;
+	at = t->last_rx + (double)t->idle_timeout_ms / 1000.0;
+	if (e->idle_at < 0 || at < e->idle_at)
+		e->idle_at = at;
 }
 
 struct http_transfer *http_start(struct http_engine *e, const struct http_request *req,
@@ -410,6 +611,8 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	curl_dl.easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
 	curl_dl.easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
 	curl_dl.easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+	curl_dl.easy_setopt(t->easy, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+	curl_dl.easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, t);
 	curl_dl.easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L); /* never carry a key elsewhere */
 	curl_dl.easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -447,6 +650,7 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	if (e->all)
 		e->all->prev = t;
 	e->all = t;
+	idle_note(e, t);
 	return t;
 nomem:
 	snprintf(err, errlen, "out of memory");
@@ -536,12 +740,33 @@ static void drain_finished(struct http_engine *e)
 	}
 }
 
-/* Fail transfers that received nothing for their idle timeout; return ms to the next deadline. */
-static long check_idle(struct http_engine *e)
+/* Why a socket callback failed a transfer: finish those now, outside curl's callbacks. */
+static void finish_sock_failures(struct http_engine *e)
 {
-	double now = now_seconds();
-	long next = -1;
 	struct http_transfer *t, *after;
+	if (e->sock_failures == 0)
+		return;
+	e->sock_failures = 0;
+	for (t = e->all; t; t = after) {
+		after = t->next;
+		if (t->state == HTTP_RUNNING && t->sock_failure != HTTP_OK)
+			finish(t, CURLE_OK, t->sock_failure, t->abort_msg);
+	}
+}
+
+/*
+ * Fail transfers that received nothing for their idle timeout. Deadlines
+ * only move later (last_rx grows; a resumed or new transfer lowers
+ * idle_at itself), so the list is walked only once the earliest deadline
+ * seen at the last walk has passed, and that walk finds the next one: not
+ * a walk over every transfer per wake-up.
+ */
+static void check_idle(struct http_engine *e)
+{
+	double now, next = -1;
+	struct http_transfer *t, *after;
+	if (e->idle_at < 0 || (now = now_seconds()) < e->idle_at)
+		return;
 	for (t = e->all; t; t = after) {
 		double deadline;
 		after = t->next;
@@ -553,49 +778,103 @@ static long check_idle(struct http_engine *e)
 			snprintf(msg, sizeof msg, "no data received for %.3g s (idle timeout)",
 			         (double)t->idle_timeout_ms / 1000.0);
 			finish(t, CURLE_OK, HTTP_FAIL_IDLE, msg);
-		} else {
-			long ms = (long)((deadline - now) * 1000.0) + 1;
-			if (next < 0 || ms < next)
-				next = ms;
+		} else if (next < 0 || deadline < next) {
+			next = deadline;
 		}
 	}
-	return next;
+	e->idle_at = next;
+}
+
+/* curl's timer, when due (or kicked after a resume): one socket_action(CURL_SOCKET_TIMEOUT). */
+static CURLMcode run_timer(struct http_engine *e)
+{
+	int running;
+	int due = e->timer_at >= 0 && now_seconds() >= e->timer_at;
+	if (e->multi == NULL || (!due && !e->kick))
+		return CURLM_OK;
+	if (due)
+		e->timer_at = -1; /* one-shot, as curl expects: on_timer sets the next one */
+	e->kick = 0;
+	return curl_dl.multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/* One ready epoll entry: a curl socket costs one socket_action; a watch runs its callback. */
+static CURLMcode dispatch(struct http_engine *e, const struct epoll_event *ev)
+{
+	int fd = (int)(uint32_t)ev->data.u64;
+	int kind = (int)(ev->data.u64 >> 32);
+	if (kind == SRC_CURL) {
+		int running, mask = 0;
+		if (ev->events & (EPOLLIN | EPOLLHUP))
+			mask |= CURL_CSELECT_IN;
+		if (ev->events & EPOLLOUT)
+			mask |= CURL_CSELECT_OUT;
+		if (ev->events & EPOLLERR)
+			mask |= CURL_CSELECT_ERR;
+		return curl_dl.multi_socket_action(e->multi, fd, mask, &running);
+	}
+	if (kind == SRC_WATCH && fd < e->nwatches && e->watches[fd].events != 0) {
+		/* Looked up now: an earlier callback in this batch may have removed it. */
+		struct http_watch_slot *w = &e->watches[fd];
+		int what = 0;
+		if (ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+			what |= HTTP_WATCH_READ;
+		if (ev->events & EPOLLOUT)
+			what |= HTTP_WATCH_WRITE;
+		w->fn(w->ud, fd, what);
+	}
+	return CURLM_OK; /* the wakeup fd: waking was the point; its owner drains it */
+}
+
+/* Milliseconds from now to a monotonic deadline (< 0: none), rounded up. */
+static long ms_until(double at, double now)
+{
+	double ms;
+	if (at < 0)
+		return -1;
+	ms = (at - now) * 1000.0;
+	return ms <= 0 ? 0 : ms > 86400000.0 ? 86400000L : (long)ms + 1;
+}
+
+/* What is due now, outside any callback: curl's timer, socket failures, finished transfers, idle. */
+static CURLMcode run_due(struct http_engine *e)
+{
+	CURLMcode mc = run_timer(e);
+	finish_sock_failures(e);
+	if (e->multi)
+		drain_finished(e);
+	check_idle(e);
+	return mc;
 }
 
 int http_poll(struct http_engine *e, int timeout_ms, char *err, size_t errlen)
 {
-	int running = 0, nfds = 0, count = 0;
-	long idle_ms;
+	struct epoll_event evs[HTTP_EPOLL_BATCH];
+	int n, i, count = 0;
+	long wait;
 	struct http_transfer *t;
-	CURLMcode mc = CURLM_OK;
-	if (e->multi) { /* else libcurl is not loaded: no transfer ever ran, only sleep below */
-		mc = curl_dl.multi_perform(e->multi, &running);
-		if (mc != CURLM_OK)
-			goto multi_error;
-		drain_finished(e);
+	CURLMcode mc = run_due(e);
+	if (mc != CURLM_OK)
+		goto multi_error;
+	wait = e->ready_head || timeout_ms <= 0 ? 0 : timeout_ms;
+	if (wait > 0) {
+		long next = http_next_timeout(e);
+		if (next >= 0 && next < wait)
+			wait = next;
 	}
-	idle_ms = check_idle(e);
-	if (e->ready_head == NULL && timeout_ms > 0 && e->live > 0) {
-		struct curl_waitfd extra = { e->wakeup_fd, CURL_WAIT_POLLIN, 0 };
-		int wait = timeout_ms;
-		if (idle_ms >= 0 && idle_ms < wait)
-			wait = (int)idle_ms;
-		mc = curl_dl.multi_poll(e->multi, e->wakeup_fd >= 0 ? &extra : NULL,
-		                     e->wakeup_fd >= 0 ? 1u : 0u, wait, &nfds);
-		if (mc != CURLM_OK)
-			goto multi_error;
-		mc = curl_dl.multi_perform(e->multi, &running);
-		if (mc != CURLM_OK)
-			goto multi_error;
-		drain_finished(e);
-		check_idle(e);
-	} else if (e->ready_head == NULL && timeout_ms > 0 && e->wakeup_fd >= 0) {
-		/* Nothing to transfer: just sleep, still waking on the wakeup fd. */
-		struct pollfd p = { e->wakeup_fd, POLLIN, 0 };
-		poll(&p, 1, timeout_ms);
-	} else if (e->ready_head == NULL && timeout_ms > 0) {
-		poll(NULL, 0, timeout_ms);
+	n = epoll_wait(e->epfd, evs, HTTP_EPOLL_BATCH, (int)wait);
+	if (n < 0 && errno != EINTR) {
+		snprintf(err, errlen, "epoll_wait: %s", strerror(errno));
+		return -1;
 	}
+	for (i = 0; i < n; i++) {
+		mc = dispatch(e, &evs[i]);
+		if (mc != CURLM_OK)
+			goto multi_error;
+	}
+	mc = run_due(e);
+	if (mc != CURLM_OK)
+		goto multi_error;
 	for (t = e->ready_head; t; t = t->ready_next)
 		count++;
 	return count;
@@ -614,23 +893,13 @@ struct http_transfer *http_next_ready(struct http_engine *e)
 
 long http_next_timeout(struct http_engine *e)
 {
-	long ms = -1, idle = -1;
-	double now = now_seconds();
-	struct http_transfer *t;
-	if (e->ready_head)
+	double now;
+	long ms, idle;
+	if (e->ready_head || e->kick || e->sock_failures)
 		return 0;
-	if (e->multi)
-		curl_dl.multi_timeout(e->multi, &ms);
-	for (t = e->all; t; t = t->next) {
-		long left;
-		if (t->state != HTTP_RUNNING || t->idle_timeout_ms <= 0 || t->paused)
-			continue;
-		left = (long)((t->last_rx + (double)t->idle_timeout_ms / 1000.0 - now) * 1000.0) + 1;
-		if (left < 0)
-			left = 0;
-		if (idle < 0 || left < idle)
-			idle = left;
-	}
+	now = now_seconds();
+	ms = ms_until(e->timer_at, now);
+	idle = ms_until(e->idle_at, now);
 	if (idle >= 0 && (ms < 0 || idle < ms))
 		ms = idle;
 	return ms;
@@ -638,25 +907,12 @@ long http_next_timeout(struct http_engine *e)
 
 int http_fds(struct http_engine *e, int *fds, short *events, int max)
 {
-	fd_set r, w, x;
-	int maxfd = -1, fd, n = 0;
-	FD_ZERO(&r);
-	FD_ZERO(&w);
-	FD_ZERO(&x);
-	if (e->multi == NULL || curl_dl.multi_fdset(e->multi, &r, &w, &x, &maxfd) != CURLM_OK)
+	/* One descriptor stands for all: the epoll set is readable when any member is ready. */
+	if (max < 1)
 		return 0;
-	for (fd = 0; fd <= maxfd && n < max; fd++) {
-		short ev = 0;
-		if (FD_ISSET(fd, &r))
-			ev |= POLLIN;
-		if (FD_ISSET(fd, &w))
-			ev |= POLLOUT;
-		if (ev) {
-			fds[n] = fd;
-			events[n++] = ev;
-		}
-	}
-	return n;
+	fds[0] = e->epfd;
+	events[0] = POLLIN;
+	return 1;
 }
 
 enum http_state http_state(const struct http_transfer *t)
@@ -695,6 +951,11 @@ void http_events_consumed(struct http_transfer *t)
 	if (t->paused && t->easy && t->state == HTTP_RUNNING) {
 		t->paused = 0;
 		t->last_rx = now_seconds(); /* time spent paused by us is not idle time */
+		if (t->engine) {
+			idle_note(t->engine, t);
+			/* curl resumes it from its timer (easy_pause sets it); the next poll runs it at once. */
+			t->engine->kick = 1;
+		}
 		/* May deliver the held data right here, through on_body. */
 		curl_dl.easy_pause(t->easy, CURLPAUSE_CONT);
 	}
@@ -753,6 +1014,7 @@ const char *http_failure_name(enum http_failure f)
 	case HTTP_FAIL_NO_MEMORY: return "no_memory";
 	case HTTP_FAIL_CANCELLED: return "cancelled";
 	case HTTP_FAIL_TLS: return "tls";
+	case HTTP_FAIL_NO_FDS: return "no_fds";
 	}
 	return "unknown";
 }

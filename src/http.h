@@ -34,8 +34,12 @@ enum http_failure {
 	HTTP_FAIL_TOO_LARGE,   /* body over max_body, or an SSE event over max_event */
 	HTTP_FAIL_NO_MEMORY,
 	HTTP_FAIL_CANCELLED,   /* http_cancel, or an interrupt */
-	HTTP_FAIL_TLS          /* certificate verification */
+	HTTP_FAIL_TLS,         /* certificate verification */
+	HTTP_FAIL_NO_FDS       /* out of file descriptors (EMFILE/ENFILE), or of epoll room */
 };
+
+/* How a message about running out of descriptors starts. */
+#define HTTP_NO_FDS_MSG "out of file descriptors (see ulimit -n)"
 
 struct http_request {
 	const char *method;          /* "GET", "POST", ... */
@@ -85,6 +89,25 @@ void http_engine_free(struct http_engine *e);
 void http_engine_set_wakeup_fd(struct http_engine *e, int fd);
 /* How many transfers are running. */
 size_t http_engine_live(const struct http_engine *e);
+/*
+ * The engine's epoll descriptor: readable when http_poll has work. An
+ * application's own loop waits on it (with http_next_timeout) then calls
+ * http_poll(e, 0, ...).
+ */
+int http_engine_fd(const struct http_engine *e);
+
+/*
+ * Other descriptors in the engine's one wait (a child process's pipes, say).
+ * fn runs inside http_poll when fd is ready, with HTTP_WATCH_* bits
+ * (hang-up and error are reported as READ); it must not call Lua, nor
+ * free the engine; it may call http_watch. A watched fd firing makes
+ * http_poll return (like a transfer event). Remove a watch (events 0)
+ * before closing its fd.
+ */
+enum { HTTP_WATCH_READ = 1, HTTP_WATCH_WRITE = 2 };
+typedef void (*http_watch_fn)(void *ud, int fd, int events);
+/* Add or change (same fd) a descriptor in the engine's wait; events 0 removes it. 0, or -1 with errno. */
+int http_watch(struct http_engine *e, int fd, int events, http_watch_fn fn, void *ud);
 
 /*
  * Start a transfer. The request is copied; the transfer is running until
@@ -94,17 +117,19 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
                                  char *err, size_t errlen);
 
 /*
- * Run curl once: perform, wait up to timeout_ms for activity (0 = do not
- * wait), perform again, collect finished transfers and those with new
- * events. Returns how many transfers are ready (see http_next_ready), or -1
- * with a message in err on a multi-level failure.
+ * One turn of the loop: run what is due (curl's timer, idle deadlines),
+ * wait up to timeout_ms (0 = do not wait; bounded by the next deadline) on
+ * the epoll set, hand each ready socket to curl (one socket_action each)
+ * and each ready watch to its callback, then collect finished transfers
+ * and those with new events. Returns how many transfers are ready (see
+ * http_next_ready), or -1 with a message in err on a multi-level failure.
  */
 int http_poll(struct http_engine *e, int timeout_ms, char *err, size_t errlen);
 /* Pop the next ready transfer (finished or with new events); NULL when none. */
 struct http_transfer *http_next_ready(struct http_engine *e);
 /* Milliseconds until the engine needs attention (curl timer, idle deadlines); -1 none. */
 long http_next_timeout(struct http_engine *e);
-/* File descriptors for an external loop; returns how many were written (<= max). */
+/* File descriptors for an external loop (the one epoll fd); returns how many were written (<= max). */
 int http_fds(struct http_engine *e, int *fds, short *events, int max);
 
 enum http_state http_state(const struct http_transfer *t);

@@ -3,7 +3,7 @@
  *
  * Owns: the engine context userdata (one http_engine per lua_State, an
  * upvalue of every function, its pin table as user value) and the module
- * table: start, poll, live, now, next_timeout, fds, error, json_*, and
+ * table: start, poll, live, now, next_timeout, fd, fds, error, json_*, and
  * curl_version, read on first use (it loads libcurl, see curl_dl.h).
  * Never: keeps state in C globals, blocks without a bound, or calls Lua
  * from inside curl (http_poll runs no Lua; ready transfers are pushed after).
@@ -34,8 +34,9 @@ static void check_interrupt(lua_State *L, struct lchat_engine *eng)
 
 /*
  * core.poll(seconds) -> list of ready transfers | nil, err.
- * One perform + wait (bounded by `seconds`) + perform; finished transfers
- * are unpinned as they are handed back.
+ * One turn of the engine's loop (http_poll: what is due, one wait bounded
+ * by `seconds`, the ready sockets); finished transfers are unpinned as they
+ * are handed back.
  */
 static int l_core_poll(lua_State *L)
 {
@@ -93,7 +94,11 @@ static int l_core_next_timeout(lua_State *L)
 	return 1;
 }
 
-/* core.fds() -> { {fd=, events="r"|"w"|"rw"}, ... } for an external poll loop. */
+/*
+ * core.fds() -> { {fd=, events="r"|"w"|"rw"}, ... } for an external poll
+ * loop: today the one epoll fd, {{fd = core.fd(), events = "r"}}, which
+ * stands for every socket (no curl_multi_fdset: it stops at fd 1023).
+ */
 static int l_core_fds(lua_State *L)
 {
 	struct lchat_engine *eng = engine_of(L);
@@ -111,6 +116,19 @@ static int l_core_fds(lua_State *L)
 		lua_setfield(L, -2, "events");
 		lua_rawseti(L, -2, i + 1);
 	}
+	return 1;
+}
+
+/*
+ * core.fd() -> the engine's one descriptor (epoll): readable when poll has
+ * work. A host loop waits on it for at most next_timeout(), then polls.
+ */
+static int l_core_fd(lua_State *L)
+{
+	struct lchat_engine *eng = engine_of(L);
+	if (eng->http == NULL)
+		return luaL_error(L, "attempt to use a closed engine");
+	lua_pushinteger(L, http_engine_fd(eng->http));
 	return 1;
 }
 
@@ -199,6 +217,7 @@ int luaopen_luachat_core(lua_State *L)
 		{ "now", l_core_now },
 		{ "next_timeout", l_core_next_timeout },
 		{ "fds", l_core_fds },
+		{ "fd", l_core_fd },
 		{ "isatty", l_core_isatty },
 		{ "take_interrupt", l_core_take_interrupt },
 		{ "interrupted", l_core_interrupted },

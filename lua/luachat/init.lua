@@ -26,6 +26,7 @@ local M = {
 
 -- For applications with their own event loop: what to wait on, and for how long.
 function M.fds() return core.fds() end
+function M.fd() return core.fd() end -- the one descriptor to wait on (epoll), readable when step has work
 function M.next_timeout() return sched.next_timeout() end
 function M.live() return core.live() end
 
