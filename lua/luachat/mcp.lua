@@ -26,7 +26,7 @@ M.PROTOCOL_VERSIONS = { "2025-11-25", "2025-06-18" }
 M.DEFAULT_TIMEOUT = 60
 -- Seconds close() gives a stdio server to exit after its stdin closes (then
 -- SIGTERM, as long again, then SIGKILL), and an HTTP server to answer DELETE.
-M.CLOSE_GRACE = 2
+M.CLOSE_GRACE = 1
 
 local Session = {}
 Session.__index = Session

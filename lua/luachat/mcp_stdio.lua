@@ -26,10 +26,10 @@ T.__name = "luachat.McpStdio"
 
 -- M.new{ name=, command = argv, env = { K = v | false }, cwd = } -> transport | nil, err
 function M.new(opts)
-  local p, err = core.spawn { argv = opts.command, env = opts.env, cwd = opts.cwd }
+  local p, err = core.process { argv = opts.command, env = opts.env, cwd = opts.cwd }
   if not p then
-    return nil, rpc_mod.error(opts.name, "cannot start %s: %s", opts.command[1],
-      tostring(type(err) == "table" and err.message or err))
+    -- err.message: "cannot start 'cmd': No such file or directory"
+    return nil, rpc_mod.error(opts.name, "%s", tostring(type(err) == "table" and err.message or err))
   end
   return setmetatable({ name = opts.name, proc = p, parts = {}, plen = 0, reading = false, closed = false }, T)
 end
@@ -38,15 +38,15 @@ function T:attach(rpc) self.rpc = rpc end
 
 -- The last lines of the child's stderr, or "".
 function T:stderr_tail(lines)
-  local ok, s = pcall(self.proc.stderr, self.proc, lines or M.STDERR_LINES)
+  local ok, s = pcall(self.proc.stderr_tail, self.proc, lines or M.STDERR_LINES)
   return ok and type(s) == "string" and s or ""
 end
 
 -- Why the child is gone, for messages: "exited with status 3", "was killed by signal 9".
 function T:exit_text()
-  local state, value = self.proc:status()
-  if state == "exited" then return "exited with status " .. tostring(value) end
-  if state == "signaled" then return "was killed by signal " .. tostring(value) end
+  local state, value = self.proc:exit_status()
+  if state == "exit" then return "exited with status " .. tostring(value) end
+  if state == "signal" then return "was killed by signal " .. tostring(value) end
   return "closed its stdout"
 end
 
@@ -98,10 +98,10 @@ end
 local function reader(self)
   local p = self.proc
   while not self.closed do
-    local data = p:read()
+    local data = p:read() -- "" when nothing yet, nil at end of file
     if data and data ~= "" then
       self:feed(data)
-    elseif p:eof() then
+    elseif data == nil then
       if p:done() then
         self.rpc:fail_all(self:death_error())
         break
