@@ -285,6 +285,18 @@ function Task:is_done()
   return self.done
 end
 
+-- Cancel a task that waits: its pending <close> variables run (so what it was
+-- waiting for is given up: an MCP request sends notifications/cancelled), and
+-- it ends with a "cancelled" error, which its waiters get. -> true, or false
+-- when it had already finished. A running task (the caller) cannot be cancelled.
+function Task:cancel()
+  if self.done then return false end
+  if coroutine.status(self.co) ~= "suspended" then error("a running task cannot be cancelled", 2) end
+  coroutine.close(self.co)
+  finish(self, false, core.error { kind = "cancelled", message = "the task was cancelled" })
+  return true
+end
+
 -- Wait for every task: { {res, err}, ... } in the order given.
 function M.gather(list)
   if type(list) ~= "table" then
