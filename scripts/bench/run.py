@@ -50,6 +50,7 @@ SIZES = {
     "agent_runs": (100, 10),
     "agent_turns": (10, 10),
     "profile_chunks": (20_000, 5_000),
+    "batch_requests": (50_000, 2_000),  # luachat batch (issue 18)
 }
 S = {k: v[1] if QUICK else v[0] for k, v in SIZES.items()}
 
@@ -85,7 +86,9 @@ TEXT_PATH_TARGET = ("stream_text", "stream_tool")
 TARGETS = {
     "stream_text": {"cpu": 0.30}, "stream_tool": {"cpu": 0.30}, "nonstream": {"cpu": 0.5},
     "concurrent": {"cpu": 1.0, "rss_mb": 60}, "startup": {"wall_ms": 5.0},
+    "batch": {"rate": 1000, "rss_mb": 60},  # issue 18: luachat batch, requests/s and peak RSS
 }
+BATCH_CONCURRENCY = 64
 
 
 def log(*a):
@@ -333,7 +336,49 @@ class Bench:
                 ("luachat callback", self.luachat("agent", "callback", api, runs, turns), check_counts(expect)),
                 ("luachat pull", None, None),
             ]})
+        w.append(self.batch_workload())
         return [x for x in w if not ONLY or x["id"] in ONLY]
+
+    def batch_workload(self):
+        """Issue 18: a requests file in the OpenAI Batch format, N non-streamed requests at
+        concurrency 64: `luachat batch`, a plain luachat.spawn loop, the node SDK."""
+        n = S["batch_requests"]
+        api = self.srv.api
+        path = os.path.join(self.tmp, "batch.jsonl")
+        with open(path, "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"custom_id": "request-%d" % i, "method": "POST", "url": "/v1/chat/completions",
+                                    "body": {"model": "bench", "messages": [
+                                        {"role": "user", "content": "Tell me a long story. (%d)" % i}]}}) + "\n")
+        out = os.path.join(self.tmp, "batch-out.jsonl")
+
+        def check_output(r):
+            lines = 0
+            try:
+                with open(out) as f:
+                    for line in f:
+                        d = json.loads(line)
+                        if d["response"]["status_code"] != 200 or d["error"] is not None:
+                            return "a failed line: " + line[:200]
+                        lines += 1
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                return "bad output: %s" % e
+            return None if lines == n else "%d output lines, expected %d" % (lines, n)
+
+        def fresh(cmd):  # each run starts from no output file (luachat batch refuses to overwrite one)
+            return ["sh", "-c", 'rm -f "$1"; shift; exec "$@"', "sh", out] + cmd
+        c = str(BATCH_CONCURRENCY)
+        return {
+            "id": "batch", "title": "(7) batch: %d non-streamed requests from a file, concurrency %s" % (n, c),
+            "spec": {"json": COMPLETION}, "rate": ("req/s", n), "requests": n,
+            "info": "OpenAI Batch input format (%.1f MB), one output line per request flushed as it completes; "
+                    "target: >= 1,000 req/s on 2 cores, peak RSS < 60 MB" % (os.path.getsize(path) / 1e6),
+            "contenders": [
+                ("luachat batch", fresh(["env", "OPENAI_API_KEY=sk-bench", HOST, "batch", path, "-o", out,
+                                         "--concurrency", c, "--quiet", "--base-url", api]), check_output),
+                ("luachat spawn loop", fresh([HOST, "bench/luachat_batch_loop.lua", path, out, api, c]), check_output),
+                ("node openai create()", fresh(["node", "bench/node_batch.mjs", path, out, api, c]), check_output),
+            ]}
 
     def run_workload(self, wl):
         self.srv.control("reset")
@@ -344,7 +389,7 @@ class Bench:
             why = None
             if cmd is None:
                 why = "n/a"
-            elif cmd[0] == "node" and not self.have_node:
+            elif (cmd[0] == "node" or "bench/node_batch.mjs" in cmd) and not self.have_node:
                 why = "n/a (node or bench/node_modules missing)"
             rows.append({"name": name, "cmd": cmd, "check": check, "runs": [], "failed": None, "na": why,
                          "server_cpu": [], "conns": []})
@@ -450,7 +495,13 @@ def targets(results):
                 continue
             if r["name"] == TABLES or (wl["id"] in TEXT_PATH_TARGET and r["name"] != TEXT_PATH):
                 continue
+            if wl["id"] == "batch" and r["name"] != "luachat batch":
+                continue  # the spawn loop is a comparison row
             parts, bad = [], bool(r["failed"])
+            if "rate" in t:  # requests/s (the batch workload)
+                got = wl["rate"][1] / r["wall"] if r["wall"] > 0 else 0
+                parts.append("%.0f %s (target ≥ %d)" % (got, wl["rate"][0], t["rate"]))
+                bad = bad or got < t["rate"]
             if "cpu" in t:
                 parts.append("CPU %.3f s (target ≤ %.2f)" % (r["cpu"], t["cpu"]))
                 bad = bad or r["cpu"] > t["cpu"]
