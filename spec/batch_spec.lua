@@ -285,6 +285,29 @@ describe("luachat.batch", function()
     assert.equal(0, during)
   end)
 
+  it("x-ratelimit-remaining-requests: 0 pauses every worker until x-ratelimit-reset-requests", function()
+    write_input(dir .. "/in.jsonl", 80)
+    local ok = completion(10)
+    ok.delay = 0.05
+    srv:default(ok)
+    local last = completion(10)
+    last.headers = { ["x-ratelimit-remaining-requests"] = "0", ["x-ratelimit-reset-requests"] = "2s",
+      ["x-ratelimit-remaining-tokens"] = "5000", ["x-ratelimit-reset-tokens"] = "1ms" }
+    srv:control("/_control/rules", { rules = { { contains = '"q9."', response = last } } })
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl", concurrency = 4 })
+    assert.same({ 80, 0 }, { s.ok, s.failed })
+    local reqs = srv:requests()
+    local t0
+    for _, r in ipairs(reqs) do
+      if r.body:find('"q9."', 1, true) then t0 = r.time end
+    end
+    local during = 0
+    for _, r in ipairs(reqs) do
+      if r.time > t0 + 0.5 and r.time < t0 + 1.9 then during = during + 1 end
+    end
+    assert.equal(0, during)
+  end)
+
   it("resolves url against the base URL, and other endpoints work", function()
     assert.equal("chat/completions", batch.resolve_path("http://h/v1", "/v1/chat/completions"))
     assert.equal("embeddings", batch.resolve_path("http://h/v1/", "/v1/embeddings"))

@@ -263,6 +263,8 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 		r->request_id[0] = r->content_type[0] = r->retry_after[0] = '\0';
 		r->retry_after_ms[0] = r->should_retry[0] = r->location[0] = '\0';
 		r->mcp_session_id[0] = '\0';
+		r->rl_remaining_requests[0] = r->rl_remaining_tokens[0] = '\0';
+		r->rl_reset_requests[0] = r->rl_reset_tokens[0] = '\0';
 		t->decided = 0;
 		t->headers_done = 0;
 		return n;
@@ -287,6 +289,14 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 		copy_trimmed(r->location, sizeof r->location, v, vl);
 	else if (header_is(line, n, "mcp-session-id", &v, &vl))
 		copy_trimmed(r->mcp_session_id, sizeof r->mcp_session_id, v, vl);
+	else if (header_is(line, n, "x-ratelimit-remaining-requests", &v, &vl))
+		copy_trimmed(r->rl_remaining_requests, sizeof r->rl_remaining_requests, v, vl);
+	else if (header_is(line, n, "x-ratelimit-remaining-tokens", &v, &vl))
+		copy_trimmed(r->rl_remaining_tokens, sizeof r->rl_remaining_tokens, v, vl);
+	else if (header_is(line, n, "x-ratelimit-reset-requests", &v, &vl))
+		copy_trimmed(r->rl_reset_requests, sizeof r->rl_reset_requests, v, vl);
+	else if (header_is(line, n, "x-ratelimit-reset-tokens", &v, &vl))
+		copy_trimmed(r->rl_reset_tokens, sizeof r->rl_reset_tokens, v, vl);
 	return n;
 }
 

@@ -68,6 +68,10 @@ struct http_result {
 	char should_retry[16];       /* raw x-should-retry value, "" if none */
 	char location[512];          /* a redirect's Location (never followed), "" if none */
 	char mcp_session_id[256];    /* Mcp-Session-Id (MCP Streamable HTTP), "" if none */
+	char rl_remaining_requests[32]; /* x-ratelimit-remaining-requests, "" if none (luachat batch) */
+	char rl_remaining_tokens[32];   /* x-ratelimit-remaining-tokens, "" if none */
+	char rl_reset_requests[32];     /* x-ratelimit-reset-requests ("1s", "6m0s"), "" if none */
+	char rl_reset_tokens[32];       /* x-ratelimit-reset-tokens, "" if none */
 	char message[256];           /* one line: what failed and where, never a key */
 	size_t bytes_received;       /* body bytes received */
 	double seconds;              /* wall time from start to done */

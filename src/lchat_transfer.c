@@ -323,7 +323,7 @@ static int l_transfer_result(lua_State *L)
 	struct lchat_transfer *lt = lchat_check_open_transfer(L, 1);
 	const struct http_result *r = http_result(lt->t);
 	const struct buf *body = http_body(lt->t);
-	lua_createtable(L, 0, 14);
+	lua_createtable(L, 0, 18);
 	if (http_state(lt->t) != HTTP_RUNNING && r->failure != HTTP_OK) {
 		lua_pushstring(L, http_failure_name(r->failure));
 		lua_setfield(L, -2, "failure");
@@ -341,6 +341,10 @@ static int l_transfer_result(lua_State *L)
 	set_string_field(L, "should_retry", r->should_retry);
 	set_string_field(L, "location", r->location);
 	set_string_field(L, "mcp_session_id", r->mcp_session_id);
+	set_string_field(L, "ratelimit_remaining_requests", r->rl_remaining_requests);
+	set_string_field(L, "ratelimit_remaining_tokens", r->rl_remaining_tokens);
+	set_string_field(L, "ratelimit_reset_requests", r->rl_reset_requests);
+	set_string_field(L, "ratelimit_reset_tokens", r->rl_reset_tokens);
 	lua_pushlstring(L, body->data ? body->data : "", body->len);
 	lua_setfield(L, -2, "body");
 	lua_pushboolean(L, http_is_sse(lt->t));
