@@ -20,6 +20,7 @@ local sched = require "luachat.sched"
 local schema = require "luachat.schema"
 local stream = require "luachat.stream"
 local options = require "luachat.options"
+local structured = require "luachat.structured"
 
 local null = json.null
 local traceback = debug.traceback
@@ -68,6 +69,7 @@ local AGENT_OPTIONS = {
   on_text = options.with(options.func, { must = "must be a function" }),
   on_tool_call = options.with(options.func, { must = "must be a function" }),
   on_tool_result = options.with(options.func, { must = "must be a function" }),
+  output_schema = options.with(options.table, { must = "must be a JSON Schema table" }),
 }
 
 -- luachat.tool{name=, description=, parameters=, handler=, strict=} -> a tool.
@@ -75,10 +77,7 @@ function M.tool(def)
   if type(def) ~= "table" then argerror("tool", "table expected, got " .. type(def)) end
   options.check("tool", def, TOOL_OPTIONS)
   local params = def.parameters or { type = "object", properties = json.object {} }
-  if type(params.required) == "table" and next(params.required) == nil then json.array(params.required) end
-  if params.type == "object" and type(params.properties) == "table" and next(params.properties) == nil then
-    json.object(params.properties)
-  end
+  schema.normalize(params) -- empty lists at any depth go out as [], empty maps as {}
   return setmetatable({ name = def.name, description = def.description, parameters = params,
     handler = def.handler, strict = def.strict }, Tool)
 end
@@ -131,6 +130,7 @@ function M.new(opts)
     self.tools_by_name[t.name] = t
   end
   if self.system then self.messages[1] = { role = "system", content = self.system } end
+  self.output_schema = opts.output_schema -- the final answer is read as JSON (result.parsed)
   return self
 end
 
@@ -168,6 +168,7 @@ function Agent:build_request()
     for i, t in ipairs(self.tools) do defs[i] = t:definition() end
     req.tools = defs
   end
+  if self.output_schema then req.response_format = structured.response_format(self.output_schema) end
   return req
 end
 
@@ -409,7 +410,16 @@ function Agent:run(input)
     -- Tool calls decide, whatever finish_reason says (some providers send "stop").
     if type(calls) ~= "table" or #calls == 0 then
       local content = type(msg.content) == "string" and msg.content or ""
-      return self:snapshot(turns, content, finish)
+      local result = self:snapshot(turns, content, finish)
+      if self.output_schema then
+        local value, perr = structured.read(msg, self.output_schema, finish)
+        if value == nil then
+          perr.result = result
+          return nil, perr
+        end
+        result.parsed = value
+      end
+      return result
     end
     for i, call in ipairs(calls) do
       if type(call) ~= "table" then

@@ -469,6 +469,9 @@ local function mark_empty(t)
   if type(t) == "table" and next(t) == nil and getmetatable(t) == nil then json_array(t) end
 end
 
+-- JSON Schemas (tool parameters, response_format's) at any depth: luachat.schema.normalize (H6).
+local normalize_schema = require("luachat.schema").normalize
+
 -- Fields the chat-completions schema defines as arrays: an empty Lua table there means `[]`.
 function M.mark_array_fields(req)
   mark_empty(req.messages)
@@ -484,9 +487,12 @@ function M.mark_array_fields(req)
     for _, tool in ipairs(req.tools) do
       local fn = type(tool) == "table" and tool["function"]
       local params = type(fn) == "table" and fn.parameters
-      if type(params) == "table" then mark_empty(params.required) end
+      if type(params) == "table" then normalize_schema(params) end
     end
   end
+  local rf = req.response_format
+  local js = type(rf) == "table" and rf.json_schema
+  if type(js) == "table" and type(js.schema) == "table" then normalize_schema(js.schema) end
 end
 
 -- Programming errors in a chat request raise, naming the function and blaming
@@ -534,6 +540,11 @@ function Client:open_stream(req, opts)
   M.check_chat_request(req, "open_stream")
   check_call_options(opts, "open_stream", 2)
   return require("luachat.chat_stream").open(self, req, opts)
+end
+
+-- client:parse(request, schema [, opts [, call_opts]]) -> value, err, res (luachat.structured).
+function Client:parse(req, schema, opts, call_opts)
+  return require("luachat.structured").parse(self, req, schema, opts, call_opts)
 end
 
 M.Client = Client

@@ -44,6 +44,10 @@ setmetatable(M, {
       rawset(t, "delta_text", stream.delta_text)
       rawset(t, "text_joiner", stream.text_joiner) -- whole characters from deltas (docs/JSON.md)
       return rawget(t, k)
+    elseif k == "batch" then -- luachat.batch.run{...}: docs/BATCH.md
+      local batch = require "luachat.batch"
+      rawset(t, k, batch)
+      return batch
     elseif k == "agent" or k == "tool" then
       local agent = require "luachat.agent"
       rawset(t, "agent", agent)
