@@ -71,8 +71,17 @@ function M.connect_mcp(o, s)
     c.name = c.name or name
     specs[#specs + 1] = { what = "profile " .. s.profile .. ": mcp server '" .. name .. "'", opts = c }
   end
-  local sessions = {}
+  local sessions, used = {}, {}
   for _, spec in ipairs(specs) do
+    -- Two --mcp servers named alike (the same program) get name, name_2, ...
+    local base = spec.opts.name or luachat.mcp.default_name(spec.opts)
+    local name, n = base, 1
+    while used[name] do
+      n = n + 1
+      name = base .. "_" .. n
+    end
+    used[name] = true
+    spec.opts.name = name
     local ok, session, err = pcall(luachat.mcp.connect, spec.opts)
     if not ok or not session then
       M.close_mcp { mcp = sessions }
