@@ -13,7 +13,7 @@ local function root()
   local src = debug.getinfo(1, "S").source
   local dir = src:match("^@(.*)/spec/mcp/[^/]*$")
   if dir and dir:sub(1, 1) ~= "/" then dir = proc.abspath(dir) end
-  return dir or proc.abspath(".")
+  return ((dir or proc.abspath(".")):gsub("/%.$", ""))
 end
 M.root = root()
 

@@ -1,0 +1,125 @@
+-- The command line with MCP servers: `luachat -p ... --mcp 'CMD ARGS'` runs a
+-- stdio server's tools in the agent loop against the local test server,
+-- a command that does not exist, a name two servers offer, quoting errors,
+-- a config profile's `mcp = {...}` (Streamable HTTP) and /tools in -c.
+-- run-tests: once (the CLI runs only in the host; everything here is a subprocess)
+local helper = require "spec.mcp.helper"
+local server = require "spec.helpers.server"
+local proc = require "spec.helpers.proc"
+local cjson = require "cjson"
+
+local HOST, q = proc.abspath(proc.host), proc.shell_quote
+
+local function call(id, name, arguments)
+  return { id = id, type = "function", ["function"] = { name = name, arguments = arguments } }
+end
+
+local function reply(calls, text)
+  return { json = {
+    id = "chatcmpl-a", object = "chat.completion", created = 1, model = "m",
+    choices = { { index = 0, finish_reason = calls and "tool_calls" or "stop",
+      message = { role = "assistant", content = text or cjson.null, tool_calls = calls } } },
+    usage = { prompt_tokens = 10, completion_tokens = 5, total_tokens = 15 },
+  } }
+end
+
+describe("luachat --mcp", function()
+  local srv, home
+
+  setup(function()
+    helper.peers()
+    srv = server.start()
+    home = proc.tmpdir()
+  end)
+  teardown(function()
+    if srv then srv:stop() end
+    if home then os.execute("rm -rf " .. q(home)) end
+  end)
+  before_each(function() srv:reset() end)
+
+  local function luachat(args, stdin)
+    local env = string.format("env OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-test HOME=%s XDG_CONFIG_HOME=%s "
+      .. "XDG_STATE_HOME=%s LUACHAT_PROFILE= LUACHAT_MODEL= LUACHAT_BASE_URL= NO_COLOR=1",
+      q(srv.base_url), q(home), q(home .. "/config"), q(home .. "/state"))
+    return proc.run(env .. " " .. q(HOST) .. " " .. args, stdin or "")
+  end
+
+  local fault = "node " .. helper.FAULT
+
+  it("-p: the model calls a tool of a stdio server; its result goes back to the model", function()
+    srv:script { reply { call("c1", "echo", '{"text":"from the server"}') }, reply(nil, "The server said hello.") }
+    local out, err, code = luachat("--no-stream -p " .. q("use echo") .. " --mcp " .. q(fault .. " --stderr 'started ok'"))
+    assert.equal(0, code, err)
+    assert.equal("The server said hello.\n", out)
+    assert.matches("echo", err)
+    local reqs = srv:requests()
+    assert.equal(2, #reqs)
+    local first = cjson.decode(reqs[1].body)
+    local names = {}
+    for _, t in ipairs(first.tools) do names[t["function"].name] = true end
+    assert.is_true(names.echo and names.big and names.slow)
+    local msgs = cjson.decode(reqs[2].body).messages
+    assert.same({ role = "tool", tool_call_id = "c1", content = "from the server" }, msgs[#msgs])
+  end)
+
+  it("an isError result reaches the model as a tool error", function()
+    srv:script { reply { call("c1", "fail", "{}") }, reply(nil, "Sorry.") }
+    local out, err, code = luachat("--no-stream -p x --mcp " .. q(fault))
+    assert.equal(0, code, err)
+    assert.equal("Sorry.\n", out)
+    local msgs = cjson.decode(srv:requests()[2].body).messages
+    assert.equal("error: tool fail failed: the disk is full", msgs[#msgs].content)
+  end)
+
+  it("a command that does not exist: exit 1, one line naming it, no request sent", function()
+    local out, err, code = luachat("-p x --mcp " .. q("no-such-mcp-server-h3 --flag"))
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.equal("luachat: --mcp 'no-such-mcp-server-h3 --flag': mcp server 'no-such-mcp-server-h3': "
+      .. "cannot start 'no-such-mcp-server-h3': No such file or directory\n", err)
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("a server that exits at once: exit 1 with its status and stderr", function()
+    local _, err, code = luachat("-p x --mcp " .. q(fault .. " --exit-at-once"))
+    assert.equal(1, code)
+    assert.matches("^luachat: %-%-mcp '.-': mcp server 'fault_server': the server exited with status 3 "
+      .. "while waiting for initialize; its stderr ends: fault_server: exiting at once as asked\n$", err)
+  end)
+
+  it("a tool name two servers offer: exit 1 naming both", function()
+    local _, err, code = luachat("-p x --mcp " .. q(fault) .. " --mcp " .. q("node " .. helper.FAULT .. " --page 3"))
+    assert.equal(1, code)
+    assert.matches("two tools are named 'echo': one from MCP server 'fault_server', one from MCP server 'fault_server_2'", err, 1, true)
+  end)
+
+  it("bad quoting is a usage error (exit 2) and starts nothing", function()
+    local _, err, code = luachat("-p x --mcp " .. q("node 'unterminated"))
+    assert.equal(2, code)
+    assert.matches("luachat: --mcp 'node 'unterminated': unterminated ' quote\n", err, 1, true)
+  end)
+
+  it("-c: a profile's mcp servers (Streamable HTTP); /tools lists them with their server", function()
+    local ev = helper.everything_http()
+    os.execute("mkdir -p " .. q(home .. "/config/luachat"))
+    proc.write_file(home .. "/config/luachat/config.lua", string.format([[
+      return { profiles = { local_mcp = { base_url = %q, key_optional = true, model = "m",
+        mcp = { ev = { url = %q, timeout = 30 } } } } }]], srv.base_url, ev.url))
+    local out, err, code = luachat("-c -P local_mcp", "/tools\n")
+    ev.stop()
+    assert.equal(0, code, err)
+    assert.equal("", out)
+    assert.matches("echo%s+%(MCP server ev%) Echoes back the input", err)
+    assert.matches("trigger%-long%-running%-operation%s+%(MCP server ev%)", err)
+  end)
+
+  it("a profile's mcp entry is checked like connect's options", function()
+    os.execute("mkdir -p " .. q(home .. "/config/luachat"))
+    proc.write_file(home .. "/config/luachat/config.lua", [[
+      return { profiles = { bad = { base_url = "http://127.0.0.1:9/v1", model = "m", key_optional = true,
+        mcp = { fs = { command = { "x" }, timout = 3 } } } } }]])
+    local _, err, code = luachat("-p x -P bad")
+    assert.equal(1, code)
+    assert.matches("profile 'bad': field 'mcp'.*server 'fs': unknown field 'timout' %(did you mean 'timeout'%?%)", err)
+  end)
+end)
