@@ -109,6 +109,15 @@ describe("luachat.mcp over Streamable HTTP", function()
     s:close()
   end)
 
+  it("listen = true opens the GET stream; close ends it with the session", function()
+    local s = assert(luachat.mcp.connect { url = ev.url, name = "ev", listen = true })
+    assert.is_truthy(s.transport.get)
+    assert.equal("Echo: x", assert(s:call("echo", { message = "x" })).content[1].text)
+    s:close()
+    luachat.run() -- the GET stream's reader ends with the session
+    assert.matches("Establishing new SSE stream for session " .. s.transport.session_id, ev.text(), 1, true)
+  end)
+
   it("a URL nothing listens on fails connect with an mcp error", function()
     local port = ev.url:match(":(%d+)/")
     local s, err = luachat.mcp.connect { url = "http://127.0.0.1:1/mcp", name = "nowhere" }
