@@ -99,6 +99,9 @@ local function pump(self, t, req, method)
   if not err and not r.sse and type(r.body) == "string" and r.body:find("%S") then
     self.rpc:receive(r.body)
   end
+  if req and not req.finished and not err and r.status == 202 and self.get and not self.get:done() then
+    return -- accepted: the answer comes on the GET stream
+  end
   if req and not req.finished then
     self.rpc:finish(req, nil, err or rpc_mod.error(self.name, "%s: the server answered without a response to %s",
       self:where(method), req.what))
