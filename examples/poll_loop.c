@@ -7,21 +7,21 @@
  *
  * A luachat task (luachat.spawn) streams a completion; each piece of text
  * is handed to a C function of the application. The loop is the
- * application's: every turn it asks luachat.fds() and
- * luachat.next_timeout() what to wait for, adds its own sources (a
- * heartbeat timer, and standard input when it is a terminal: press Enter
- * for a progress line), calls poll(2), then luachat.step(0) to let luachat
- * read what arrived and resume its tasks. It stops when the task is done,
- * then prints how many chunks arrived and how many turns the loop made.
+ * application's: luachat is one descriptor in it (luachat_fd, its epoll
+ * fd, however many connections it has open) plus a deadline
+ * (luachat_next_timeout, asked every turn). Beside it the application has
+ * its own sources (a heartbeat timer, and standard input when it is a
+ * terminal: press Enter for a progress line); it calls poll(2), then
+ * luachat.step(0) to let luachat read what arrived and resume its tasks.
+ * It stops when the task is done, then prints how many chunks arrived and
+ * how many turns the loop made.
  *
  * Owns: only the example. Never: calls the Lua API outside a protected
  * call, or blocks anywhere but in its own poll(2).
  */
-#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,14 +31,11 @@
 
 #include <luachat.h>
 
-#define MAX_FDS 64
 #define HEARTBEAT_MS 200
 
 /* The application's side of things, reached from Lua through a lightuserdata upvalue. */
 struct app {
-	struct pollfd fds[MAX_FDS + 1];
-	int nfds;               /* luachat's descriptors, then the app's own */
-	int timeout_ms;         /* luachat's wish: -1 = none */
+	struct pollfd fds[2];   /* luachat's one fd, then the app's own (stdin) */
 	int done;               /* the task finished */
 	int chunks;             /* pieces of text received */
 	int chunk_turns;        /* distinct loop turns in which text arrived */
@@ -106,42 +103,6 @@ static int start_task(lua_State *L)
 	return 0;
 }
 
-/* Under lua_pcall: luachat.fds() and luachat.next_timeout() into app->fds / timeout_ms. */
-static int collect(lua_State *L)
-{
-	struct app *app = lua_touserdata(L, 1);
-	lua_Integer i, n;
-	lua_getglobal(L, "luachat");
-	lua_getfield(L, -1, "fds");
-	lua_call(L, 0, 1);
-	n = luaL_len(L, -1);
-	app->nfds = 0;
-	for (i = 1; i <= n && app->nfds < MAX_FDS; i++) {
-		struct pollfd *p = &app->fds[app->nfds++];
-		const char *ev;
-		lua_geti(L, -1, i);
-		lua_getfield(L, -1, "fd");
-		lua_getfield(L, -2, "events");
-		p->fd = (int)lua_tointeger(L, -2);
-		ev = lua_tostring(L, -1);
-		p->events = 0;
-		p->revents = 0;
-		if (ev && strchr(ev, 'r'))
-			p->events |= POLLIN;
-		if (ev && strchr(ev, 'w'))
-			p->events |= POLLOUT;
-		lua_pop(L, 3);
-	}
-	lua_pop(L, 1);
-	lua_getfield(L, -1, "next_timeout");
-	lua_call(L, 0, 1);
-	if (lua_isnil(L, -1))
-		app->timeout_ms = -1;
-	else
-		app->timeout_ms = (int)ceil(lua_tonumber(L, -1) * 1000.0);
-	return 0;
-}
-
 /* Under lua_pcall: luachat.step(0), then whether the task is done (and its error). */
 static int step(lua_State *L)
 {
@@ -201,13 +162,17 @@ int main(int argc, char **argv)
 		return EXIT_FAILURE;
 	}
 	next_beat = now_ms() + HEARTBEAT_MS;
+	/* luachat's one descriptor: the same for the whole run, whatever it has open. */
+	app.fds[0].fd = luachat_fd(L);
+	app.fds[0].events = POLLIN;
+	if (app.fds[0].fd < 0)
+		goto fail;
 	if (protect(L, step, &app) != 0) /* the task may have finished at once */
 		goto fail;
 	while (!app.done) {
-		int n, wait, until_beat, own = -1;
-		if (protect(L, collect, &app) != 0)
-			goto fail;
-		n = app.nfds;
+		int n = 1, wait, until_beat, own = -1;
+		long timeout_ms = luachat_next_timeout(L); /* -1: no deadline of luachat's */
+		app.fds[0].revents = 0;
 		if (watch_stdin) { /* the app's own source, beside luachat's */
 			own = n++;
 			app.fds[own].fd = STDIN_FILENO;
@@ -217,7 +182,7 @@ int main(int argc, char **argv)
 		until_beat = (int)(next_beat - now_ms());
 		if (until_beat < 0)
 			until_beat = 0;
-		wait = app.timeout_ms < 0 || app.timeout_ms > until_beat ? until_beat : app.timeout_ms;
+		wait = timeout_ms < 0 || timeout_ms > until_beat ? until_beat : (int)timeout_ms;
 		app.turns++;
 		if (poll(app.fds, (nfds_t)n, wait) < 0) {
 			perror("poll_loop: poll");

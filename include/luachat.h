@@ -93,6 +93,20 @@ int luachat_pcall(lua_State *L, int nargs, int nres);
  */
 int luachat_report(lua_State *L, int status);
 
+/*
+ * For an application that owns its event loop (docs/EMBEDDING.md): wait
+ * until luachat_fd is readable or luachat_next_timeout passes, whichever
+ * is first, then luachat_step. Each runs `require "luachat"` and one of
+ * its functions under luachat_pcall (an error is printed, see
+ * luachat_report); the stack is left as it was.
+ */
+/* The one descriptor to wait on for reading (luachat's epoll fd, luachat.fd()); -1 on an error. */
+int luachat_fd(lua_State *L);
+/* Milliseconds until luachat must be stepped anyway (luachat.next_timeout(), task timers too); -1: no deadline, or an error. */
+long luachat_next_timeout(lua_State *L);
+/* luachat.step(0): read what is ready, resume tasks; how many things are pending, or -1 on an error. */
+long luachat_step(lua_State *L);
+
 #ifdef __cplusplus
 }
 #endif

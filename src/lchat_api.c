@@ -1,7 +1,8 @@
 /*
  * lchat_api.c: the C API for applications that embed luachat (luachat.h):
  * luachat_openlibs[x], luaopen_luachat, luachat_dofile, luachat_dostring,
- * luachat_pcall, luachat_report.
+ * luachat_pcall, luachat_report, and for an application's own loop
+ * luachat_fd, luachat_next_timeout, luachat_step.
  *
  * Owns: making `require "luachat"` work in an application's lua_State
  * (luachat.core preloaded, package.path reaching the installed Lua files:
@@ -15,6 +16,7 @@
 #define _GNU_SOURCE /* dladdr */
 #include <dlfcn.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h> /* realpath */
@@ -310,4 +312,64 @@ int luachat_dostring(lua_State *L, const char *code, const char *name)
 	c.code = code;
 	c.name = name ? name : "=(luachat_dostring)";
 	return api_run(L, &c);
+}
+
+/* What api_loop_trampoline asks `require "luachat"` for. */
+enum { API_FD, API_NEXT_TIMEOUT, API_STEP };
+
+struct api_loop {
+	int what;
+	lua_Number result; /* -1: none (no deadline) */
+};
+
+/* Under lchat_pcall: luachat.fd(), luachat.next_timeout() or luachat.step(0) into q->result. */
+static int api_loop_trampoline(lua_State *L)
+{
+	static const char *const fns[] = { "fd", "next_timeout", "step" };
+	struct api_loop *q = lua_touserdata(L, 1);
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "luachat");
+	lua_call(L, 1, 1);
+	lua_getfield(L, -1, fns[q->what]);
+	if (q->what == API_STEP) {
+		lua_pushinteger(L, 0);
+		lua_call(L, 1, 2);
+		if (lua_isnil(L, -2))
+			return lua_error(L); /* step's err (called from inside a task, say) */
+		lua_pop(L, 1);
+	} else {
+		lua_call(L, 0, 1);
+	}
+	q->result = lua_isnil(L, -1) ? -1 : lua_tonumber(L, -1);
+	return 0;
+}
+
+static lua_Number api_loop(lua_State *L, int what)
+{
+	struct api_loop q;
+	q.what = what;
+	q.result = -1;
+	lua_pushcfunction(L, api_loop_trampoline);
+	lua_pushlightuserdata(L, &q);
+	if (luachat_pcall(L, 1, 0) != LUA_OK)
+		return -1;
+	return q.result;
+}
+
+int luachat_fd(lua_State *L)
+{
+	return (int)api_loop(L, API_FD);
+}
+
+long luachat_next_timeout(lua_State *L)
+{
+	lua_Number s = api_loop(L, API_NEXT_TIMEOUT);
+	if (s < 0)
+		return -1;
+	return s * 1000.0 > 86400000.0 ? 86400000L : (long)ceil(s * 1000.0);
+}
+
+long luachat_step(lua_State *L)
+{
+	return (long)api_loop(L, API_STEP);
 }

@@ -4,8 +4,8 @@
  * Owns: command-line options, building the lua_State through the C API
  * of include/luachat.h (luachat_openlibsx: the preloaded engine and the
  * library search path, set up once, in src/lchat_api.c), LUA_INIT, running
- * a script, -e chunks, stdin or the interactive prompt, exit codes, and
- * SIGINT.
+ * a script, -e chunks, stdin or the interactive prompt, exit codes,
+ * SIGINT, and the descriptor limit (raised to the hard one at start).
  * Never: touches the engine's internals, keeps its own message handler or
  * path set-up; Lua-side work (the chat command line) lives in
  * lua/luachat/cli.lua. Every Lua call runs under luachat_pcall (the one
@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -77,7 +78,7 @@ static void print_usage_line(const char *why)
 	        PROGNAME, why, PROGNAME, PROGNAME);
 }
 
-/* SIGINT: set the flag and wake a curl_multi_poll; nothing else is safe here. */
+/* SIGINT: set the flag and wake the engine's epoll wait (the pipe is in its set); nothing else is safe here. */
 static void on_sigint(int sig)
 {
 	(void)sig;
@@ -557,6 +558,22 @@ static void setup_signals(void)
 	signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error result, not a kill */
 }
 
+/*
+ * Thousands of concurrent transfers need thousands of descriptors: raise the
+ * soft RLIMIT_NOFILE to the hard limit, as node and Go do (the soft default,
+ * 1024, exists for select(), which nothing here uses). A shell's `ulimit -n N`
+ * sets both limits, so it still bounds the host; past it, a transfer fails
+ * with "out of file descriptors" (failure no_fds), never a hang.
+ */
+static void raise_nofile_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl); /* best effort: the old limit still works */
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct host h;
@@ -570,6 +587,7 @@ int main(int argc, char **argv)
 	if (h.opts.script && !h.opts.stdin_script && suggest_prompt(argv[h.opts.script]))
 		return EXIT_USAGE;
 	setup_signals();
+	raise_nofile_limit();
 	L = luaL_newstate();
 	if (L == NULL) {
 		fprintf(stderr, "%s: cannot create Lua state: not enough memory\n", PROGNAME);
