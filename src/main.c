@@ -119,8 +119,10 @@ static int parse_options(struct options *o, int *code)
 	int i;
 	for (i = 1; i < o->argc; i++) {
 		const char *a = o->argv[i];
-		if (i == 1 && strcmp(a, "batch") == 0) {
-			o->chat_cli = 1; /* `luachat batch ...`: lua/luachat/batch_cli.lua (a script named batch: ./batch) */
+		/* `luachat batch ...`: lua/luachat/batch_cli.lua (a script named batch: ./batch) */
+		int batch = i == 1 && strcmp(a, "batch") == 0;
+		if (batch) {
+			o->chat_cli = batch;
 			return 0;
 		}
 		if (a[0] != '-') {
