@@ -129,6 +129,24 @@ describe("luachat batch", function()
     assert.equal(0, #srv:requests())
   end)
 
+  it("on a terminal: a progress line on stderr (done/total, ok/failed, req/s, tokens, ETA), cleared before the summary", function()
+    if os.execute("command -v script >/dev/null 2>&1") ~= true then
+      pending("util-linux script(1) is not installed")
+      return
+    end
+    write_input(dir .. "/in.jsonl", 5)
+    -- script(1) gives the command a pseudo-terminal: stderr is a tty
+    local cmd = string.format("%s%s batch %s -o %s --concurrency 1 --base-url %s", env, q(HOST), q(dir .. "/in.jsonl"),
+      q(dir .. "/out.jsonl"), q(srv.base_url))
+    local out, _, code = proc.run("script -qec " .. q(cmd) .. " /dev/null")
+    assert.equal(0, code)
+    assert.matches("\r\27%[K1/5 done, 1 ok, 0 failed, %d+ req/s, 10 tokens, ETA %d+s", out)
+    assert.matches("\r\27%[Kluachat: batch: 5 requests: 5 ok", out)
+    out, _, code = proc.run("script -qec " .. q(cmd:gsub("%-o (%S+)", "-o %1 --resume --quiet")) .. " /dev/null")
+    assert.equal(0, code)
+    assert.equal("", out)
+  end)
+
   it("--help describes the command; luachat --help names it", function()
     local out, _, code = proc.run(q(HOST) .. " batch --help")
     assert.equal(0, code)

@@ -250,10 +250,12 @@ function M.main(args)
         client = ctx.client, input = o.input, output = o.output, batch_id = o.remote_status,
         poll_interval = o.poll_interval, max_retries = o.max_retries or 5, model = ctx.model,
         resume = o.resume,
-        on_created = not o.quiet and function(b)
+        on_created = function(b)
+          o.remote_status = o.remote_status or b.id -- for the Ctrl-C message
+          if o.quiet then return end
           io.stderr:write(string.format("luachat: batch: created %s (if this stops: luachat batch --remote-status %s -o %s)\n",
             tostring(b.id), tostring(b.id), o.output))
-        end or nil,
+        end,
         on_status = show and function(b)
           local c = type(b.request_counts) == "table" and b.request_counts or {}
           io.stderr:write("\r\27[K", string.format("batch %s: %s, %s/%s done, %s failed", tostring(b.id),
@@ -270,6 +272,11 @@ function M.main(args)
   end)
   clear()
   if intr then
+    if o.remote or o.remote_status then
+      io.stderr:write("\r\27[Kluachat: batch: interrupted", o.remote_status and string.format(
+        "; the batch goes on: luachat batch --remote-status %s -o %s", o.remote_status, o.output) or "", "\n")
+      return EXIT.interrupted
+    end
     io.stderr:write("\r\27[Kluachat: batch: interrupted; what completed is in ", o.output, " (--resume continues)\n")
     return EXIT.interrupted
   end
