@@ -35,7 +35,7 @@ ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 # Layers: no Lua below the bindings, so the C tests link them alone.
 BASE_SRC  := src/buf.c src/sse.c src/chunk_scan.c src/proc.c
 HTTP_SRC  := src/http.c src/curl_dl.c
-BIND_SRC  := src/lchat_core.c src/lchat_transfer.c src/lchat_chunks.c src/lchat_err.c src/lchat_json.c
+BIND_SRC  := src/lchat_core.c src/lchat_transfer.c src/lchat_chunks.c src/lchat_err.c src/lchat_json.c src/lchat_proc.c
 HOST_SRC  := src/main.c src/lchat_readline.c
 API_SRC   := src/lchat_api.c
 

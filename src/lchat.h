@@ -69,6 +69,13 @@ void lchat_transfer_push_ready(lua_State *L, int engine_idx, struct http_transfe
 /* lchat_chunks.c: set mod.scan_text (the text path's allow-list scanner). */
 void lchat_chunks_register(lua_State *L, int mod);
 
+/* lchat_proc.c: child processes on the loop (core.process; API in its header comment). */
+int lchat_proc_new(lua_State *L);
+/* [-0, +0] After http_poll: append the processes with news to the list at list_idx; the new count. */
+lua_Integer lchat_proc_push_ready(lua_State *L, int engine_idx, int list_idx, lua_Integer n);
+/* [-0, +0] The engine's live processes (started, not finished, not closed). */
+lua_Integer lchat_proc_live(lua_State *L, int engine_idx);
+
 /* lchat_err.c: the only place error tables are built. */
 /*
  * [-(nargs+1), +(nres|1), -] lua_pcall of the function below nargs

@@ -64,13 +64,15 @@ static int l_core_poll(lua_State *L)
 		lchat_transfer_push_ready(L, lua_upvalueindex(1), t);
 		lua_rawseti(L, -2, ++i);
 	}
+	lchat_proc_push_ready(L, lua_upvalueindex(1), -1, i); /* and child processes with news */
 	return 1;
 }
 
 static int l_core_live(lua_State *L)
 {
 	struct lchat_engine *eng = engine_of(L);
-	lua_pushinteger(L, eng->http ? (lua_Integer)http_engine_live(eng->http) : 0);
+	lua_pushinteger(L, eng->http ? (lua_Integer)http_engine_live(eng->http) +
+	                                   lchat_proc_live(L, lua_upvalueindex(1)) : 0);
 	return 1;
 }
 
@@ -212,6 +214,7 @@ int luaopen_luachat_core(lua_State *L)
 {
 	static const luaL_Reg fns[] = {
 		{ "start", lchat_transfer_start },
+		{ "process", lchat_proc_new },
 		{ "poll", l_core_poll },
 		{ "live", l_core_live },
 		{ "now", l_core_now },
