@@ -14,6 +14,7 @@ local json = luachat.json
 local shell_quote = proc.shell_quote
 
 local GATE_TIMEOUT = 30 -- a gate never released fails the stream (never a pass)
+local SAFETY = 30 -- a read that is never woken fails after this long instead of hanging (never a pass)
 
 local own_pid = server.own_pid()
 
@@ -68,16 +69,17 @@ describe("processes", function()
     end)
     local reader = luachat.spawn(function()
       assert(p:write("ping\n"))
-      local line = assert(p:read_line())
+      local line = assert(p:read_line(SAFETY))
       order[#order + 1] = line
       -- cat is silent now: this task waits on it while the stream goes on
-      line = assert(p:read_line())
+      line = assert(p:read_line(SAFETY))
       order[#order + 1] = line
-      assert.is_nil(p:read_line()) -- EOF once stdin is closed
-      return p:wait()
+      assert.is_nil(p:read_line(SAFETY)) -- EOF once stdin is closed
+      return p:wait(SAFETY)
     end)
     -- The stream is held at its gate: the round trip through cat completes meanwhile.
-    while #order < 2 do luachat.sleep(0.01) end
+    local safety = luachat.now() + SAFETY
+    while #order < 2 and not reader:is_done() and luachat.now() < safety do luachat.sleep(0.01) end
     table.sort(order)
     assert.same({ "ping", "s1" }, order) -- in either order
     assert.equal("armed", srv:release("g"))
