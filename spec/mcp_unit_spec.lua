@@ -250,6 +250,8 @@ describe("luachat.mcp.connect options", function()
     assert.equal("fault_server", mcp.default_name { command = { "node", "/x/spec/mcp/fault_server.mjs", "--page", "2" } })
     assert.equal("mcp-server-git", mcp.default_name { command = { "uvx", "mcp-server-git@1.2", "--repository", "." } })
     assert.equal("my-server", mcp.default_name { command = { "/usr/local/bin/my-server" } })
+    assert.equal("server-everything", mcp.default_name { command = { "node",
+      "/x/node_modules/@modelcontextprotocol/server-everything/dist/index.js", "stdio" } })
     assert.equal("example.com", mcp.default_name { url = "https://user:pw@example.com/mcp" })
   end)
 end)

@@ -137,7 +137,17 @@ function M.default_name(opts)
       end
     end
   end
-  local base = pick:match("([^/]+)/*$") or pick
+  -- .../server-everything/dist/index.js: the package, not "index".
+  local generic = { index = true, main = true, cli = true, server = true }
+  local dirs = { dist = true, build = true, lib = true, bin = true, src = true, out = true }
+  local parts = {}
+  for part in pick:gmatch("[^/]+") do parts[#parts + 1] = part end
+  local i = #parts
+  if i > 1 and generic[(parts[i]:gsub("%.[^.]*$", ""))] then
+    i = i - 1
+    while i > 1 and dirs[parts[i]] do i = i - 1 end
+  end
+  local base = parts[i] or pick
   base = base:gsub("(.)@.*$", "%1"):gsub("%.[cm]?[jt]s$", ""):gsub("%.py$", "")
   base = base:gsub("[^%w_%-]", "_")
   return base ~= "" and base or "mcp"

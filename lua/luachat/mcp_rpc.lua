@@ -272,6 +272,9 @@ function Rpc:receive(text)
   local msg, derr = json.decode(text)
   if msg == nil then return garbage(self, text, "bytes that are not JSON (" .. tostring(derr) .. ")") end
   if type(msg) == "table" and json.is_array(msg) then
+    for _, m in ipairs(msg) do
+      if type(m) ~= "table" then return garbage(self, text, "a JSON array that is not a batch of messages") end
+    end
     for _, m in ipairs(msg) do dispatch(self, m, text) end
     return
   end
