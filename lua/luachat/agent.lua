@@ -18,9 +18,10 @@ local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
 local schema = require "luachat.schema"
-local stream = require "luachat.stream"
+local stream = require "luachat.accumulate"
 local options = require "luachat.options"
 local structured = require "luachat.structured"
+local util = require "luachat.util"
 
 local null = json.null
 local traceback = debug.traceback
@@ -141,12 +142,7 @@ function Agent:reset()
   self.usage = { prompt_tokens = 0, completion_tokens = 0, total_tokens = 0 }
 end
 
-local function add_usage(sum, u)
-  if type(u) ~= "table" then return end
-  for _, k in ipairs { "prompt_tokens", "completion_tokens", "total_tokens" } do
-    if type(u[k]) == "number" then sum[k] = (sum[k] or 0) + u[k] end
-  end
-end
+local add_usage = util.add_usage
 
 -- The messages as sent: every message exactly as in the transcript, extra provider
 -- fields included. Reasoning must go back with the tool calls it led to (DeepSeek's

@@ -4,19 +4,22 @@
 -- arrives), turning SSE events into chunks, in-band errors, the end of a
 -- stream ([DONE], a clean close, a cut), and handing back one accumulated
 -- final message beside any error, so nothing that arrived is lost.
--- Every chunk is a plain decoded table, accumulated by luachat.stream's
--- accumulator (the one owner of the merge rules). The text path (on_text,
+-- Every chunk is a plain decoded table, accumulated by luachat.accumulate's
+-- accumulator (luachat.accumulate, the one owner of the merge rules). The text path (on_text,
 -- s:text()) may skip building tables: core.scan_text reads a text-only chunk
 -- (an allow-list of keys) and the accumulator takes its text via acc:add_text;
 -- any other chunk is decoded and goes through acc:add as usual.
+-- What a request sends, its errors and retries are luachat.request's (shared
+-- with luachat.client, which requires this module; this one never requires it).
 -- Never: retries once data has been delivered, or lets a callback error
 -- leave a transfer running.
 local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
-local accumulate = require "luachat.stream"
-local client_mod = require "luachat.client"
+local accumulate = require "luachat.accumulate"
+local request = require "luachat.request"
 local log = require "luachat.log"
+local util = require "luachat.util"
 
 local M = {}
 
@@ -27,14 +30,12 @@ Stream.__name = "luachat.Stream"
 local decode = json.decode
 local scan_text = core.scan_text
 -- Chunks keep a surrogate half at a string's edge as WTF-8 bytes: its partner may start the
--- next chunk, and the accumulator joins them (luachat.stream, join_surrogate_halves).
+-- next chunk, and the accumulator joins them (luachat.accumulate, join_surrogate_halves).
 local CHUNK_DECODE = { surrogates = "wtf8" }
 local is_done_data = accumulate.is_done_data
 local AFTER_DONE_GRACE = 1.0 -- seconds to let the body end cleanly after [DONE], for keep-alive
 
-local function one_line(s)
-  return (tostring(s):gsub("[\r\n]+", " "))
-end
+local one_line = util.one_line
 
 local function copy(t)
   local c = {}
@@ -52,13 +53,13 @@ local function stream_body(req, fname, level)
   elseif body.stream_options == false then
     body.stream_options = nil -- for servers that reject the field
   end
-  local encoded = client_mod.encode_body(body, fname, 1, level + 1) -- not a tail call: keeps the levels
+  local encoded = request.encode_body(body, fname, 1, level + 1) -- not a tail call: keeps the levels
   return encoded
 end
 
 -- s without any credential this stream's request sent (the client's and the call's own).
 function Stream:redact(s, cut)
-  return self.client:redact(s, self.opts, cut)
+  return request.redact(self.client, s, self.opts, cut)
 end
 
 function Stream:fail(kind, message, extra)
@@ -88,7 +89,7 @@ function Stream:finish(err)
 end
 
 local function api_error_text(data)
-  local msg = client_mod.server_message(data)
+  local msg = request.server_message(data)
   return msg or "error event without a message"
 end
 
@@ -140,14 +141,14 @@ end
 function Stream:on_transfer_done()
   local r = self.transfer:result()
   if r.failure then
-    local e = self.client:error_for(r, "stream", self.opts)
+    local e = request.error_for(self.client, r, "stream", self.opts)
     local msg = string.format("stream cut short after %d event%s: %s", self.nevents, self.nevents == 1 and "" or "s", r.message)
     -- events: the server was reached and answered (what arrived is kept).
     self:fail(e.kind, msg, { status = r.status, request_id = r.request_id, events = self.nevents })
     return
   end
   if not r.sse then
-    local err = self.client:error_for(r, "stream", self.opts)
+    local err = request.error_for(self.client, r, "stream", self.opts)
     if err then
       err.message = one_line(self.what .. ": " .. err.message:gsub("^stream: ", ""))
       self:finish(err)
@@ -328,16 +329,16 @@ end
 -- above M.open before the user's (0: client:open_stream tail-calls M.open;
 -- 1: M.stream). A request JSON cannot hold blames the user's line.
 function M.open(client, req, opts, fname, up)
-  client_mod.check_chat_request(req, "open_stream")
-  local spec = client:transfer_spec("POST", "chat/completions",
-    stream_body(req, fname or "open_stream", 2 + (up or 0)), opts, true,
-    "luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)))
-  local what = client_mod.describe(spec)
+  request.check_chat_request(req, "open_stream")
+  local spec = request.transfer_spec(client, "POST", "chat/completions",
+    stream_body(req, fname or "open_stream", 2 + (up or 0)), opts, true, request.idempotency_key())
+  local what = request.describe(spec)
   local started = core.now()
-  local t, err = client:with_retries(spec, function(attempt)
+  local t, err = request.with_retries(client, spec, function(attempt)
     started = core.now()
-    local tr, serr = core.start(spec)
+    local tr, serr = request.start(spec)
     if not tr then return nil, nil, serr end
+    local guard <close> = request.owned(tr)
     while not tr:has_events() and not tr:done() do
       sched.wait_transfer(tr)
     end
@@ -345,12 +346,10 @@ function M.open(client, req, opts, fname, up)
     log.debug("%s -> %s in %.3fs%s%s%s", what, r.failure or r.status, core.now() - started,
       tr:has_events() and " (first event)" or "", r.request_id and (" (request " .. r.request_id .. ")") or "",
       attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
-    if tr:has_events() then return tr end
-    local e = client:error_for(r, what, opts)
-    if e then
-      tr:close()
-      return nil, r, e
-    end
+    if tr:has_events() then guard.keep = true; return tr end
+    local e = request.error_for(client, r, what, opts)
+    if e then return nil, r, e end -- the guard closes tr
+    guard.keep = true
     return tr
   end)
   if not t then return nil, err end
@@ -383,7 +382,9 @@ function M.stream(client, req, handlers, opts)
   elseif handlers ~= nil then
     error("bad argument #2 to 'stream' (function or table expected, got " .. type(handlers) .. ")", 3)
   end
-  local s, err = M.open(client, req, opts, "stream", 1)
+  -- <close>: an error out of here (an interrupt while waiting) closes the stream and its
+  -- transfer at once; after s:result() the stream is finished and closing it does nothing.
+  local s <close>, err = M.open(client, req, opts, "stream", 1)
   if not s then return nil, err end
   if on_chunk or on_text then s:each(on_chunk, on_text) end
   return s:result()

@@ -12,18 +12,14 @@ local cli_error = require "luachat.cli_error"
 local setup = require "luachat.cli_setup"
 local cli_reader = require "luachat.cli_reader"
 local commands = require "luachat.cli_commands"
+local util = require "luachat.util"
 
 local EXIT = options.EXIT
 local note, end_line = term.note, term.end_line
 
 local M = {}
 
-local function add_usage(total, u)
-  if type(u) ~= "table" then return end
-  for _, k in ipairs { "prompt_tokens", "completion_tokens", "total_tokens" } do
-    total[k] = (total[k] or 0) + (tonumber(u[k]) or 0)
-  end
-end
+local add_usage = util.add_usage
 
 -- After Ctrl-C or a failure mid-reply: keep the question and what arrived of
 -- the answer, and drop an assistant turn whose tool calls never got their
@@ -114,7 +110,6 @@ function M.run(ctx)
         M.keep_partial(ctx.agent, ctx.turn_start, ctx.turn_text, table.concat(ctx.partial or {}))
         if intr then note(ctx, "[reply cancelled]") end
       end
-      collectgarbage() -- close the abandoned stream's transfer now
       if not ok and not intr then io.stderr:write(cli_error.format_error(res, ctx.s), "\n") end
     elseif not ok then
       io.stderr:write(cli_error.format_error(res, ctx.s), "\n")

@@ -75,7 +75,7 @@ local function one_shot_direct(ctx, prompt)
       out(ctx, msg and type(msg.content) == "string" and msg.content or "")
     end
   else
-    local join = require("luachat.stream").text_joiner() -- whole characters, even split across chunks
+    local join = require("luachat.accumulate").text_joiner() -- whole characters, even split across chunks
     -- The text path (no chunk tables for text-only chunks); --json prints only the final.
     res, err = ctx.client:stream(req, not ctx.o.json and { on_text = function(piece, index)
       if index ~= 0 then return end

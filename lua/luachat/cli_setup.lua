@@ -8,17 +8,17 @@ local luachat = require "luachat"
 local profiles = require "luachat.profiles"
 local options = require "luachat.cli_options"
 local term = require "luachat.cli_term"
+local util = require "luachat.util"
 
 local EXIT = options.EXIT
 local one_line = term.one_line
 
 local M = {}
 
--- An environment variable; set but empty counts as unset.
+-- An environment variable as luachat reads every one (luachat.util.getenv:
+-- trimmed, set but empty is unset); one with a control character inside is unset here.
 function M.getenv(name)
-  local v = os.getenv(name)
-  if v == "" then return nil end
-  return v
+  return (util.getenv(name))
 end
 local getenv = M.getenv
 

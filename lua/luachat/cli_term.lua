@@ -8,6 +8,7 @@
 local core = require "luachat.core"
 local luachat = require "luachat"
 local json = require "luachat.json"
+local util = require "luachat.util"
 
 local M = {}
 
@@ -40,18 +41,12 @@ end
 -- the rule, since its debug lines carry server text to stderr too.
 M.visible = require("luachat.log").visible
 
--- s on one line, control characters visible, cut to max bytes (300 by default).
+-- s on one line (luachat.util.one_line), control characters visible, cut on a
+-- character boundary to max bytes (300 by default).
 local function one_line(s, max)
-  s = tostring(s):gsub("%s*[\r\n]+%s*", " ")
+  s = util.one_line(s)
   s = M.visible(s)
-  max = max or 300
-  if #s > max then
-    -- Cut on a UTF-8 character boundary.
-    local cut = max
-    while cut > 1 and (s:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
-    s = s:sub(1, cut) .. "…"
-  end
-  return s
+  return util.cut(s, max or 300)
 end
 M.one_line = one_line
 

@@ -40,7 +40,7 @@ setmetatable(M, {
       rawset(t, k, v)
       return v
     elseif k == "delta_text" or k == "text_joiner" then
-      local stream = require "luachat.stream"
+      local stream = require "luachat.accumulate"
       rawset(t, "delta_text", stream.delta_text)
       rawset(t, "text_joiner", stream.text_joiner) -- whole characters from deltas (docs/JSON.md)
       return rawget(t, k)

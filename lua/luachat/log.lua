@@ -30,9 +30,4 @@ function M.debug(fmt, ...)
   io.stderr:write("luachat[debug] ", M.visible(ok and line or fmt), "\n")
 end
 
--- For tests and hosts: switch tracing on or off at run time.
-function M.set_enabled(on)
-  M.enabled = on and true or false
-end
-
 return M
