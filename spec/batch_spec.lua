@@ -331,6 +331,21 @@ describe("luachat.batch", function()
     assert.equal("dflt", paths["/v1/chat/completions"].model) -- model fills a body without one
   end)
 
+  it("keeps custom ids as 64-bit hashes in a compact set (8 bytes an id)", function()
+    local idset = require "luachat.batch_idset"
+    local set = idset.new()
+    for i = 1, 20000 do set:add(idset.hash("request-" .. i)) end
+    set:add(idset.hash("request-77"))
+    local dups = set:finish()
+    assert.same({ [idset.hash("request-77")] = true }, dups)
+    for i = 1, 20000, 97 do assert.is_true(set:has(idset.hash("request-" .. i))) end
+    assert.is_false(set:has(idset.hash("request-0")))
+    assert.is_false(set:has(idset.hash("request-20001")))
+    assert.are_not.equal(idset.hash("a"), idset.hash("a\0")) -- the length counts, not only the bytes
+    assert.are_not.equal(idset.hash("abcdefgh1"), idset.hash("abcdefgh2"))
+    assert.equal(20001, set.count)
+  end)
+
   it("checks its options", function()
     assert.has_error(function() batch.run { input = 1 } end, "bad argument #1 to 'batch.run' (field 'input' must be a file name)")
     assert.has_error(function() batch.run { input = "x", concurrency = 0 } end,

@@ -19,12 +19,15 @@ local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
+local idset = require "luachat.batch_idset"
 
 local M = {}
 
 local now = core.now
 local decode, encode = json.decode, json.encode
 local null = json.null
+
+local id_hash = idset.hash
 
 local DEFAULT_URL = "/v1/chat/completions"
 local MAX_PROBLEMS = 20 -- input problems listed; the rest are counted
@@ -125,62 +128,89 @@ local function each_line(f)
   end
 end
 
--- The validation pass: reads the input once, streaming, keeping only the set
--- of custom ids. Returns { lines, selected, skipped } | nil, err (kind "input"
--- with err.problems, one string per problem, at most MAX_PROBLEMS and a count).
--- `done` is the set of ids the output already answers; shard = {k, n} or nil.
+-- The validation pass: reads the input once, streaming, keeping only a
+-- compact set of id hashes (luachat.batch_idset, 8 bytes an id); when it
+-- finds a problem, a second pass lists the problems in line order, each
+-- duplicate confirmed on the ids themselves. Returns { lines, selected,
+-- skipped } | nil, err (kind "input" with err.problems, one string per
+-- problem, at most MAX_PROBLEMS and a count). `done`: the idset of the ids
+-- the output already answers (or nil); shard = {k, n} or nil.
 function M.validate(path, shard, done)
   local f, oerr = io.open(path, "rb")
   if not f then return nil, input_error("cannot open the input: " .. tostring(oerr)) end
-  local seen = {}
+  local seen = idset.new()
+  local nbad = 0
+  local count, selected, skipped = 0, 0, 0
+  local k, n = shard and shard[1], shard and shard[2]
+  for _, text in each_line(f) do
+    count = count + 1
+    local req = parse_line(text)
+    if not req then
+      nbad = nbad + 1
+    else
+      local id = req.custom_id
+      local h = id_hash(id)
+      seen:add(h)
+      if M.in_shard(id, k, n) then
+        selected = selected + 1
+        if done and done:has(h) then skipped = skipped + 1 end
+      end
+    end
+  end
+  f:close()
+  local dups = seen:finish()
+  seen = nil
+  local result = { lines = count, selected = selected, skipped = skipped }
+  if nbad == 0 and next(dups) == nil then return result end
+
   local problems, nproblems = {}, 0
   local function problem(s)
     nproblems = nproblems + 1
     if nproblems <= MAX_PROBLEMS then problems[#problems + 1] = s end
   end
-  local count, selected, skipped = 0, 0, 0
-  local k, n = shard and shard[1], shard and shard[2]
+  local first = {} -- id -> its first line, only for ids whose hash came twice
+  f, oerr = io.open(path, "rb")
+  if not f then return nil, input_error("cannot open the input: " .. tostring(oerr)) end
   for lineno, text in each_line(f) do
-    count = count + 1
     local req, why = parse_line(text)
     if not req then
       problem(string.format("line %d: %s", lineno, why))
     else
       local id = req.custom_id
-      local first = seen[id]
-      if first then
-        problem(string.format("line %d: duplicate custom_id '%s' (first on line %d)", lineno, id, first))
-      else
-        seen[id] = lineno
-        if M.in_shard(id, k, n) then
-          selected = selected + 1
-          if done and done[id] then skipped = skipped + 1 end
+      if dups[id_hash(id)] then
+        local at = first[id]
+        if at then
+          problem(string.format("line %d: duplicate custom_id '%s' (first on line %d)", lineno, id, at))
+        else
+          first[id] = lineno
         end
       end
     end
   end
   f:close()
-  if nproblems > 0 then
-    if nproblems > #problems then
-      problems[#problems + 1] = string.format("... and %d more", nproblems - #problems)
-    end
-    local headline = string.format("%s: %d problem%s in the input, nothing was sent", path, nproblems,
-      nproblems == 1 and "" or "s")
-    return nil, input_error(headline .. ": " .. problems[1], problems, headline)
+  if nproblems == 0 then return result end -- two ids with one hash, no duplicate
+  if nproblems > #problems then
+    problems[#problems + 1] = string.format("... and %d more", nproblems - #problems)
   end
-  return { lines = count, selected = selected, skipped = skipped }
+  local headline = string.format("%s: %d problem%s in the input, nothing was sent", path, nproblems,
+    nproblems == 1 and "" or "s")
+  return nil, input_error(headline .. ": " .. problems[1], problems, headline)
 end
 
 ---------------------------------------------------------------------------
 -- The output file.
 
 -- The custom ids an existing output file answers, repairing a last line cut
--- short by a crash (it is dropped: its request runs again). Returns the set
--- (id -> true) and the number of lines | nil, err. A missing file is empty.
+-- short by a crash (it is dropped: its request runs again). Returns the
+-- finished idset of their hashes and the number of lines | nil, err. A
+-- missing file is empty.
 function M.scan_output(path)
+  local done, n = idset.new(), 0
   local f = io.open(path, "rb")
-  if not f then return {}, 0 end
-  local done, n = {}, 0
+  if not f then
+    done:finish()
+    return done, 0
+  end
   local pos, last_start, last_good = 0, 0, true
   for text in f:lines("L") do
     last_start = pos
@@ -188,7 +218,7 @@ function M.scan_output(path)
     local doc = text:sub(-1) == "\n" and decode(text) or nil
     local id = type(doc) == "table" and doc.custom_id
     if type(id) == "string" then
-      done[id] = true
+      done:add(id_hash(id))
       n = n + 1
       last_good = true
     else
@@ -196,6 +226,7 @@ function M.scan_output(path)
     end
   end
   f:close()
+  done:finish()
   -- The last line is cut short (no newline) or not a whole answer: drop it.
   if not last_good then
     local ok, err = M.truncate(path, last_start)
@@ -409,7 +440,7 @@ function M.run(o)
   local max_retries = o.max_retries or client.max_retries or 2
 
   -- The output: without resume it must be new (or empty), so no id is written twice.
-  local done = {}
+  local done -- the idset of ids the output answers (resume)
   local existing = io.open(output, "rb")
   if existing then
     local size = existing:seek("end")
@@ -452,7 +483,7 @@ function M.run(o)
       local lineno, text = next_line()
       if not lineno then return nil end
       local req = parse_line(text) -- validated: never nil here
-      if req and M.in_shard(req.custom_id, k, n) and not done[req.custom_id] then
+      if req and M.in_shard(req.custom_id, k, n) and not (done and done:has(id_hash(req.custom_id))) then
         req.line = lineno
         return req
       end

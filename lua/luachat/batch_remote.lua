@@ -17,6 +17,7 @@ local json = require "luachat.json"
 local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
 local batch = require "luachat.batch"
+local idset = require "luachat.batch_idset"
 
 local M = {}
 
@@ -111,7 +112,8 @@ function M.run(o)
   local max_retries = o.max_retries or 5
   local interval = o.poll_interval or 10
   local output = o.output
-  local done = {}
+  local done -- ids the output answers: an idset (luachat.batch_idset)
+  local written = {} -- ids written by this run
   local existing = io.open(output, "rb")
   if existing then
     local size = existing:seek("end")
@@ -183,10 +185,10 @@ function M.run(o)
         local cid = type(doc) == "table" and doc.custom_id
         if type(cid) == "string" then
           seen = seen + 1
-          if done[cid] then
+          if written[cid] or (done and done:has(idset.hash(cid))) then
             summary.skipped = summary.skipped + 1
           else
-            done[cid] = true
+            written[cid] = true
             out:write(line:gsub("\r$", ""), "\n")
             out:flush()
             local resp = type(doc.response) == "table" and doc.response or {}
