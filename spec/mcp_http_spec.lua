@@ -51,6 +51,7 @@ describe("luachat.mcp over Streamable HTTP", function()
     local img = assert(s:call("get-tiny-image", {}))
     assert.matches("%[image: image/png, %d+ bytes%]", (mcp_tools.result_text(img)))
     assert.is_true(s:ping())
+    assert.is_nil(s.transport.lost) -- notifications/initialized went with the session id
     s:close()
     assert.matches("Received session termination request for session " .. s.transport.session_id, ev.text(), 1, true)
     local _, err = s:call("echo", { message = "late" })

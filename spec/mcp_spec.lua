@@ -173,6 +173,20 @@ describe("luachat.mcp over stdio", function()
       assert.equal(string.rep("x", 64), r.content[1].text:sub(-64))
     end)
 
+    it("a message over the limit ends the session instead of filling memory", function()
+      local stdio = require "luachat.mcp_stdio"
+      local saved = stdio.MAX_MESSAGE
+      stdio.MAX_MESSAGE = 100000
+      local s, _, _ = assert(fault())
+      local pid = s.transport.proc:pid()
+      local res, err = s:call("big", { bytes = 300000 })
+      stdio.MAX_MESSAGE = saved
+      assert.is_nil(res)
+      assert.equal("mcp server 'fault': the server sent a message over 100000 bytes (the limit)", err.message)
+      assert.is_false(helper.alive(pid))
+      s:close()
+    end)
+
     it("several calls in flight at once are matched by id, answered in any order", function()
       local s <close> = assert(fault())
       local tasks = {}

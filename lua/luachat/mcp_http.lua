@@ -106,6 +106,8 @@ local function pump(self, t, req, method)
     self.rpc:finish(req, nil, err or rpc_mod.error(self.name, "%s: the server answered without a response to %s",
       self:where(method), req.what))
   elseif err and not req then
+    -- A notification or an answer the server refused: nobody waits for it.
+    self.lost = (self.lost or 0) + 1
     log.debug("mcp %s: %s", self.name, err.message)
   end
 end
