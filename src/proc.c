@@ -310,7 +310,7 @@ void proc_check(struct proc *p)
 		read_out(p, 0);
 		read_err(p);
 	}
-	if (p->pid_fd < 0)
+	if (p->pid_fd < 0 || p->watch == NULL) /* nobody waits on the pidfd */
 		reap(p, WNOHANG);
 }
 

@@ -67,8 +67,9 @@ struct proc *proc_spawn(const struct proc_opts *o, char *err, size_t errlen);
 /* The owner's loop found fd ready (PROC_WATCH_* bits; hang-up and errors come as READ). */
 void proc_on_ready(struct proc *p, int fd, int events);
 /*
- * Look at the child without being asked: reap it if it has exited (for a
- * loop without pidfds), read what is there. Cheap; never blocks.
+ * Look at the child without being asked: reap it if it has exited (when no
+ * pidfd is watched), and without a watch hook also write and read what the
+ * pipes take. Cheap; never blocks.
  */
 void proc_check(struct proc *p);
 /* Whether something the owner may want happened since the last call (output, EOF, exit, a write failure); clears it. */
