@@ -287,6 +287,30 @@ describe("luachat.mcp over stdio", function()
       assert.equal(before + 1, #s:tools())
     end)
 
+    it("an agent sees the new tool list after list_changed, from its next model call", function()
+      local s <close> = assert(fault())
+      srv:script {
+        reply { call("c1", "grow", "{}") },
+        reply { call("c2", "extra", "{}") },
+        reply(nil, "done"),
+      }
+      local client = luachat.client { base_url = srv.base_url, api_key = "sk-x" }
+      local weather = luachat.tool { name = "weather", handler = function() return "sun" end }
+      local agent = luachat.agent { client = client, model = "m", tools = { weather, s } }
+      assert.is_nil(agent.tools_by_name.extra)
+      assert.equal("done", assert(agent:run("grow")).content)
+      local cjson = require "cjson"
+      local function names(i)
+        local out = {}
+        for _, t in ipairs(cjson.decode(srv:requests()[i].body).tools) do out[t["function"].name] = true end
+        return out
+      end
+      assert.is_nil(names(1).extra)
+      assert.is_true(names(2).extra and names(2).weather and names(2).echo)
+      local msgs = cjson.decode(srv:requests()[3].body).messages
+      assert.same({ role = "tool", tool_call_id = "c2", content = "extra ran" }, msgs[#msgs])
+    end)
+
     it("tools/list pages are followed", function()
       local s <close>, _, log = assert(fault("--page", "4"))
       assert.equal(15, #assert(s:tools()))

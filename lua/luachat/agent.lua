@@ -118,7 +118,7 @@ function M.new(opts)
   local tools = opts.tools
   if M.is_tool(tools) then tools = { tools } end
   -- An MCP session (luachat.mcp.connect) in the list stands for all its tools.
-  if type(tools) == "table" then tools = require("luachat.mcp_tools").expand(tools, opts.prefix) end
+  if type(tools) == "table" then tools = require("luachat.mcp_tools").expand(tools, opts.prefix, self) end
   for i, t in ipairs(tools or {}) do
     if getmetatable(t) ~= Tool then
       -- A plain definition's error blames the line calling luachat.agent, not this one.
@@ -155,6 +155,7 @@ local function outgoing(messages)
 end
 
 function Agent:build_request()
+  if self.mcp_sessions then require("luachat.mcp_tools").refresh(self) end -- a server's list changed
   local req = {}
   for k, v in pairs(self.request) do req[k] = v end
   req.model = self.model

@@ -123,10 +123,18 @@ M.is_session = is_session
 -- luachat error (kind "mcp") naming both, unless prefix is true: then every
 -- session's tools are named server__tool. A session whose tool list cannot
 -- be read raises its error. Lists without sessions come back as given.
-function M.expand(tools, prefix)
-  local any = false
-  for _, t in ipairs(tools) do any = any or is_session(t) end
-  if not any then return tools end
+function M.expand(tools, prefix, agent)
+  local sessions = {}
+  for _, t in ipairs(tools) do
+    if is_session(t) then sessions[#sessions + 1] = t end
+  end
+  if #sessions == 0 then return tools end
+  if agent then
+    -- What M.refresh needs to notice a changed tool list (tools/list_changed).
+    agent.mcp_sessions, agent.mcp_prefix = sessions, prefix
+    agent.mcp_generation = 0
+    for _, s in ipairs(sessions) do agent.mcp_generation = agent.mcp_generation + (s.generation or 0) end
+  end
   local out, origin = {}, {}
   local function add(t, from)
     local name = type(t) == "table" and rawget(t, "name")
@@ -151,6 +159,41 @@ function M.expand(tools, prefix)
     end
   end
   return out
+end
+
+-- Before each model call of an agent made with sessions: when a server said
+-- its tool list changed, the agent's tools from that server are replaced by
+-- the new list (read now if the refresh has not run yet). A new name that
+-- clashes with another tool is left out, with a debug log line: the run goes on.
+function M.refresh(agent)
+  local gen = 0
+  for _, s in ipairs(agent.mcp_sessions) do
+    if s.tools_stale and not s.closed then s:list_tools() end
+    gen = gen + (s.generation or 0)
+  end
+  if gen == agent.mcp_generation then return end
+  agent.mcp_generation = gen
+  local mine = {}
+  for _, s in ipairs(agent.mcp_sessions) do mine[s] = true end
+  local tools, by_name = {}, {}
+  for _, t in ipairs(agent.tools) do
+    if not mine[t.session] then
+      tools[#tools + 1] = t
+      by_name[t.name] = t
+    end
+  end
+  for _, s in ipairs(agent.mcp_sessions) do
+    local list = s:tools(agent.mcp_prefix and { prefix = true } or nil) or {}
+    for _, t in ipairs(list) do
+      if by_name[t.name] then
+        require("luachat.log").debug("mcp %s: tool %s left out: another tool has its name", s.name, t.name)
+      else
+        tools[#tools + 1] = t
+        by_name[t.name] = t
+      end
+    end
+  end
+  agent.tools, agent.tools_by_name = tools, by_name
 end
 
 return M

@@ -91,6 +91,7 @@ function callTool(id, name, a, meta) {
       if (!tools.find((t) => t.name === "extra")) tools.push({ name: "extra", description: "Added later", inputSchema: obj });
       send({ jsonrpc: "2.0", method: "notifications/tools/list_changed" });
       return text(id, "grown");
+    case "extra": return text(id, "extra ran");
     case "image": return send({ jsonrpc: "2.0", id, result: { content: [
       { type: "image", mimeType: "image/png", data: Buffer.alloc(1234).toString("base64") },
       { type: "audio", mimeType: "audio/wav", data: Buffer.alloc(10).toString("base64") }] } });
