@@ -15,6 +15,7 @@ local redact = require "luachat.redact"
 local request = require "luachat.request"
 local chat_stream = require "luachat.chat_stream"
 local util = require "luachat.util"
+local cassette = require "luachat.cassette"
 
 local M = {}
 
@@ -47,6 +48,9 @@ local CLIENT_OPTIONS = {
   timeout = options.seconds, connect_timeout = options.seconds, idle_timeout = options.seconds,
   max_retries = options.integer(0, 100),
   max_body = options.integer(1), max_event = options.integer(1),
+  -- record/replay (luachat.cassette)
+  cassette = cassette.OPTIONS.cassette, cassette_mode = cassette.OPTIONS.cassette_mode,
+  cassette_timing = cassette.OPTIONS.cassette_timing,
 }
 
 -- Check a call's options; raises at the caller of the method calling this.
@@ -95,6 +99,7 @@ function M.new(opts)
   else
     request.set_key(c, opts.api_key or getenv("OPENAI_API_KEY"), opts.api_key == nil)
   end
+  c.cassette = cassette.for_client(c, opts, 2) -- LUACHAT_CASSETTE or cassette = path: record/replay
   return c
 end
 

@@ -178,12 +178,15 @@ function M.transfer_spec(client, method, path, body, opts, stream, idempotency_k
     max_body = client.max_body,
     max_event = client.max_event,
     ca_file = client.ca_file,
+    cassette = client.cassette, -- record/replay (luachat.cassette), or nil
   }
 end
 
 -- Start one attempt of a request: every transfer of luachat.client and
 -- luachat.chat_stream starts here. -> transfer | nil, err
 function M.start(spec)
+  -- A cassette replays (never touching the network) or records around core.start.
+  if spec.cassette then return spec.cassette:start(spec, core.start) end
   return core.start(spec)
 end
 
