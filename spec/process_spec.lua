@@ -253,6 +253,23 @@ describe("processes", function()
     p:close()
   end)
 
+  it("write queues what the child does not read yet, never blocks; the queue has a limit", function()
+    local p = assert(process.spawn { argv = { "sh", "-c", "echo ready; exec sleep 100" } }) -- never reads stdin
+    assert.equal("ready", p:read_line())
+    local mib = string.rep("x", 1024 * 1024)
+    assert.is_true(p:write(mib)) -- the pipe takes 64 KiB or so; the rest waits in the queue
+    assert.is_true(p:pending() > 0)
+    local ok, err = p:write(string.rep("y", 64 * 1024 * 1024))
+    assert.is_nil(ok)
+    assert.equal("process", err.kind)
+    assert.equal("cannot write to 'sh': more than 67108864 bytes would wait for it to read", err.message)
+    p:close_stdin() -- after the queue: still open while bytes wait
+    ok, err = p:write("late")
+    assert.is_nil(ok)
+    assert.equal("cannot write to 'sh': its input is closed", err.message)
+    assert.same({ "signal", 15 }, { p:close(0.1) }) -- sleep ignores stdin: SIGTERM ends it
+  end)
+
   it("read with a timeout returns a timeout error and leaves the process usable", function()
     local p = assert(process.spawn { argv = { "cat" } })
     local s, err = p:read(0.05)

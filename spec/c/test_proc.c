@@ -23,12 +23,31 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "proc.h"
 #include "test.h"
 
 #define SAFETY_MS 20000 /* a broken proc.c fails here instead of hanging; never a timing check */
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+/* The safety net's end, and whether it is still ahead (wall time: a busy loop cannot use it up). */
+static double deadline(void)
+{
+	return now_ms() + SAFETY_MS;
+}
+
+static int before(double at)
+{
+	return now_ms() < at;
+}
 
 /* The engine stand-in: which fds the proc asked us to watch. */
 struct reg {
@@ -102,17 +121,17 @@ static struct proc *spawn(const char *const *argv, const char *const *env, const
 /* Turn the loop until stdout holds `want` bytes or reached EOF. */
 static void until_out(struct proc *p, size_t want)
 {
-	int spins = SAFETY_MS / 10;
+	double safety = deadline();
 	size_t len;
-	while (proc_out(p, &len), len < want && !proc_out_eof(p) && spins-- > 0)
+	while (proc_out(p, &len), len < want && !proc_out_eof(p) && before(safety))
 		turn(p, 10);
 }
 
 static void until_finished(struct proc *p)
 {
-	int spins = SAFETY_MS / 10;
+	double safety = deadline();
 	size_t len;
-	while (!proc_finished(p) && spins-- > 0) {
+	while (!proc_finished(p) && before(safety)) {
 		turn(p, 10);
 		proc_out(p, &len);
 		proc_out_consume(p, len);
@@ -196,7 +215,8 @@ static void test_big_round_trip(void)
 	struct proc *p;
 	size_t n = (size_t)1 << 20, got = 0, i, bad = 0, len;
 	char *data = malloc(n);
-	int saw_write_interest = 0, spins = SAFETY_MS / 10;
+	int saw_write_interest = 0;
+	double safety = deadline();
 	t_begin("cat: 1 MiB queued at once comes back intact; write interest only while queued");
 	nregs = 0;
 	for (i = 0; i < n; i++)
@@ -210,7 +230,7 @@ static void test_big_round_trip(void)
 	}
 	T_EQ_INT(proc_write(p, data, n, err, sizeof err), 0); /* never blocks */
 	T_CHECK(proc_pending_in(p) > 0);
-	while (got < n && spins-- > 0) {
+	while (got < n && before(safety)) {
 		const char *out;
 		for (i = 0; i < (size_t)nregs; i++)
 			if (regs[i].events & PROC_WATCH_WRITE)
@@ -334,8 +354,8 @@ static pid_t read_pid(struct proc *p)
 /* Reap the orphans of process group pgid that came to us as subreaper (bounded). */
 static void reap_group(pid_t pgid)
 {
-	int spins = SAFETY_MS / 10;
-	while (spins-- > 0) {
+	double safety = deadline();
+	while (before(safety)) {
 		pid_t r = waitpid(-pgid, NULL, WNOHANG);
 		if (r < 0)
 			return; /* ECHILD: none left */
@@ -375,9 +395,9 @@ static void test_kill_group(void)
 	T_CHECK(!pid_exists(pid));
 	if (grandchild > 0) {
 		/* The signal is sent; its zombie comes to us (subreaper) as soon as it is delivered. */
-		int spins = SAFETY_MS / 10;
+		double safety = deadline();
 		pid_t r;
-		while ((r = waitpid(grandchild, &st, WNOHANG)) == 0 && spins-- > 0)
+		while ((r = waitpid(grandchild, &st, WNOHANG)) == 0 && before(safety))
 			poll(NULL, 0, 10);
 		T_EQ_INT(r, grandchild);
 		T_CHECK(WIFSIGNALED(st) && (WTERMSIG(st) == SIGTERM || WTERMSIG(st) == SIGKILL));
@@ -414,7 +434,8 @@ static void test_exit_mid_conversation(void)
 	struct proc *p;
 	const char *out;
 	size_t len;
-	int v = 0, spins = SAFETY_MS / 10;
+	int v = 0;
+	double safety = deadline();
 	t_begin("exit: EOF, exit code and signal seen without any close; a write after it fails, no SIGPIPE");
 	nregs = 0;
 	p = spawn(argv, NULL, NULL, err, sizeof err);
@@ -424,7 +445,7 @@ static void test_exit_mid_conversation(void)
 		return;
 	}
 	T_EQ_INT(proc_write(p, "hi\n", 3, err, sizeof err), 0);
-	while (!proc_finished(p) && spins-- > 0)
+	while (!proc_finished(p) && before(safety))
 		turn(p, 10);
 	T_CHECK(proc_finished(p));
 	out = proc_out(p, &len);
@@ -463,7 +484,7 @@ static void test_big_output(void)
 	unsigned long want = 1, bad = 0;
 	char line[32];
 	size_t ll = 0;
-	int spins = SAFETY_MS / 5;
+	double safety = deadline();
 	t_begin("output: ~10 MB delivered intact, never more than the high-water mark held");
 	nregs = 0;
 	p = spawn(argv, NULL, NULL, err, sizeof err);
@@ -472,7 +493,7 @@ static void test_big_output(void)
 		t_end();
 		return;
 	}
-	while (!proc_finished(p) && spins-- > 0) {
+	while (!proc_finished(p) && before(safety)) {
 		const char *out;
 		size_t i;
 		turn(p, 10);
@@ -630,7 +651,8 @@ static void test_unwatched(void)
 	struct proc_opts o;
 	char err[256];
 	struct proc *p;
-	int spins = SAFETY_MS / 10, v = 0;
+	int v = 0;
+	double safety = deadline();
 	size_t len;
 	t_begin("no watch hook: proc_check reads and reaps");
 	memset(&o, 0, sizeof o);
@@ -641,7 +663,7 @@ static void test_unwatched(void)
 		t_end();
 		return;
 	}
-	while (!proc_finished(p) && spins-- > 0) {
+	while (!proc_finished(p) && before(safety)) {
 		proc_check(p);
 		if (!proc_finished(p))
 			poll(NULL, 0, 10);
