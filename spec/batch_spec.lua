@@ -346,6 +346,29 @@ describe("luachat.batch", function()
     assert.equal(20001, set.count)
   end)
 
+  it("stops when on_result raises: err.kind 'callback', what was written stays, nothing more is sent", function()
+    write_input(dir .. "/in.jsonl", 20)
+    local calls = 0
+    local s, err = luachat.batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl",
+      concurrency = 1, on_result = function()
+        calls = calls + 1
+        if calls == 3 then error("no more") end
+      end }
+    assert.is_nil(s)
+    assert.equal("callback", err.kind)
+    assert.matches("batch on_result: .*no more", err.message)
+    assert.equal(3, calls)
+    assert.equal(3, #read_lines(dir .. "/out.jsonl"))
+    assert.equal(3, #srv:requests())
+  end)
+
+  it("writes next to the input when no output is given", function()
+    write_input(dir .. "/in.jsonl", 2)
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl" })
+    assert.equal(dir .. "/in.results.jsonl", s.output)
+    assert.equal(2, #read_lines(dir .. "/in.results.jsonl"))
+  end)
+
   it("checks its options", function()
     assert.has_error(function() batch.run { input = 1 } end, "bad argument #1 to 'batch.run' (field 'input' must be a file name)")
     assert.has_error(function() batch.run { input = "x", concurrency = 0 } end,
