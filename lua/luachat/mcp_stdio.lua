@@ -7,7 +7,7 @@
 -- keeps no task alive), what the child's exit and stderr tell a failure.
 -- Never: blocks the loop, yields in send (mcp_rpc's rule), or leaves the child
 -- running once closed (the process object ends it and its process group).
-local core = require "luachat.core"
+local process = require "luachat.process"
 local sched = require "luachat.sched"
 local log = require "luachat.log"
 local rpc_mod = require "luachat.mcp_rpc"
@@ -26,12 +26,14 @@ T.__name = "luachat.McpStdio"
 
 -- M.new{ name=, command = argv, env = { K = v | false }, cwd = } -> transport | nil, err
 function M.new(opts)
-  local p, err = core.process { argv = opts.command, env = opts.env, cwd = opts.cwd }
-  if not p then
+  local w, err = process.spawn { argv = opts.command, env = opts.env, cwd = opts.cwd }
+  if not w then
     -- err.message: "cannot start 'cmd': No such file or directory"
     return nil, rpc_mod.error(opts.name, "%s", tostring(type(err) == "table" and err.message or err))
   end
-  return setmetatable({ name = opts.name, proc = p, parts = {}, plen = 0, reading = false, closed = false }, T)
+  -- proc: the luachat.Process userdata, read here without waiting (the reader waits on it).
+  return setmetatable({ name = opts.name, wrapper = w, proc = w.raw, parts = {}, plen = 0, reading = false,
+    closed = false }, T)
 end
 
 function T:attach(rpc) self.rpc = rpc end
@@ -141,12 +143,21 @@ end
 
 -- End the child: stdin closed, `grace` seconds to exit, then SIGTERM to its
 -- process group, as long again, then SIGKILL; reaped, descriptors closed.
--- grace nil (garbage collection): at once.
+-- The waits yield (luachat.process's shutdown: other tasks go on). grace nil
+-- (garbage collection): at once, without waiting.
 function T:close(grace)
   if self.closed then return end
   self.closed = true
-  self.proc:close(grace or 0)
-  sched.wake(self.proc) -- the reader, if one waits, sees the session closed
+  sched.wake(self.proc) -- the reader, if one waits, sees the session closed and ends
+  if grace and grace > 0 then
+    local ok, err = pcall(self.wrapper.shutdown, self.wrapper, grace)
+    if not ok then
+      log.debug("mcp %s: shutdown failed (%s); ending the server at once", self.name, tostring(err))
+      self.proc:close(0)
+    end
+  else
+    self.proc:close(0)
+  end
   log.debug("mcp %s: the server %s", self.name, self:exit_text())
 end
 
