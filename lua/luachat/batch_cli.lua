@@ -47,7 +47,8 @@ Options:
   --poll-interval S      with --remote: seconds between status checks (10)
   --remote-status ID     wait for a batch created earlier, download its results
   --quiet                no progress line and no summary
-  -m, --model NAME       the model for lines whose body has none
+  -m, --model NAME       the model for lines whose body has none (default: as for -p:
+                         LUACHAT_MODEL, the profile's model)
   -P, --profile NAME     the provider (see luachat -p --help)
   --base-url URL         the API's base URL
   -h, --help             this help
