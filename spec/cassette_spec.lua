@@ -126,6 +126,9 @@ describe("cassettes", function()
     assert.equal("models?limit=2", t[2].request.path)
     assert.equal("GET", t[2].request.method)
     assert.equal(400, t[4].response.status)
+    assert.equal("hello", t[1].response.json.choices[1].message.content) -- a 2xx JSON body decoded
+    assert.equal("string", type(t[4].response.body)) -- an error body as received (err.body shows it)
+    assert.matches('"message":"bad thing"', t[4].response.body, 1, true)
   end)
 
   it("streams replay the same chunks to every callback, the same texts and the same final", function()
@@ -164,6 +167,8 @@ describe("cassettes", function()
     assert.equal(8, #t[1].response.events) -- every event as received: 6 chunks, the ping, [DONE]
     assert.same({ event = "ping", data = "{}" }, t[1].response.events[5])
     assert.equal("[DONE]", t[1].response.events[8])
+    -- chunks are written decoded (readable in a diff), replayed re-encoded
+    assert.equal("Hello ", t[1].response.events[2].json.choices[1].delta.content)
     assert.equal(8, #t[1].response.times)
   end)
 
@@ -345,7 +350,7 @@ describe("cassettes", function()
     local t = lines(path)
     assert.equal("chat/completions?mode=fast", t[1].request.path)
     assert.equal("trace-1", t[1].request.headers["X-Trace"])
-    assert.equal("your key [REDACTED] and crumb [REDACTED] and [REDACTED]", json.decode(t[1].response.body).choices[1].message.content)
+    assert.equal("your key [REDACTED] and crumb [REDACTED] and [REDACTED]", t[1].response.json.choices[1].message.content)
     -- and the cassette still replays for the same client settings
     cassette.reset()
     local r = luachat.client { base_url = base .. "?api-version=2024&sig=sig-SECRET-value",
@@ -395,6 +400,13 @@ describe("cassettes", function()
     assert.matches("field 'cassette' must be a path %(or false for none%)", e)
     ok, e = pcall(luachat.client, { casette = "x" })
     assert.matches("did you mean 'cassette'", e)
+  end)
+
+  it("the documented example (an agent with tools against a cassette) passes under busted", function()
+    local out, err, code = proc.run(string.format("busted --lua=%s %s", shell_quote(HOST),
+      shell_quote("examples/cassette/weather_agent_spec.lua")))
+    assert.equal(0, code, out .. err)
+    assert.matches("2 successes / 0 failures / 0 errors", out, 1, true)
   end)
 
   describe("the CLI", function()

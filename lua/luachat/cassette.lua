@@ -306,6 +306,12 @@ local function copy_event(ev)
   return ev
 end
 
+-- A written event back as the C transfer hands it: a string, or {event=, data=}.
+local function event_in(ev)
+  if type(ev) == "table" and ev.json ~= nil then return json.encode(ev.json) end
+  return copy_event(ev)
+end
+
 -- With recorded timing, wait until `offset` seconds after the start (sched.sleep:
 -- yields in a task, drives the loop outside one).
 function Replay:wait_until(offset)
@@ -322,7 +328,7 @@ function Replay:take_one()
   if ev == nil then return nil end
   self:wait_until(self.times and self.times[i])
   self.pos = i + 1
-  return copy_event(ev)
+  return event_in(ev)
 end
 
 function Replay:take()
@@ -358,7 +364,9 @@ function Replay:result()
     if self.response[k] ~= nil and self.response[k] ~= json.null then r[k] = self.response[k] end
   end
   r.status = math.tointeger(self.response.status) or 0
-  r.body = self.sse and "" or (self.response.body or "")
+  local body = self.response.body
+  if body == nil and self.response.json ~= nil then body = json.encode(self.response.json) end
+  r.body = self.sse and "" or (body or "")
   r.sse = self.sse
   r.body_started = r.status ~= 0
   r.bytes = #r.body
@@ -401,6 +409,28 @@ local function round_ms(s)
   return math.floor(s * 1000 + 0.5) / 1000
 end
 
+-- For a readable cassette: s decoded, when s is a JSON object or array that
+-- luachat.json re-encodes as the same data (no surrogate escape, which decodes
+-- to U+FFFD, and no "error" member, whose text an err.body shows as received);
+-- else nil and s is written as the string it was.
+local function as_json(s)
+  if type(s) ~= "string" or s:find("\\u[dD][89abcdefABCDEF]") then return nil end
+  local first = s:match("^%s*(.)")
+  if first ~= "{" and first ~= "[" then return nil end
+  local v = json.decode(s)
+  if type(v) ~= "table" or v.error ~= nil then return nil end
+  return v
+end
+
+-- An event as written: its data decoded ({json = value}) when as_json allows.
+local function event_out(ev)
+  if type(ev) == "string" then
+    local v = as_json(ev)
+    if v ~= nil then return { json = v } end
+  end
+  return ev
+end
+
 function Recorder:note(ev)
   local n = #self.events + 1
   self.events[n] = copy_event(ev)
@@ -440,10 +470,13 @@ function Recorder:close()
   end
   if r.sse then
     res.sse = true
-    res.events = json.array(self.events)
+    local events = json.array {}
+    for i, ev in ipairs(self.events) do events[i] = event_out(ev) end
+    res.events = events
     res.times = json.array(self.times)
   else
-    res.body = r.body
+    local v = r.status >= 200 and r.status < 300 and as_json(r.body)
+    if v then res.json = v else res.body = r.body end
   end
   if not r.done and not r.failure then res.incomplete = true end -- closed before its end
   local okl, line = pcall(json.encode, { request = self.request, response = res }, { sort_keys = true })
