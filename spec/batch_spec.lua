@@ -362,6 +362,28 @@ describe("luachat.batch", function()
     assert.equal(3, #srv:requests())
   end)
 
+  it("reads CRLF lines and a UTF-8 BOM", function()
+    proc.write_file(dir .. "/in.jsonl", '\239\187\191{"custom_id":"a","body":{"model":"m","messages":[]}}\r\n'
+      .. '{"custom_id":"b","body":{"model":"m","messages":[]}}\r\n')
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" })
+    assert.same({ 2, 0 }, { s.ok, s.failed })
+  end)
+
+  it("--tpm corrects each booking with the answer's usage", function()
+    -- estimated 125 tokens each at 125 * 600 a minute (0.1 s), but each answer says it used
+    -- 1250: the clock moves 1 s a request, so 4 requests span at least ~2 s (3 s expected)
+    write_input(dir .. "/in.jsonl", 4, function(line) line.body.max_tokens = 100 end)
+    local body = json.encode({ model = "m", messages = { { role = "user", content = "q1." } }, max_tokens = 100 })
+    local est = batch.estimate_tokens(body, { max_tokens = 100 })
+    srv:default(completion(est * 10))
+    assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl",
+      concurrency = 4, tpm = est * 600 })
+    local reqs = srv:requests()
+    table.sort(reqs, function(a, b) return a.time < b.time end)
+    local span = reqs[#reqs].time - reqs[1].time
+    assert.is_true(span >= 2, string.format("4 requests using 10x their estimate arrived within %.3f s", span))
+  end)
+
   it("writes next to the input when no output is given", function()
     write_input(dir .. "/in.jsonl", 2)
     local s = assert(batch.run { client = client, input = dir .. "/in.jsonl" })

@@ -123,6 +123,7 @@ local function each_line(f)
       local text = it()
       if text == nil then return nil end
       n = n + 1
+      if n == 1 and text:sub(1, 3) == "\239\187\191" then text = text:sub(4) end -- a UTF-8 BOM
       if text:find("%S") then return n, (text:gsub("\r$", "")) end
     end
   end
