@@ -71,6 +71,11 @@ struct http_watch_slot {
 /* Ready epoll entries taken per epoll_wait; more simply wait for the next poll. */
 #define HTTP_EPOLL_BATCH 512
 
+/* curl's receive buffer per transfer: big while few run, small from HTTP_MANY_TRANSFERS. */
+#define HTTP_BIG_BUFFER 16384L
+#define HTTP_SMALL_BUFFER 2048L
+#define HTTP_MANY_TRANSFERS 256
+
 struct http_engine {
 	CURLM *multi;                     /* NULL until the first transfer loads libcurl */
 	int epfd;                         /* the one wait: curl's sockets, the wakeup fd, watches */
@@ -78,6 +83,7 @@ struct http_engine {
 	struct http_transfer *all;        /* every transfer not yet freed */
 	struct http_transfer *ready_head, *ready_tail;
 	size_t live;
+	size_t sockets;                   /* curl's sockets open (connections, and attempts) */
 	double timer_at;                  /* curl's deadline (CURLMOPT_TIMERFUNCTION), < 0 none */
 	int kick;                         /* a resumed transfer: run curl's timeout action now */
 	double idle_at;                   /* no idle deadline is earlier than this, < 0 none */
@@ -403,7 +409,20 @@ static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_
 		snprintf(msg, sizeof msg, "%s: socket: %s", HTTP_NO_FDS_MSG, strerror(errno));
 		fail_in_callback(t, HTTP_FAIL_NO_FDS, msg);
 	}
-	return s < 0 ? CURL_SOCKET_BAD : s;
+	if (s < 0)
+		return CURL_SOCKET_BAD;
+	if (t->engine)
+		t->engine->sockets++;
+	return s;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: close one of on_open_socket's sockets (the engine counts them). */
+static int on_close_socket(void *ud, curl_socket_t s)
+{
+	struct http_engine *e = ud;
+	if (e->sockets > 0)
+		e->sockets--;
+	return close(s);
 }
 
 /*
@@ -623,6 +642,8 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	curl_dl.easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
 	curl_dl.easy_setopt(t->easy, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
 	curl_dl.easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, t);
+	curl_dl.easy_setopt(t->easy, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+	curl_dl.easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, e);
 	curl_dl.easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L); /* never carry a key elsewhere */
 	curl_dl.easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -640,7 +661,22 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	curl_dl.easy_setopt(t->easy, CURLOPT_ACCEPT_ENCODING, "");
 	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_TCP_NODELAY, 1L);
-	curl_dl.easy_setopt(t->easy, CURLOPT_BUFFERSIZE, 16384L);
+	/*
+	 * curl keeps a receive buffer of this size per transfer: 16 KiB reads a
+	 * big body in few calls, but 10,000 streams would hold 160 MB in them
+	 * (SSE events are a few hundred bytes). Small buffers once many run.
+	 */
+	curl_dl.easy_setopt(t->easy, CURLOPT_BUFFERSIZE,
+	                    e->live >= HTTP_MANY_TRANSFERS ? HTTP_SMALL_BUFFER : HTTP_BIG_BUFFER);
+	/*
+	 * Over plain http (HTTP/1.1: one transfer per connection) with at least
+	 * as many transfers running as sockets open, no idle connection can be
+	 * waiting for reuse: skip curl's search of the connection cache, a walk
+	 * over every connection to the host (O(n^2) over a fan-out of n).
+	 * Never over https, where one HTTP/2 connection carries many transfers.
+	 */
+	if (!http_url_is_tls(req->url) && e->live >= e->sockets)
+		curl_dl.easy_setopt(t->easy, CURLOPT_FRESH_CONNECT, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (req->ca_file)

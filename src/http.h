@@ -17,7 +17,7 @@
 #define HTTP_DEFAULT_MAX_BODY ((size_t)64 << 20)      /* 64 MiB */
 #define HTTP_DEFAULT_MAX_ERROR_BODY ((size_t)64 << 10) /* 64 KiB kept on errors */
 #define HTTP_QUEUE_HIGH_WATER ((size_t)48 << 10)      /* pause reading above this (per transfer) */
-#define HTTP_QUEUE_KEEP ((size_t)32 << 10)            /* a drained queue keeps at most this much */
+#define HTTP_QUEUE_KEEP ((size_t)2 << 10)             /* a drained queue keeps at most this much */
 
 enum http_state {
 	HTTP_RUNNING = 0,
