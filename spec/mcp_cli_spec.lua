@@ -93,6 +93,35 @@ describe("luachat --mcp", function()
     assert.matches("two tools are named 'echo': one from MCP server 'fault_server', one from MCP server 'fault_server_2'", err, 1, true)
   end)
 
+  it("Ctrl-C while a script waits for a call: the server hears notifications/cancelled", function()
+    local log = home .. "/interrupt.log"
+    os.remove(log)
+    local code = string.format([[
+      local s = assert(luachat.mcp.connect { command = { "node", %q, "--log", %q } })
+      s:call("hang")
+      print("not reached")]], helper.FAULT, log)
+    -- SIGINT once the server has the call (its log says so): an event, not a sleep.
+    local out, err, status = proc.run(string.format(
+      "%s -e %s & pid=$!; while ! grep -q tools/call %s 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 0.02; done; "
+      .. "kill -INT $pid; wait $pid", q(HOST), q(code), q(log)))
+    assert.equal(130, status, err)
+    assert.equal("", out)
+    assert.matches("interrupted", err, 1, true)
+    local call_id, cancelled
+    for _, m in ipairs(helper.log_lines(log)) do
+      if m.method == "tools/call" then call_id = m.id end
+      if m.method == "notifications/cancelled" then cancelled = m.params.requestId end
+    end
+    assert.is_truthy(call_id)
+    assert.equal(call_id, cancelled)
+  end)
+
+  it("-c with --mcp: /tools lists the stdio server's tools with its name", function()
+    local _, err, code = luachat("-c --mcp " .. q(fault), "/tools\n")
+    assert.equal(0, code, err)
+    assert.matches("echo%s+%(MCP server fault_server%) Echo the text back", err)
+  end)
+
   it("bad quoting is a usage error (exit 2) and starts nothing", function()
     local _, err, code = luachat("-p x --mcp " .. q("node 'unterminated"))
     assert.equal(2, code)
