@@ -591,6 +591,34 @@ static void test_signals(void)
 	t_end();
 }
 
+/* An application that ignores SIGCHLD has its children reaped by the kernel: seen as exited, code -1. */
+static void test_sigchld_ignored(void)
+{
+	const char *argv[] = { "sh", "-c", "exit 4", NULL };
+	struct sigaction ign, old;
+	char err[256];
+	struct proc *p;
+	int v = 0;
+	t_begin("SIGCHLD ignored by the application: the exit is still seen (status unknown: -1), no hang");
+	nregs = 0;
+	memset(&ign, 0, sizeof ign);
+	ign.sa_handler = SIG_IGN;
+	sigaction(SIGCHLD, &ign, &old);
+	p = spawn(argv, NULL, NULL, err, sizeof err);
+	T_CHECK(p != NULL);
+	if (p != NULL) {
+		until_finished(p);
+		T_CHECK(proc_finished(p));
+		T_EQ_INT(proc_status(p, &v), PROC_EXITED);
+		T_EQ_INT(v, -1);
+		proc_close(p, 1000);
+		T_EQ_INT(nregs, 0);
+		proc_free(p);
+	}
+	sigaction(SIGCHLD, &old, NULL);
+	t_end();
+}
+
 /* Count the descriptors a child started by someone else (popen) inherits. */
 static int popen_fd_count(void)
 {
@@ -689,6 +717,7 @@ int main(void)
 	test_big_output();
 	test_env_cwd();
 	test_signals();
+	test_sigchld_ignored();
 	test_no_fd_leak();
 	test_unwatched();
 	(void)watch_calls;
