@@ -54,7 +54,6 @@ for _, r in ipairs(luachat.gather(tasks)) do
     other[#other + 1] = tostring(r[2] or r[1])
   end
 end
-local limits = io.open("/proc/self/limits"):read("a"):match("Max open files%s+(%d+)%s+(%d+)")
 io.write(string.format("ok=%d nofds=%d other=%d live=%d\n%s\n%s\n", ok, nofds, #other, luachat.live(), msg,
   other[1] or ""))
 ]]
