@@ -51,6 +51,8 @@ SIZES = {
     "agent_turns": (10, 10),
     "profile_chunks": (20_000, 5_000),
     "batch_requests": (50_000, 2_000),  # luachat batch (issue 18)
+    # Issue 16, scale: (concurrent streams, chunks each), the same 200,000 chunks split three ways.
+    "scale": (((200, 1000), (2000, 100), (10000, 20)), ((20, 100), (200, 10), (1000, 2))),
 }
 S = {k: v[1] if QUICK else v[0] for k, v in SIZES.items()}
 
@@ -204,6 +206,29 @@ def curl_config(path, url, body_file, n, stream):
             f.write("\n".join(block) + "\n")
 
 
+SCALE_SERVERS = []  # started on first need (the scale workloads), stopped by main
+
+
+class ScaleServer(Server):
+    """scripts/bench/scale_server.py: the same pre-rendered streams as the test server's
+    generate spec, one asyncio loop for 10,000 connections (issue 16's scale rows)."""
+
+    def __init__(self, tmp):
+        port_file = os.path.join(tmp, "scale-port")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "scripts/bench/scale_server.py"), "--port-file", port_file,
+             "--parent-pid", str(os.getpid())])
+        for _ in range(200):
+            if os.path.exists(port_file):
+                break
+            time.sleep(0.05)
+        with open(port_file) as f:
+            self.port = int(f.read())
+        self.base = "http://127.0.0.1:%d" % self.port
+        self.api = self.base + "/v1"
+        SCALE_SERVERS.append(self)
+
+
 class Bench:
     def __init__(self, tmp, server):
         self.tmp, self.srv = tmp, server
@@ -337,7 +362,43 @@ class Bench:
                 ("luachat pull", None, None),
             ]})
         w.append(self.batch_workload())
+        if not ONLY or any(x.startswith("scale") for x in ONLY):
+            w += self.scale_workloads()
         return [x for x in w if not ONLY or x["id"] in ONLY]
+
+    def scale_workloads(self):
+        """Issue 16: N concurrent streams of C chunks (the same chunks in all, split three ways)
+        on scripts/bench/scale_server.py; and each N again with 1-chunk streams, the set-up
+        cost per stream (connection, request, headers, end), to subtract."""
+        srv = ScaleServer(self.tmp)
+        out = []
+        for n, chunks in S["scale"]:
+            for setup in (False, True):
+                c = 1 if setup else chunks
+                spec = {"generate": {"kind": "text", "chunks": c, "usage": True}}
+                srv.control("default", spec)
+                hdr, body = srv.fetch(open(self.stream_body).read())
+                cbytes = int(hdr["x-luachat-content-bytes"])
+                cfg = os.path.join(self.tmp, "scale-%d-%d.curl" % (n, c))
+                curl_config(cfg, srv.api + "/chat/completions", self.stream_body, n, True)
+                expect = {"chunks": n * (c + 2), "content_bytes": n * cbytes, "requests": n}
+                wid = "scale_%d%s" % (n, "_setup" if setup else "")
+                lc = [HOST, "bench/luachat_client.lua", "concurrent", "callback", srv.api, str(n)]
+                out.append({
+                    "id": wid, "server": srv, "streams": n, "chunks": c, "setup": setup,
+                    "title": "(S) %d concurrent streams of %d chunk%s%s" % (
+                        n, c, "" if c == 1 else "s", " (set-up only)" if setup else ""),
+                    "spec": spec, "rate": ("chunks/s", n * (c + 2)), "requests": n,
+                    "info": "%d events in all; scripts/bench/scale_server.py; curl -Z runs at most 300 at once "
+                            "(its CPU floor for the same work, not a %d-connection peer)" % (n * (c + 2), n),
+                    "contenders": [
+                        ("curl", ["curl", "--parallel", "--parallel-immediate", "--parallel-max", "300", "-K", cfg],
+                         check_curl("200 %d" % len(body), n)),
+                        ("node openai create()", None if setup else self.node("concurrent", "create", srv.api, n),
+                         check_counts(expect)),
+                        ("luachat callback", lc, check_counts(expect)),
+                    ]})
+        return out
 
     def batch_workload(self):
         """Issue 18: a requests file in the OpenAI Batch format, N non-streamed requests at
@@ -381,9 +442,10 @@ class Bench:
             ]}
 
     def run_workload(self, wl):
-        self.srv.control("reset")
+        srv = wl.get("server") or self.srv  # the scale rows have their own
+        srv.control("reset")
         if wl["spec"]:
-            self.srv.control("default", wl["spec"])
+            srv.control("default", wl["spec"])
         rows = []
         for name, cmd, check in wl["contenders"]:
             why = None
@@ -399,14 +461,14 @@ class Bench:
             for row in rows:  # alternate contenders within each run
                 if row["na"]:
                     continue
-                before = self.srv.stats()
+                before = srv.stats()
                 r = measure(row["cmd"], self.tmp, repeat=repeat)
                 total = {"wall": r["wall"], "cpu": r["cpu"], "rss_kb": r["rss_kb"]}
                 if r["status"] != 0:
                     row["failed"] = "exit %d: %s" % (r["status"], " ".join(r["err"].strip().splitlines()[-1:]))
                 else:
                     row["failed"] = row["check"](r)
-                after = self.srv.stats()
+                after = srv.stats()
                 served = after["requests"] - before["requests"]
                 if not row["failed"] and served != wl["requests"] * repeat:
                     row["failed"] = "server saw %d requests, expected %d" % (served, wl["requests"] * repeat)
@@ -534,6 +596,58 @@ def summary(results):
                 parts.append("%s/luachat %.1fx CPU, %.1fx RSS" % (name, by[name]["cpu"] / lc["cpu"],
                                                                   by[name]["rss_mb"] / lc["rss_mb"]))
         lines.append("- %s: %s" % (wl["id"], "; ".join(parts)))
+    return lines
+
+
+def scale_summary(results):
+    """Issue 16: the scale rows side by side, the set-up cost per stream (1-chunk streams) and
+    the cost per event after subtracting it, and the targets at 10,000 streams (met/missed)."""
+    by = {}
+    for wl, rows in results:
+        if wl["id"].startswith("scale_"):
+            by[wl["id"]] = (wl, {r["name"]: r for r in rows if r.get("runs") and not r["failed"]})
+    if not by:
+        return []
+    lines = ["| streams × chunks | curl -Z CPU s | node CPU s | luachat CPU s | luachat peak RSS MB | "
+             "luachat ÷ curl | node ÷ luachat | luachat set-up µs/stream | luachat µs/event after set-up |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    per_event, last = {}, None
+    for n, chunks in S["scale"]:
+        if "scale_%d" % n not in by:
+            continue
+        wl, rows = by["scale_%d" % n]
+        _, setup = by.get("scale_%d_setup" % n, (None, {}))
+        cu, nd, lc = rows.get("curl"), rows.get("node openai create()"), rows.get("luachat callback")
+        su = setup.get("luachat callback")
+        cell = lambda r, k="cpu", f="%.2f": f % r[k] if r else "-"
+        setup_us = su["cpu"] * 1e6 / n if su else None
+        if lc and su:
+            # events beyond the set-up run's three per stream (first chunk, finish, usage)
+            per_event[n] = (lc["cpu"] - su["cpu"]) * 1e6 / (n * (chunks + 2) - n * 3)
+        lines.append("| %d × %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            n, chunks, cell(cu), cell(nd), cell(lc), cell(lc, "rss_mb", "%.0f"),
+            "%.1fx" % (lc["cpu"] / cu["cpu"]) if lc and cu else "-",
+            "%.1fx" % (nd["cpu"] / lc["cpu"]) if lc and nd else "-",
+            "%.0f" % setup_us if setup_us is not None else "-",
+            "%.2f" % per_event[n] if n in per_event else "-"))
+        last = (n, cu, nd, lc)
+    if last and not QUICK:
+        n, cu, nd, lc = last
+        lines.append("")
+        if lc and cu:
+            lines.append("- %d streams: luachat CPU %.1fx curl -Z (target ≤ 2x) — **%s**" % (
+                n, lc["cpu"] / cu["cpu"], "met" if lc["cpu"] <= 2 * cu["cpu"] else "missed"))
+        if lc and nd:
+            lines.append("- %d streams: node SDK CPU %.1fx luachat (target ≥ 8x) — **%s**" % (
+                n, nd["cpu"] / lc["cpu"], "met" if nd["cpu"] >= 8 * lc["cpu"] else "missed"))
+        if lc:
+            lines.append("- %d streams: luachat peak RSS %.0f MB (target ≤ 150) — **%s**" % (
+                n, lc["rss_mb"], "met" if lc["rss_mb"] <= 150 else "missed"))
+        first = min(per_event) if per_event else None
+        if first is not None and n in per_event and first != n:
+            ratio_ = per_event[n] / per_event[first] if per_event[first] > 0 else float("inf")
+            lines.append("- cost per event after set-up, %d vs %d streams: %.2fx (target ≤ 1.5x) — **%s**" % (
+                n, first, ratio_, "met" if ratio_ <= 1.5 else "missed"))
     return lines
 
 
@@ -729,6 +843,8 @@ def main():
         server_total = srv.stats()["cpu_seconds"]
     finally:
         srv.stop()
+        for s in SCALE_SERVERS:
+            s.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - started
 
@@ -747,6 +863,10 @@ def main():
            "over luachat's callback form.", ""]
     doc += ["## Ratios (CPU seconds, medians)", ""] + summary(b.results) + [""]
     doc += ["## Targets for luachat", ""] + tlines + [""]
+    scale = scale_summary(b.results)
+    if scale:
+        doc += ["## Scale (issue 16)", "", "The same chunks split as N concurrent streams (medians; CPU is "
+                "user+sys of the whole process; set-up: the same N streams of one chunk each).", ""] + scale + [""]
     doc += ["## Results", ""]
     for wl, rows in b.results:
         doc += table(wl, rows)
