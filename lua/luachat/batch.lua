@@ -465,6 +465,9 @@ function M.run(o)
     lines = v.lines, output = output }
   local out, oerr = io.open(output, "ab")
   if not out then return nil, core.error { kind = "environment", message = "cannot open the output: " .. tostring(oerr) } end
+  -- Each line leaves in one write(2) (up to 1 MiB): O_APPEND keeps lines whole even when
+  -- several processes append to one file.
+  out:setvbuf("full", 1 << 20)
   local input = assert(io.open(o.input, "rb"))
   local next_line = each_line(input)
 
