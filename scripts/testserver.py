@@ -48,6 +48,7 @@ class State:
         self.files = {}  # Files API: id -> {"bytes", "filename", "purpose"}
         self.batches = {}  # Batches API: id -> batch object (plus "_polls")
         self.batch_polls = 1  # a batch reads "in_progress" for this many GETs before "completed"
+        self.batch_end = {}  # {"status": final status, "limit": lines answered}: expired/cancelled batches
 
     def rule_response(self, body):
         """The first rule whose `contains` text is in the request body and has `times`
@@ -388,9 +389,11 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.rules = list((arg or {}).get("rules") or [])
             elif path == "/_control/batch_polls":
                 STATE.batch_polls = int((arg or {}).get("n", 1))
+                STATE.batch_end = {k: v for k, v in (arg or {}).items() if k in ("status", "limit")}
             elif path == "/_control/reset":
                 STATE.queue, STATE.default, STATE.requests = [], DEFAULT_RESPONSE, []
                 STATE.rules, STATE.files, STATE.batches, STATE.batch_polls = [], {}, {}, 1
+                STATE.batch_end = {}
                 for g in STATE.gates.values():
                     g["event"].set()  # nothing stays blocked past a reset
                 STATE.gates = {}
@@ -549,10 +552,13 @@ def run_batch(batch, data):
     and an error file (the rest), in the OpenAI Batch output format."""
     out, err = [], []
     n = 0
+    limit = STATE.batch_end.get("limit")
     for line in data.decode("utf-8", "replace").splitlines():
         if not line.strip():
             continue
         n += 1
+        if limit is not None and n > int(limit):
+            continue  # never answered (an expired or cancelled batch)
         try:
             req = json.loads(line)
             body_text = compact(req.get("body"))
@@ -583,6 +589,7 @@ def run_batch(batch, data):
             ids.append(fid)
         batch["output_file_id"], batch["error_file_id"] = ids
         batch["request_counts"] = {"total": n, "completed": len(out), "failed": len(err)}
+        batch["_end"] = STATE.batch_end.get("status", "completed")
 
 
 def batch_api(handler, path, body, request_json, headers):
@@ -650,7 +657,7 @@ def batch_api(handler, path, body, request_json, headers):
             elif method == "GET" and batch["status"] == "in_progress":
                 batch["_polls"] += 1
                 if batch["_polls"] > STATE.batch_polls:
-                    batch["status"] = "completed"
+                    batch["status"] = batch.get("_end", "completed")
             shown = dict((k, v) for k, v in batch.items() if not k.startswith("_"))
         handler.send_simple(200, shown)
         return True

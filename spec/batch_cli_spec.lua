@@ -278,6 +278,17 @@ describe("luachat batch", function()
     assert.same(by.r2, by2.r2)
   end)
 
+  it("--remote: an expired batch's unanswered requests count as failed", function()
+    write_input(dir .. "/in.jsonl", 6)
+    srv:control("/_control/batch_polls", { n = 0, status = "expired", limit = 4 })
+    local out = dir .. "/out.jsonl"
+    local _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(out) .. " --remote --poll-interval 0.05")
+    assert.equal(1, code, err)
+    assert.matches("6 requests: 4 ok, 2 failed", err, 1, true)
+    local _, n = results(out)
+    assert.equal(4, n)
+  end)
+
   it("--remote refuses bad input before uploading", function()
     proc.write_file(dir .. "/in.jsonl", '{"custom_id":"a","body":{}}\n{"custom_id":"a","body":{}}\n')
     local _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl") .. " --remote")
