@@ -152,7 +152,8 @@ describe("luachat.batch", function()
       '{"custom_id":"a","body":{"model":"m"}}\n',
       '{"body":{"model":"m"}}\n',
       '{"custom_id":"c"}\n',
-      '{"custom_id":"d","body":{},"url":"v1/x"}\n')
+      '{"custom_id":"d","body":{},"url":"v1/x"}\n',
+      '{"custom_id":"e","body":{"model":"m","stream":true}}\n')
     f:close()
     local s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" }
     assert.is_nil(s)
@@ -163,8 +164,9 @@ describe("luachat.batch", function()
       "line 5: no custom_id",
       "line 6: no body (custom_id 'c')",
       "line 7: url must be a path such as \"/v1/chat/completions\" (custom_id 'd')",
+      "line 8: body asks for a stream (\"stream\": true); batch requests are answered whole (custom_id 'e')",
     }, err.problems)
-    assert.matches("5 problems in the input, nothing was sent", err.message, 1, true)
+    assert.matches("6 problems in the input, nothing was sent", err.message, 1, true)
     assert.equal(0, #srv:requests())
     assert.is_nil(io.open(dir .. "/out.jsonl"))
   end)

@@ -99,6 +99,9 @@ local function parse_line(text)
   local body = doc.body
   if body == nil or body == null then return nil, "no body (custom_id '" .. id .. "')" end
   if type(body) ~= "table" or json.is_array(body) then return nil, "body must be a JSON object (custom_id '" .. id .. "')" end
+  if body.stream == true then
+    return nil, "body asks for a stream (\"stream\": true); batch requests are answered whole (custom_id '" .. id .. "')"
+  end
   local method = doc.method
   if method == nil or method == null then method = "POST" end
   if type(method) ~= "string" or not method:match("^%u+$") then
