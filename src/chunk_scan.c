@@ -11,6 +11,7 @@
 
 #include "chunk_scan.h"
 #include "json_hex.h"
+#include "json_run.h"
 
 #define SCAN_MAX_DEPTH 32
 #define SCAN_MAX_NUMBER 300 /* digits; longer could overflow a double */
@@ -47,15 +48,6 @@ static int accept(struct cursor *c, char ch)
 	return 0;
 }
 
-/* Bytes that need a look inside a string: control bytes, the quote (34), the backslash (92). */
-static const unsigned char special[256] = {
-	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-	0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
-	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-	/* 128..255: UTF-8 bytes, plain (the full decoder does not check them either) */
-};
-
 /* A string at the cursor (after whitespace); its body goes to *t (t may be NULL). */
 static int scan_string(struct cursor *c, struct chunk_text *t)
 {
@@ -66,8 +58,7 @@ static int scan_string(struct cursor *c, struct chunk_text *t)
 	start = c->p;
 	for (;;) {
 		unsigned char ch;
-		while (c->p < c->end && !special[(unsigned char)*c->p]) /* the hot loop: plain text */
-			c->p++;
+		c->p = json_run(c->p, c->end, 1); /* the hot loop: plain text (json_run.h) */
 		if (c->p >= c->end)
 			return -1;
 		ch = (unsigned char)*c->p;

@@ -21,6 +21,7 @@
 
 #include "buf.h"
 #include "json_hex.h"
+#include "json_run.h"
 #include "lchat.h"
 #include "lchat_json.h"
 
@@ -33,6 +34,23 @@
 /* Upvalues of json_decode / json_encode. */
 #define UV_ARRAY_MT 1
 #define UV_OBJECT_MT 2
+#define UV_STR_CACHE 3   /* json_decode only: struct str_cache (userdata) */
+#define UV_STR_ANCHOR 4  /* json_decode only: the cached strings, slot i at index i + 1 */
+
+/*
+ * Short strings seen lately (object keys, "chat.completion.chunk", ids): a
+ * decoded string equal to a cached one is pushed from the cache instead of
+ * being hashed and interned again by lua_pushlstring, which was a sixth of a
+ * stream's decoding. Direct-mapped; the strings are anchored in the
+ * UV_STR_ANCHOR table, so the pointers stay valid while cached. A cached
+ * string is the same Lua value lua_pushlstring would give: nothing changes
+ * for the caller.
+ */
+#define STR_CACHE_SLOTS 256
+#define STR_CACHE_MAX 40 /* Lua's short strings (LUAI_MAXSHORTLEN): longer ones are not interned */
+struct str_cache {
+	struct { const char *s; size_t len; } slot[STR_CACHE_SLOTS];
+};
 
 /* ---------------------------------------------------------------- decode */
 
@@ -121,18 +139,38 @@ static size_t decode_escape_u(struct decoder *d, luaL_Buffer *b, const char *p, 
 	return 6;
 }
 
+/* Push the string s[0..len) (len <= STR_CACHE_MAX), from the cache when it holds it. */
+static void push_short_string(lua_State *L, const char *s, size_t len)
+{
+	struct str_cache *c = lua_touserdata(L, lua_upvalueindex(UV_STR_CACHE));
+	unsigned h = len ? ((unsigned)len * 31u + (unsigned char)s[0] * 7u +
+	                    (unsigned char)s[len / 2] * 3u + (unsigned char)s[len - 1]) % STR_CACHE_SLOTS : 0;
+	if (c->slot[h].s && c->slot[h].len == len && memcmp(c->slot[h].s, s, len) == 0) {
+		lua_rawgeti(L, lua_upvalueindex(UV_STR_ANCHOR), (lua_Integer)h + 1);
+		return;
+	}
+	lua_pushlstring(L, s, len);
+	lua_pushvalue(L, -1);
+	lua_rawseti(L, lua_upvalueindex(UV_STR_ANCHOR), (lua_Integer)h + 1);
+	c->slot[h].s = lua_tostring(L, -1);
+	c->slot[h].len = len;
+}
+
 /* The string at d->p (on its opening quote): push it. */
 static int decode_string(struct decoder *d)
 {
 	lua_State *L = d->L;
 	const char *open = d->p, *body = d->p + 1, *p = body, *run;
 	luaL_Buffer b;
-	while (p < d->end && *p != '"' && *p != '\\') /* the common case: no escape */
-		p++;
+	p = json_run(p, d->end, 0); /* the common case: no escape */
 	if (p >= d->end)
 		return decode_fail(d, "unterminated string", open);
 	if (*p == '"') {
-		lua_pushlstring(L, body, (size_t)(p - body));
+		size_t len = (size_t)(p - body);
+		if (len <= STR_CACHE_MAX)
+			push_short_string(L, body, len);
+		else
+			lua_pushlstring(L, body, len);
 		d->p = p + 1;
 		return 0;
 	}
@@ -141,8 +179,7 @@ static int decode_string(struct decoder *d)
 	for (;;) {
 		char esc = 0;
 		size_t used = 2;
-		while (p < d->end && *p != '"' && *p != '\\')
-			p++;
+		p = json_run(p, d->end, 0);
 		if (p >= d->end)
 			return decode_fail(d, "unterminated string", open);
 		luaL_addlstring(&b, run, (size_t)(p - run));
@@ -271,34 +308,77 @@ static int decode_literal(struct decoder *d, const char *word, size_t n)
 	return 0;
 }
 
-/* Enter an array or object (d->p on its bracket): the table is pushed. */
+/*
+ * Arrays and objects are built in one allocation each: their values (an
+ * object's keys and values) are gathered on the Lua stack, and the table is
+ * made at the closing bracket with its exact size, instead of growing (and
+ * rehashing) at each insertion as lua_newtable + rawset would: a stream chunk
+ * is four to seven small tables. Past DECODE_BATCH items the table is made
+ * then and filled as it grows, so a large array never needs a large stack.
+ */
+#define DECODE_BATCH 32
+
+/* Enter an array or object (d->p on its bracket); nothing is pushed yet. */
 static int open_container(struct decoder *d)
 {
 	if (++d->depth > JSON_MAX_DEPTH)
 		return decode_fail(d, "too deeply nested (over 1000 levels)", d->p);
-	luaL_checkstack(d->L, 4, "JSON too deeply nested");
-	lua_newtable(d->L);
 	d->p++;
 	skip_blanks(d);
 	return 0;
 }
 
+/*
+ * [-(n*width), +1] Make the table for the n items gathered above stack slot
+ * base (width 2: key-value pairs of an object; 1: array elements, indices 1..n)
+ * and leave it at base + 1 in their place.
+ */
+static void make_table(lua_State *L, int base, int n, int width)
+{
+	int i;
+	if (width == 2) {
+		lua_createtable(L, 0, n);
+		for (i = 0; i < n; i++) {
+			lua_pushvalue(L, base + 1 + 2 * i);
+			lua_pushvalue(L, base + 2 + 2 * i);
+			lua_rawset(L, -3); /* in order: a repeated key keeps the last value, as JSON.parse */
+		}
+	} else {
+		lua_createtable(L, n, 0);
+		for (i = 0; i < n; i++) {
+			lua_pushvalue(L, base + 1 + i);
+			lua_rawseti(L, -2, i + 1);
+		}
+	}
+	lua_replace(L, base + 1);
+	lua_settop(L, base + 1);
+}
+
 static int decode_array(struct decoder *d)
 {
-	lua_Integer n = 0;
+	lua_State *L = d->L;
+	int base = lua_gettop(L), n = 0, made = 0;
 	if (open_container(d) != 0)
 		return -1;
 	if (d->p < d->end && *d->p == ']') { /* `[]`: an empty table that knows it is an array */
-		lua_pushvalue(d->L, lua_upvalueindex(UV_ARRAY_MT));
-		lua_setmetatable(d->L, -2);
+		lua_createtable(L, 0, 0);
+		lua_pushvalue(L, lua_upvalueindex(UV_ARRAY_MT));
+		lua_setmetatable(L, -2);
 		d->p++;
 		d->depth--;
 		return 0;
 	}
 	for (;;) {
+		luaL_checkstack(L, 4, "JSON too deeply nested");
 		if (decode_value(d) != 0)
 			return -1;
-		lua_rawseti(d->L, -2, ++n);
+		n++;
+		if (made) {
+			lua_rawseti(L, -2, n);
+		} else if (n == DECODE_BATCH) {
+			make_table(L, base, n, 1);
+			made = 1;
+		}
 		skip_blanks(d);
 		if (d->p < d->end && *d->p == ',') {
 			d->p++;
@@ -308,6 +388,8 @@ static int decode_array(struct decoder *d)
 			break;
 		return decode_fail(d, "expected ',' or ']'", d->p);
 	}
+	if (!made)
+		make_table(L, base, n, 1);
 	d->p++;
 	d->depth--;
 	return 0;
@@ -315,14 +397,18 @@ static int decode_array(struct decoder *d)
 
 static int decode_object(struct decoder *d)
 {
+	lua_State *L = d->L;
+	int base = lua_gettop(L), n = 0, made = 0;
 	if (open_container(d) != 0)
 		return -1;
 	if (d->p < d->end && *d->p == '}') {
+		lua_createtable(L, 0, 0);
 		d->p++;
 		d->depth--;
 		return 0;
 	}
 	for (;;) {
+		luaL_checkstack(L, 4, "JSON too deeply nested");
 		skip_blanks(d);
 		if (d->p >= d->end || *d->p != '"')
 			return decode_fail(d, "expected a string key", d->p);
@@ -334,7 +420,13 @@ static int decode_object(struct decoder *d)
 		d->p++;
 		if (decode_value(d) != 0)
 			return -1;
-		lua_rawset(d->L, -3); /* a repeated key keeps the last value, as JSON.parse */
+		n++;
+		if (made) {
+			lua_rawset(L, -3); /* a repeated key keeps the last value, as JSON.parse */
+		} else if (n == DECODE_BATCH) {
+			make_table(L, base, n, 2);
+			made = 1;
+		}
 		skip_blanks(d);
 		if (d->p < d->end && *d->p == ',') {
 			d->p++;
@@ -344,6 +436,8 @@ static int decode_object(struct decoder *d)
 			break;
 		return decode_fail(d, "expected ',' or '}'", d->p);
 	}
+	if (!made)
+		make_table(L, base, n, 2);
 	d->p++;
 	d->depth--;
 	return 0;
@@ -870,7 +964,9 @@ void lchat_json_register(lua_State *L)
 	lua_pushvalue(L, -2);
 	lua_pushcclosure(L, l_json_encode, 2);
 	lua_setfield(L, mod, "json_encode");
-	lua_pushcclosure(L, l_json_decode, 2);
+	memset(lua_newuserdatauv(L, sizeof(struct str_cache), 0), 0, sizeof(struct str_cache));
+	lua_createtable(L, STR_CACHE_SLOTS, 0);
+	lua_pushcclosure(L, l_json_decode, 4);
 	lua_setfield(L, mod, "json_decode");
 	lua_pushlightuserdata(L, NULL);
 	lua_setfield(L, mod, "json_null");

@@ -176,17 +176,24 @@ function Stream:on_transfer_done()
   self:finish(nil) -- ended cleanly without [DONE]: complete
 end
 
--- The next queued event; or nil once it has waited for one (or, the transfer being done,
--- finished the stream). Both paths' steps start here.
-function Stream:take_or_wait()
+-- Nothing is queued: finish the stream when the transfer is done, else wait for an event.
+-- The loops below take events themselves (t:take_one() per event, no other call between
+-- events: a stream is 100,000 of them), and come here only when the queue is empty.
+function Stream:wait_or_finish()
   local t = self.transfer
-  local ev = t:take_one()
-  if ev then return ev end
   if t:done() then
     self:on_transfer_done()
   else
     sched.wait_transfer(t)
   end
+end
+
+-- The next queued event; or nil once it has waited for one (or, the transfer being done,
+-- finished the stream).
+function Stream:take_or_wait()
+  local ev = self.transfer:take_one()
+  if ev then return ev end
+  self:wait_or_finish()
   return nil
 end
 
@@ -200,8 +207,13 @@ end
 -- The next decoded chunk, or nil at the end (see :result() for the outcome).
 function Stream:next()
   while not self.finished do
-    local chunk = self:step()
-    if chunk then return chunk end
+    local ev = self.transfer:take_one()
+    if ev then
+      local chunk = self:handle(ev)
+      if chunk then return chunk end
+    else
+      self:wait_or_finish()
+    end
   end
   return nil
 end
@@ -216,6 +228,11 @@ end
 function Stream:text_step(emit, want_chunk)
   local ev = self:take_or_wait()
   if not ev then return nil end
+  return self:text_event(ev, emit, want_chunk)
+end
+
+-- The text path's work on one event (see text_step).
+function Stream:text_event(ev, emit, want_chunk)
   if not want_chunk and type(ev) == "string" then
     local index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier = scan_text(ev)
     if index ~= nil
@@ -261,7 +278,12 @@ function Stream:text()
         return text, index
       end
       if self.finished then return nil end
-      self:text_step(emit, false)
+      local ev = self.transfer:take_one()
+      if ev then
+        self:text_event(ev, emit, false)
+      else
+        self:wait_or_finish()
+      end
     end
   end
 end
@@ -280,12 +302,15 @@ function Stream:each(on_chunk, on_text)
       status = "stop"
     end
   end
+  local t, want_chunk = self.transfer, on_chunk ~= nil
   while not self.finished do
-    local chunk
-    if on_text then
-      chunk = self:text_step(emit, on_chunk ~= nil)
+    local ev, chunk = t:take_one(), nil
+    if not ev then
+      self:wait_or_finish()
+    elseif on_text then
+      chunk = self:text_event(ev, emit, want_chunk)
     else
-      chunk = self:step()
+      chunk = self:handle(ev)
     end
     if chunk and on_chunk and not status then
       local ok, ret = xpcall(on_chunk, debug.traceback, chunk)
