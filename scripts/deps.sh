@@ -6,12 +6,13 @@
 # Usage: scripts/deps.sh [--bench]   (--bench adds what `make bench` needs)
 # The base list is everything `make test` needs: the build, the test server
 # (python3, curl), the TLS specs (openssl), the `-c` specs (tmux), the HTTP/2
-# concurrency spec (nghttp2-server: nghttpd);
+# concurrency spec (nghttp2-server: nghttpd), the luv adapter spec (lua-luv), the
+# HTTP/2 multiplexing spec (nghttp2-proxy: nghttpx);
 # scripts/run-tests.sh fails when one is missing.
 set -eu
 
 packages="lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson lua-busted pkg-config \
-make gcc libreadline-dev python3 curl openssl tmux nghttp2-server"
+make gcc libreadline-dev python3 curl openssl tmux nghttp2-server lua-luv nghttp2-proxy"
 # node and npm: the reference MCP servers of the MCP specs (scripts/mcp-peers.sh) and make bench.
 # node may come from elsewhere (nodesource bundles npm): ask for the commands, not the packages.
 command -v node >/dev/null 2>&1 || packages="$packages nodejs"

@@ -16,6 +16,7 @@ local M = {
 
   spawn = sched.spawn,
   gather = sched.gather,
+  semaphore = sched.semaphore,
   sleep = sched.sleep,
   step = sched.step,
   run = sched.run,
@@ -29,6 +30,8 @@ function M.fds() return core.fds() end
 function M.fd() return core.fd() end -- the one descriptor to wait on (epoll), readable when step has work
 function M.next_timeout() return sched.next_timeout() end
 function M.live() return core.live() end
+-- Drive luachat from a running libuv loop (luv): returns detach (lua/luachat/luv.lua).
+function M.luv(uv, opts) return require("luachat.luv").attach(uv, opts) end
 
 -- Loaded on first use, so scripts that only chat stay light: the agent layer,
 -- stream accumulation (delta_text), and libcurl, which reading curl_version

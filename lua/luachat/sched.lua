@@ -130,10 +130,29 @@ local function fire_timers()
   end
 end
 
+-- Timers of tasks that ended without them (Task:cancel of a sleeping task)
+-- wait for nothing: dropped, so they neither bound a wait nor count as pending.
+local function waits_for_nothing(tm)
+  return tm.fired or (tm.co ~= nil and coroutine.status(tm.co) == "dead")
+end
+local function drop_dead_timers()
+  for i = 1, #timers do
+    if waits_for_nothing(timers[i]) then -- copy only when there is something to drop
+      local keep = {}
+      for _, tm in ipairs(timers) do
+        if not waits_for_nothing(tm) then keep[#keep + 1] = tm end
+      end
+      timers = keep
+      return
+    end
+  end
+end
+
 local function next_timer_in()
+  drop_dead_timers()
   local soonest
   for _, tm in ipairs(timers) do
-    if not tm.fired and (not soonest or tm.at < soonest) then soonest = tm.at end
+    if not soonest or tm.at < soonest then soonest = tm.at end
   end
   if soonest then return math.max(0, soonest - now()) end
   return nil
@@ -154,8 +173,26 @@ end
 
 local driving = 0
 
+-- Checks run at every turn of the loop (and when an external loop asks for
+-- next_timeout): fn() wakes what became ready without an event of its own,
+-- such as a connection slot freed by a transfer the program closed
+-- (luachat.limits). A check stays while it is registered (M.watch/M.unwatch).
+local checks = {}
+local function run_checks()
+  if next(checks) == nil then return end
+  for fn in pairs(checks) do fn() end
+end
+function M.watch(fn) checks[fn] = true end
+function M.unwatch(fn) checks[fn] = nil end
+
+-- Make task coroutine co (waiting for something a check saw) runnable.
+function M.wake_task(co)
+  runq[#runq + 1] = { co, n = 1 }
+end
+
 -- One turn of the loop: poll (waiting at most `timeout` s), then wake what is ready.
 local function turn(timeout)
+  run_checks()
   run_queue()
   if #runq > 0 then timeout = 0 end
   local tn = next_timer_in()
@@ -164,6 +201,7 @@ local function turn(timeout)
   if not list then error(err, 0) end
   dispatch(list)
   fire_timers()
+  run_checks()
   run_queue()
 end
 
@@ -172,16 +210,26 @@ local function drive(cond, what)
   driving = driving + 1
   local ok, err = pcall(function()
     while not cond() do
+      if core.live() == 0 and #runq == 0 then drop_dead_timers() end
       if core.live() == 0 and #timers == 0 and #runq == 0 then
+        run_checks() -- may wake a task, which may start a transfer
         run_queue()
         if cond() then return end
-        error("luachat: deadlock: waiting for " .. what .. " with nothing left to run", 0)
+        if core.live() == 0 and #timers == 0 and #runq == 0 then
+          error("luachat: deadlock: waiting for " .. what .. " with nothing left to run", 0)
+        end
       end
       turn(1)
     end
   end)
   driving = driving - 1
   if not ok then error(err, 0) end
+end
+
+-- Outside a task: drive the loop until cond() holds (what: for the deadlock
+-- message). In a task, wait by yielding until M.wake_task instead.
+function M.wait_until(cond, what)
+  drive(cond, what)
 end
 
 -- Wait until transfer `tr` has new events or is done, or `timeout` seconds pass.
@@ -297,18 +345,213 @@ function Task:cancel()
   return true
 end
 
--- Wait for every task: { {res, err}, ... } in the order given.
-function M.gather(list)
+-- Semaphores: at most n holders at once; the rest wait in order (FIFO). A
+-- freed permit goes straight to the first waiter still waiting, so a late
+-- acquire never overtakes the queue. Waiters that gave up (timeout, error) or
+-- whose task died are skipped, never handed a permit.
+local Semaphore = {}
+Semaphore.__index = Semaphore
+Semaphore.__name = "luachat.Semaphore"
+
+local Permit = {}
+Permit.__index = Permit
+Permit.__name = "luachat.Permit"
+
+local function check_count(fname, n)
+  local i = math.type(n) and math.tointeger(n)
+  if not i or i < 1 then
+    error(string.format("bad argument #1 to '%s' (an integer of at least 1 expected, got %s)", fname,
+      type(n) == "number" and options.number_text(n) or type(n)), 3)
+  end
+  return i
+end
+
+-- luachat.semaphore(n) -> a semaphore with n permits.
+function M.semaphore(n)
+  n = check_count("semaphore", n)
+  return setmetatable({ n = n, free = n, out = 0, queue = {}, head = 1, tail = 0 }, Semaphore)
+end
+
+-- Hand one permit to the first live waiter, or back to the pool.
+local function give(sem)
+  local q = sem.queue
+  while sem.head <= sem.tail do
+    local w = q[sem.head]
+    q[sem.head] = nil
+    sem.head = sem.head + 1
+    if not w.cancelled and not (w.co and coroutine.status(w.co) == "dead") then
+      w.granted = true
+      if w.co then runq[#runq + 1] = { w.co, n = 1 } end
+      return
+    end
+  end
+  sem.head, sem.tail = 1, 0
+  sem.free = sem.free + 1
+end
+
+-- The <close> guard of a waiting task: unless it took its permit, it leaves the
+-- queue, and a permit already handed to it goes to the next waiter.
+local waiting_mt = { __close = function(g)
+  local w = g.w
+  if w.taken then return end
+  w.cancelled = true
+  if w.granted then
+    w.taken = true
+    give(g.sem)
+  end
+end }
+
+local function new_permit(sem)
+  return setmetatable({ sem = sem }, Permit)
+end
+
+-- permit:release(): gives the permit back; later calls do nothing.
+function Permit:release()
+  local sem = rawget(self, "sem")
+  if sem then
+    self.sem = nil
+    sem.out = sem.out - 1
+    give(sem)
+  end
+end
+-- `local p <close> = sem:acquire()`: released when the scope ends, by an error
+-- too, and when a task that failed is closed (its pending <close> variables run).
+Permit.__close = Permit.release
+
+-- sem:acquire([timeout]) -> permit | nil, err (kind "timeout").
+-- Yields in a task, drives the loop outside one; waits in order of arrival.
+function Semaphore:acquire(timeout)
+  if getmetatable(self) ~= Semaphore then error("bad self to 'acquire' (luachat.Semaphore expected)", 2) end
+  if timeout ~= nil then
+    local t = tonumber(timeout)
+    if not t or t ~= t or t < 0 or t == math.huge then
+      error("bad argument #1 to 'acquire' (a finite number of seconds expected, got "
+        .. (type(timeout) == "number" and options.number_text(timeout) or type(timeout)) .. ")", 2)
+    end
+    timeout = t
+  end
+  if self.free > 0 and self.head > self.tail then
+    self.free = self.free - 1
+    self.out = self.out + 1
+    return new_permit(self)
+  end
+  local task = M.current()
+  local w = { co = task and task.co, granted = false }
+  self.tail = self.tail + 1
+  self.queue[self.tail] = w
+  if task then
+    -- Closed while it waits (Task:cancel): leave the queue, and pass on a
+    -- permit already handed to it.
+    local guard <close> = setmetatable({ w = w, sem = self }, waiting_mt)
+    local timer
+    if timeout then
+      timer = { at = now() + timeout, co = task.co }
+      timers[#timers + 1] = timer
+    end
+    while not w.granted and not (timer and timer.fired) do coroutine.yield() end
+    if timer then timer.fired = true end
+    if w.granted then
+      w.taken = true
+      self.out = self.out + 1
+      return new_permit(self)
+    end
+  else
+    local deadline = timeout and now() + timeout
+    if deadline then timers[#timers + 1] = { at = deadline } end -- keeps drive() from calling it a deadlock
+    local ok, err = pcall(drive, function() return w.granted or (deadline ~= nil and now() >= deadline) end,
+      "a semaphore permit")
+    if not ok then
+      w.cancelled = true
+      if w.granted then give(self) end
+      error(err, 0)
+    end
+  end
+  if w.granted then
+    self.out = self.out + 1
+    return new_permit(self)
+  end
+  w.cancelled = true -- skipped when its turn comes
+  return nil, core.error { kind = "timeout",
+    message = string.format("semaphore: no permit free within %s s (all %d held)", options.number_text(timeout), self.n) }
+end
+
+-- sem:release([permit]): gives a permit back (permit:release()); without one,
+-- gives back one permit acquired earlier (an error when none is held).
+function Semaphore:release(permit)
+  if getmetatable(self) ~= Semaphore then error("bad self to 'release' (luachat.Semaphore expected)", 2) end
+  if permit ~= nil then
+    if getmetatable(permit) ~= Permit or (rawget(permit, "sem") ~= nil and rawget(permit, "sem") ~= self) then
+      error("bad argument #1 to 'release' (a permit of this semaphore expected)", 2)
+    end
+    return permit:release()
+  end
+  if self.out <= 0 then error("luachat.semaphore: release without a permit held", 2) end
+  self.out = self.out - 1
+  give(self)
+end
+
+-- sem:with(fn, ...) -> fn(...)'s results, holding a permit meanwhile (released
+-- when fn returns or raises).
+function Semaphore:with(fn, ...)
+  local p <close> = assert(self:acquire())
+  return fn(...)
+end
+
+-- Free permits now, and tasks or callers waiting for one.
+function Semaphore:available() return self.free end
+function Semaphore:waiting()
+  local n = 0
+  for i = self.head, self.tail do
+    local w = self.queue[i]
+    if not w.cancelled and not (w.co and coroutine.status(w.co) == "dead") then n = n + 1 end
+  end
+  return n
+end
+
+function Semaphore:__tostring()
+  return string.format("luachat.Semaphore (%d of %d free, %d waiting)", self.free, self.n, self:waiting())
+end
+
+-- gather(list [, { concurrency = n }]): wait for every item: { {res, err}, ... }
+-- in the order given. Items are tasks (already running) or functions, which
+-- gather spawns as tasks in list order; with `concurrency`, at most n of the
+-- functions run at once (the next starts when one ends). Tasks given already
+-- running are not counted: they run regardless.
+function M.gather(list, opts)
   if type(list) ~= "table" then
     error("bad argument #1 to 'gather' (list of tasks expected, got " .. type(list) .. ")", 2)
   end
-  for i, task in ipairs(list) do
-    if getmetatable(task) ~= Task then
-      error(string.format("bad argument #1 to 'gather' (list of tasks expected, item %d is a %s)", i, type(task)), 2)
+  for i, item in ipairs(list) do
+    if getmetatable(item) ~= Task and type(item) ~= "function" then
+      error(string.format("bad argument #1 to 'gather' (list of tasks expected, item %d is a %s)", i, type(item)), 2)
+    end
+  end
+  local sem
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error("bad argument #2 to 'gather' (options table expected, got " .. type(opts) .. ")", 2)
+    end
+    options.check("gather", opts, { concurrency = options.integer(1) }, 2, 2)
+    if opts.concurrency then sem = M.semaphore(opts.concurrency) end
+  end
+  local started = {}
+  for i, item in ipairs(list) do
+    if type(item) == "function" then
+      if sem then
+        local permit = sem:acquire()
+        started[i] = M.spawn(function()
+          local p <close> = permit
+          return item()
+        end)
+      else
+        started[i] = M.spawn(item)
+      end
+    else
+      started[i] = item
     end
   end
   local out = {}
-  for i, task in ipairs(list) do
+  for i, task in ipairs(started) do
     local res, err = task:wait()
     out[i] = { res, err }
   end
@@ -332,6 +575,7 @@ end
 -- Seconds until the loop needs a step (curl's timer, idle deadlines, task
 -- timers, runnable tasks), or nil when nothing is pending. For external loops.
 function M.next_timeout()
+  run_checks()
   if #runq > 0 then return 0 end
   local t = core.next_timeout()
   local tn = next_timer_in()
