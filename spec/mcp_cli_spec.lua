@@ -116,6 +116,17 @@ describe("luachat --mcp", function()
     assert.equal(call_id, cancelled)
   end)
 
+  it("server log notifications go to the debug log (LUACHAT_LOG=debug)", function()
+    local code = string.format([[
+      local s = assert(luachat.mcp.connect { command = { "node", %q }, name = "f" })
+      assert(s:call("progress", { steps = 1 }))
+      s:close()]], helper.FAULT)
+    local _, err, status = proc.run("LUACHAT_LOG=debug " .. q(HOST) .. " -e " .. q(code))
+    assert.equal(0, status, err)
+    assert.matches("luachat%[debug%] mcp f: %[info fault%] progress done\n", err)
+    assert.matches("luachat%[debug%] mcp f: connected %(node .- protocol 2025%-11%-25, 15 tools%)", err)
+  end)
+
   it("-c with --mcp: /tools lists the stdio server's tools with its name", function()
     local _, err, code = luachat("-c --mcp " .. q(fault), "/tools\n")
     assert.equal(0, code, err)
