@@ -110,6 +110,26 @@ describe("luachat batch", function()
     assert.is_nil(io.open(dir .. "/out.jsonl"))
   end)
 
+  it("a profile with no default model (vllm) needs no -m: the bodies name theirs", function()
+    proc.write_file(dir .. "/in.jsonl", '{"custom_id":"a","body":{"model":"served","messages":[]}}\n'
+      .. '{"custom_id":"b","body":{"messages":[]}}\n')
+    local _, err, code = proc.run(string.format("%s%s batch %s -o %s -P vllm --base-url %s", env, q(HOST),
+      q(dir .. "/in.jsonl"), q(dir .. "/out.jsonl"), q(srv.base_url)))
+    assert.equal(0, code, err)
+    local models = {}
+    for _, r in ipairs(srv:requests()) do models[#models + 1] = tostring(r.json.model) end
+    table.sort(models)
+    assert.same({ "nil", "served" }, models) -- nothing filled in
+    -- with -m, bodies without a model get it
+    _, err, code = proc.run(string.format("%s%s batch %s -o %s -P vllm -m mine --base-url %s", env, q(HOST),
+      q(dir .. "/in.jsonl"), q(dir .. "/out2.jsonl"), q(srv.base_url)))
+    assert.equal(0, code, err)
+    local reqs = srv:requests()
+    models = { tostring(reqs[3].json.model), tostring(reqs[4].json.model) }
+    table.sort(models)
+    assert.same({ "mine", "served" }, models)
+  end)
+
   it("usage errors exit 2", function()
     write_input(dir .. "/in.jsonl", 1)
     local cases = {

@@ -227,6 +227,27 @@ local function report_error(err, s)
   return EXIT.error
 end
 
+-- The run context (luachat.cli_setup). The bodies name their model, so a
+-- profile with no default model (vllm) needs no -m here: when the settings
+-- lack only a model, a placeholder satisfies the check and nothing is filled in.
+local function setup_context(o)
+  local setup = require "luachat.cli_setup"
+  local profiles = require "luachat.profiles"
+  local model, none = o.model, false
+  if not model then
+    local getenv = setup.getenv
+    local config = profiles.load_config(profiles.config_path { XDG_CONFIG_HOME = getenv("XDG_CONFIG_HOME"),
+      HOME = getenv("HOME") })
+    if config then
+      local s, err = profiles.resolve({ profile = o.profile, base_url = o.base_url }, profiles.environment(config), config)
+      if not s and tostring(err):find(": no model: ", 1, true) then model, none = "-", true end
+    end
+  end
+  local ctx, code = setup.setup { profile = o.profile, base_url = o.base_url, model = model }
+  if ctx and none then ctx.model = nil end
+  return ctx, code
+end
+
 -- main(args) -> exit code. args: argv without the program name, args[1] == "batch".
 function M.main(args)
   local rest = table.move(args, 2, #args, 1, {})
@@ -239,8 +260,7 @@ function M.main(args)
     io.stdout:write(M.HELP)
     return EXIT.ok
   end
-  local setup = require "luachat.cli_setup"
-  local ctx, code = setup.setup { profile = o.profile, base_url = o.base_url, model = o.model }
+  local ctx, code = setup_context(o)
   if not ctx then return code end
   local show = not o.quiet and ctx.err_tty
   local update, clear = progress(show)
