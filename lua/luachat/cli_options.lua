@@ -66,6 +66,8 @@ Config: $XDG_CONFIG_HOME/luachat/config.lua (default ~/.config/luachat/config.lu
                                  model = "...", headers = {}, query = {},
                                  mcp = { fs = { command = { "mcp-server", "/srv" } } } } } }
 History: $XDG_STATE_HOME/luachat/history (default ~/.local/state/luachat/history)
+Cassette: LUACHAT_CASSETTE=FILE.jsonl records every request to FILE or replays it
+  (LUACHAT_CASSETTE_MODE=auto (default), record or replay; docs/CASSETTES.md)
 Colour only on a terminal, and never when NO_COLOR is set.
 Exit status: 0 done, 1 error, 2 usage, 130 interrupted.
 ]]
