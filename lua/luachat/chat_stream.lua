@@ -29,6 +29,7 @@ Stream.__name = "luachat.Stream"
 
 local decode = json.decode
 local scan_text = core.scan_text
+local type = type -- the per-event paths call it on every event: a local, not a global lookup
 -- Chunks keep a surrogate half at a string's edge as WTF-8 bytes: its partner may start the
 -- next chunk, and the accumulator joins them (luachat.accumulate, join_surrogate_halves).
 local CHUNK_DECODE = { surrogates = "wtf8" }
