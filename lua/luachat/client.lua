@@ -48,6 +48,7 @@ local CLIENT_OPTIONS = {
   timeout = options.seconds, connect_timeout = options.seconds, idle_timeout = options.seconds,
   max_retries = options.integer(0, 100),
   max_body = options.integer(1), max_event = options.integer(1),
+  max_connections = options.integer(1), -- per host, for this client (luachat.limits)
   -- record/replay (luachat.cassette)
   cassette = cassette.OPTIONS.cassette, cassette_mode = cassette.OPTIONS.cassette_mode,
   cassette_timing = cassette.OPTIONS.cassette_timing,
@@ -90,6 +91,7 @@ function M.new(opts)
     max_retries = math.tointeger(opts.max_retries or DEFAULTS.max_retries),
     max_body = opts.max_body and math.tointeger(opts.max_body),
     max_event = opts.max_event and math.tointeger(opts.max_event),
+    max_connections = opts.max_connections and math.tointeger(opts.max_connections),
     ca_file = opts.ca_file,
     organization = opts.organization or getenv("OPENAI_ORG_ID"),
     project = opts.project or getenv("OPENAI_PROJECT_ID"),

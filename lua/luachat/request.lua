@@ -16,6 +16,7 @@ local log = require "luachat.log"
 local options = require "luachat.options"
 local redact = require "luachat.redact"
 local util = require "luachat.util"
+local limits = require "luachat.limits"
 
 local M = {}
 
@@ -178,6 +179,7 @@ function M.transfer_spec(client, method, path, body, opts, stream, idempotency_k
     max_body = client.max_body,
     max_event = client.max_event,
     ca_file = client.ca_file,
+    limits = limits.of(client), -- max_connections: luachat.limits queues past it
     cassette = client.cassette, -- record/replay (luachat.cassette), or nil
   }
 end
@@ -185,9 +187,9 @@ end
 -- Start one attempt of a request: every transfer of luachat.client and
 -- luachat.chat_stream starts here. -> transfer | nil, err
 function M.start(spec)
-  -- A cassette replays (never touching the network) or records around core.start.
-  if spec.cassette then return spec.cassette:start(spec, core.start) end
-  return core.start(spec)
+  -- A cassette replays (never touching the network) or records around limits.start.
+  if spec.cassette then return spec.cassette:start(spec, limits.start) end
+  return limits.start(spec) -- core.start, in a slot of spec.limits when given
 end
 
 -- `local guard <close> = request.owned(t)`: t is closed when the block is left
