@@ -718,6 +718,16 @@ def annotate(out, inclusive):
     return rows, total or 1
 
 
+# Stock lua5.4 running a luachat script with this build's core.so (the host's interrupt count hook,
+# which makes the VM call luaG_traceexec on every instruction, is the host's, not the library's).
+# The build directory: the host's parent when it is BUILD/bin/luachat, else build/ (./luachat).
+_HOST_DIR = os.path.dirname(os.path.abspath(HOST))
+_BUILD_DIR = os.path.dirname(_HOST_DIR) if os.path.basename(_HOST_DIR) == "bin" else os.path.join(ROOT, "build")
+STOCK_LUA = ["lua5.4", "-e", "package.path = %r .. package.path; package.cpath = %r .. package.cpath" % (
+    os.path.join(ROOT, "lua", "?.lua;") + os.path.join(ROOT, "lua", "?", "init.lua;"),
+    os.path.join(_BUILD_DIR, "?.so;"))]
+
+
 def profile(tmp, srv):
     """Where luachat's time goes on a shorter stream: callgrind by layer and by function, and a
     sampling profile of the Lua code."""
@@ -736,9 +746,12 @@ def profile(tmp, srv):
               ("... + plain lua-cjson decode of each event", [HOST, "bench/luachat_floor.lua", srv.api, "cjson"]),
               ("... + luachat.json.decode (its own C decoder)",
                [HOST, "bench/luachat_floor.lua", srv.api, "luachat"]),
-              ("client:stream with a counting callback (workload 1): delta_text, lazy chunks", cmd),
-              ("client:stream with a callback reading every chunk's fields (each decoded)",
-               cmd[:3] + ["tables"] + cmd[4:])]
+              ("client:stream with a counting callback (workload 1): delta_text (every chunk a table)", cmd),
+              ("client:stream with a callback reading every chunk's fields (every chunk a table)",
+               cmd[:3] + ["tables"] + cmd[4:]),
+              ("the same script under stock lua5.4 + core.so (no host interrupt count hook; lua.c's "
+               "generational GC)", STOCK_LUA + cmd[1:3] + ["tables"] + cmd[4:]),
+              ("the text path (on_text: text-only chunks are never tables)", cmd[:3] + ["text"] + cmd[4:])]
     lines += ["", "**Layers** (workload (1) at %d chunks; medians of 3 runs):" % n, "",
               "| what runs | CPU s | µs per chunk |", "|---|--:|--:|"]
     for what, c in layers:
