@@ -169,7 +169,8 @@ describe("cassettes", function()
     assert.equal("[DONE]", t[1].response.events[8])
     -- chunks are written decoded (readable in a diff), replayed re-encoded
     assert.equal("Hello ", t[1].response.events[2].json.choices[1].delta.content)
-    assert.equal(8, #t[1].response.times)
+    assert.is_nil(t[1].response.times) -- timing is written only with cassette_timing = "recorded"
+    assert.is_nil(t[1].response.seconds)
   end)
 
   it("an agent with tools replays (streamed and not), tool handlers run again", function()
@@ -363,9 +364,11 @@ describe("cassettes", function()
 
   it("replays instantly by default; cassette_timing = 'recorded' keeps the gaps", function()
     srv:script { { sse = { chunk { content = "a" }, { json = chunk({ content = "b" }).json, delay = 0.4 } }, done = true } }
-    assert.truthy(client("record"):stream { model = "m", messages = { { role = "user", content = "t" } } })
+    assert.truthy(client("record", { cassette_timing = "recorded" }):stream { model = "m",
+      messages = { { role = "user", content = "t" } } })
     local t = lines(path)
     assert.is_true(t[1].response.times[2] >= 0.35)
+    assert.is_true(t[1].response.seconds >= 0.35)
     srv:stop()
     srv = nil
     cassette.reset()
@@ -374,6 +377,12 @@ describe("cassettes", function()
     local final = c:stream { model = "m", messages = { { role = "user", content = "t" } } }
     assert.equal("ab", final.choices[1].message.content)
     assert.is_true(core.now() - t0 >= 0.35)
+    cassette.reset()
+    local texts = {}
+    final = client("replay"):stream({ model = "m", messages = { { role = "user", content = "t" } } },
+      { on_text = function(x) texts[#texts + 1] = x end })
+    assert.same({ "a", "b" }, texts) -- instant by default (no bound on time asserted)
+    assert.equal("ab", final.choices[1].message.content)
   end)
 
   it("a cassette that cannot be read or holds a bad line is a 'cassette' error", function()
