@@ -246,16 +246,16 @@ local function same_request(e, req)
     and diff(body_of(r), body_of(req), "$") == nil
 end
 
--- The first unused recorded exchange matching req, or nil.
-function Tape:find(req)
+-- The first recorded exchange matching req that `used` (a client's set) lacks, or nil.
+function Tape:find(req, used)
   for _, e in ipairs(self.entries) do
-    if not e.used and same_request(e, req) then return e end
+    if not used[e] and same_request(e, req) then return e end
   end
   return nil
 end
 
 -- The miss error: why nothing matched, naming the closest recorded request.
-function Tape:miss(req)
+function Tape:miss(req, used_by)
   local what = req.method .. " " .. req.path
   local head = string.format("cassette %s (mode %s): no recorded exchange for %s", self.path, self.mode, what)
   local used = {}
@@ -263,7 +263,7 @@ function Tape:miss(req)
     if same_request(e, req) then used[#used + 1] = tostring(e.line) end
   end
   if #used > 0 then
-    return error_of(string.format("%s: it was recorded %d time%s (line%s %s), and every one was replayed already",
+    return error_of(string.format("%s: it was recorded %d time%s (line%s %s), and this client replayed every one already",
       head, #used, #used == 1 and "" or "s", #used == 1 and "" or "s", table.concat(used, ", ")))
   end
   if #self.entries == 0 then
@@ -283,11 +283,11 @@ function Tape:miss(req)
       why = "the body differs at " .. tostring(diff(body_of(r), body_of(req), "$", count))
     end
     local score = (r.method ~= req.method and 2e6 or 0) + (r.path ~= req.path and 1e6 or 0) + count.n
-      + (e.used and 0.5 or 0)
+      + (used_by[e] and 0.5 or 0)
     if not best or score < best_score then best, best_score, best_why = e, score, why end
   end
   return error_of(string.format("%s; closest: line %d (%s %s%s): %s", head, best.line,
-    tostring(best.request.method), tostring(best.request.path), best.used and ", already replayed" or "", best_why))
+    tostring(best.request.method), tostring(best.request.path), used_by[best] and ", already replayed" or "", best_why))
 end
 
 ------------------------------------------------------------------------------
@@ -490,8 +490,9 @@ function Recorder:close()
   local n = self.tape:write(line)
   if n then
     local e = json.decode(line)
-    e.line, e.used = n, true
+    e.line = n
     self.tape.entries[#self.tape.entries + 1] = e
+    self.used[e] = true -- the recording client has had it; another client may replay it
   end
 end
 Recorder.__close = Recorder.close
@@ -501,8 +502,8 @@ function Recorder:__tostring()
   return "luachat.CassetteRecorder (" .. tostring(self.t) .. ")"
 end
 
-local function recorder(tape, t, req, secrets)
-  local self = setmetatable({ tape = tape, t = t, request = req, secrets = secrets,
+local function recorder(tape, t, req, secrets, used)
+  local self = setmetatable({ tape = tape, t = t, request = req, secrets = secrets, used = used,
     events = {}, times = {}, started = core.now(), closed = false }, Recorder)
   -- Whoever waits on the recorder (sched.wait_transfer) is woken when the real
   -- transfer has news: core.poll reports the transfer itself, not this wrapper,
@@ -533,16 +534,16 @@ function Binding:start(spec, start_live)
   if not ok then return nil, lerr end
   local req, secrets = describe(spec, self.client.base_url)
   if tape.mode ~= "record" then
-    local e = tape:find(req)
+    local e = tape:find(req, self.used)
     if e then
-      e.used = true
+      self.used[e] = true
       return replay(tape, e)
     end
-    if tape.mode == "replay" then return nil, tape:miss(req) end
+    if tape.mode == "replay" then return nil, tape:miss(req, self.used) end
   end
   local t, err = start_live(spec)
   if not t then return nil, err end
-  return recorder(tape, t, req, secrets)
+  return recorder(tape, t, req, secrets, self.used)
 end
 
 -- The cassette of a new client: its options, else the environment; nil when none.
@@ -565,7 +566,10 @@ function M.for_client(client, opts, level)
   if not path then return nil end
   local mode = opts.cassette_mode or env("cassette_mode") or "auto"
   local timing = opts.cassette_timing or env("cassette_timing") or "instant"
-  return setmetatable({ tape = M.tape(path, mode, timing), client = client, path = path, mode = mode }, Binding)
+  -- Each client replays from the start of the cassette (its own set of exchanges had):
+  -- a second test, or a second run in one process, replays the same conversation again.
+  return setmetatable({ tape = M.tape(path, mode, timing), client = client, path = path, mode = mode,
+    used = {} }, Binding)
 end
 
 return M
