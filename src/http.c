@@ -443,6 +443,10 @@ static int engine_multi(struct http_engine *e, char *err, size_t errlen)
 		return -1;
 	}
 	curl_dl.multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	/* HTTP/2: as many streams on a connection as the server allows (its SETTINGS
+	 * still bound it). At libcurl's default of 100, each concurrent request to a
+	 * host past the 100th opened a TLS connection of its own (spec/http2_spec.lua). */
+	curl_dl.multi_setopt(e->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
 	curl_dl.multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
 	curl_dl.multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
 	curl_dl.multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
