@@ -403,6 +403,18 @@ describe("cassettes", function()
     assert.matches("line 2 is not an exchange: invalid JSON", err.message, 1, true)
   end)
 
+  it("a cassette that cannot be written fails before the request is sent", function()
+    srv:script { reply("x") }
+    local c = luachat.client { base_url = base_url, api_key = KEY, cassette = dir .. "/no/such/dir/t.jsonl",
+      cassette_mode = "record" }
+    local res, err = c:chat { model = "m", messages = { { role = "user", content = "x" } } }
+    assert.is_nil(res)
+    assert.equal("cassette", err.kind)
+    assert.equal("cassette " .. dir .. "/no/such/dir/t.jsonl cannot be written (" .. dir
+      .. "/no/such/dir/t.jsonl: No such file or directory)", err.message)
+    assert.equal(0, #srv:requests())
+  end)
+
   it("options are checked", function()
     local ok, e = pcall(luachat.client, { cassette_mode = "replay!" })
     assert.is_false(ok)

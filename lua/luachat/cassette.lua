@@ -541,6 +541,15 @@ function Binding:start(spec, start_live)
     end
     if tape.mode == "replay" then return nil, tape:miss(req, self.used) end
   end
+  if not tape.writable then
+    -- Find out now, not after the exchange, that the file cannot be written.
+    local f, ferr = io.open(tape.path, "ab")
+    if not f then
+      return nil, error_of(string.format("cassette %s cannot be written (%s)", tape.path, tostring(ferr)))
+    end
+    f:close()
+    tape.writable = true
+  end
   local t, err = start_live(spec)
   if not t then return nil, err end
   return recorder(tape, t, req, secrets, self.used)
