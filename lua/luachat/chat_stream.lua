@@ -30,6 +30,7 @@ Stream.__name = "luachat.Stream"
 local decode = json.decode
 local scan_text = core.scan_text
 local type = type -- the per-event paths call it on every event: a local, not a global lookup
+local traceback = debug.traceback
 -- Chunks keep a surrogate half at a string's edge as WTF-8 bytes: its partner may start the
 -- next chunk, and the accumulator joins them (luachat.accumulate, join_surrogate_halves).
 local CHUNK_DECODE = { surrogates = "wtf8" }
@@ -296,7 +297,7 @@ function Stream:each(on_chunk, on_text)
   local status, err
   local function emit(text, index)
     if status then return end
-    local ok, ret = xpcall(on_text, debug.traceback, text, index)
+    local ok, ret = xpcall(on_text, traceback, text, index)
     if not ok then
       status, err = "error", ret
     elseif ret == false then
@@ -314,7 +315,7 @@ function Stream:each(on_chunk, on_text)
       chunk = self:handle(ev)
     end
     if chunk and on_chunk and not status then
-      local ok, ret = xpcall(on_chunk, debug.traceback, chunk)
+      local ok, ret = xpcall(on_chunk, traceback, chunk)
       if not ok then
         status, err = "error", ret
       elseif ret == false then
