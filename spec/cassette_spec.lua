@@ -427,7 +427,7 @@ describe("cassettes", function()
     assert.matches("did you mean 'cassette'", e)
   end)
 
-  it("the documented example (an agent with tools against a cassette) passes under busted", function()
+  it("the documented example (an agent with tools against a cassette) passes under busted #once", function()
     local out, err, code = proc.run(string.format("busted --lua=%s %s", shell_quote(HOST),
       shell_quote("examples/cassette/weather_agent_spec.lua")))
     assert.equal(0, code, out .. err)
@@ -448,7 +448,7 @@ describe("cassettes", function()
       return proc.run(string.format("%s %s %s", table.concat(parts, " "), HOST, args))
     end
 
-    it("luachat -p records with LUACHAT_CASSETTE and replays with the server stopped", function()
+    it("luachat -p records with LUACHAT_CASSETTE and replays with the server stopped #once", function()
       srv:script { streamed("Hello from the tape") }
       local out, err, code = cli("-p hi", { LUACHAT_CASSETTE = path })
       assert.equal("", err)
@@ -469,7 +469,7 @@ describe("cassettes", function()
       assert.matches('recorded "hi", sent "other"', err3, 1, true)
     end)
 
-    it("a bad LUACHAT_CASSETTE_MODE names the variable", function()
+    it("a bad LUACHAT_CASSETTE_MODE names the variable #once", function()
       local _, err, code = cli("-p hi", { LUACHAT_CASSETTE = path, LUACHAT_CASSETTE_MODE = "replya" })
       assert.equal(2, code) -- a configuration error, as for any bad environment value
       assert.matches("environment variable LUACHAT_CASSETTE_MODE must be record, replay or auto, got 'replya'", err, 1, true)
