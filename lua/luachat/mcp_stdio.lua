@@ -81,6 +81,7 @@ function T:feed(data)
       self.parts, self.plen = {}, 0
     end
     start = nl + 1
+    if #line > M.MAX_MESSAGE then return self:too_large() end
     if line:sub(-1) == "\r" then line = line:sub(1, -2) end
     if line:find("%S") then self.rpc:receive(line) end
     if self.rpc.dead then return end
@@ -89,11 +90,15 @@ function T:feed(data)
     local rest = data:sub(start)
     self.parts[#self.parts + 1] = rest
     self.plen = self.plen + #rest
-    if self.plen > M.MAX_MESSAGE then
-      self.rpc:fail_all(rpc_mod.error(self.name, "the server sent a message over %d bytes (the limit)", M.MAX_MESSAGE))
-      self:close(0)
-    end
+    if self.plen > M.MAX_MESSAGE then self:too_large() end
   end
+end
+
+-- A message over MAX_MESSAGE: the session ends (whole or in pieces, it is refused).
+function T:too_large()
+  self.parts, self.plen = {}, 0
+  self.rpc:fail_all(rpc_mod.error(self.name, "the server sent a message over %d bytes (the limit)", M.MAX_MESSAGE))
+  self:close(0)
 end
 
 -- The reader: runs while requests wait, reading what the child writes.
