@@ -90,8 +90,10 @@ exec %s "$@"
 echo "stub run-tests.sh $1"
 test -x ./luachat && test -f "$1/luachat/core.so" && test -x "$1/spec/test_sse" && ./luachat -e 'print(require("luachat").version)'
 ]])
-    assert(os.execute(string.format("chmod +x %s %s %s", q(tmp .. "/bin/pkg-config"), q(tmp .. "/deps.sh"),
-      q(tree .. "/scripts/run-tests.sh"))))
+    -- Nor install the MCP specs' node servers (npm) in the copy.
+    spit(tree .. "/scripts/mcp-peers.sh", "#!/bin/sh\necho 'stub mcp-peers.sh'\n")
+    assert(os.execute(string.format("chmod +x %s %s %s %s", q(tmp .. "/bin/pkg-config"), q(tmp .. "/deps.sh"),
+      q(tree .. "/scripts/run-tests.sh"), q(tree .. "/scripts/mcp-peers.sh"))))
   end)
 
   teardown(function()
