@@ -339,13 +339,23 @@ describe("luachat.mcp over stdio", function()
       assert.equal("resource text\nand text", mcp_tools.result_text(assert(s:call("resource"))))
     end)
 
-    it("close: stdin closed, the server exits; later calls fail; a dropped session is collected", function()
+    it("close: stdin closed, the server exits (reaped, no descriptor left); later calls fail; a dropped session is collected", function()
+      local function fds()
+        local p = io.popen("ls /proc/" .. (require("spec.helpers.proc").read_file("/proc/self/stat"):match("^(%d+)")) .. "/fd")
+        local n = 0
+        for _ in p:lines() do n = n + 1 end
+        p:close()
+        return n
+      end
+      local before = fds()
       local s, _, log = assert(fault())
+      assert.is_true(fds() > before) -- its pipes (and pidfd)
       local pid = s.transport.proc:pid()
       s:close()
       assert.is_false(helper.alive(pid))
       local lines = helper.log_lines(log)
       assert.equal("stdin closed", lines[#lines].event)
+      assert.equal(before, fds())
       local _, err = s:call("echo", { text = "x" })
       assert.equal("mcp server 'fault': tools/call echo: the session is closed", err.message)
       local s2 = assert(fault())
