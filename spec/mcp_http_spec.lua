@@ -119,6 +119,17 @@ describe("luachat.mcp over Streamable HTTP", function()
     assert.matches("Establishing new SSE stream for session " .. s.transport.session_id, ev.text(), 1, true)
   end)
 
+  it("a server that is not an MCP server: connect fails with its HTTP status and message", function()
+    local s, err = luachat.mcp.connect { url = srv.url .. "/mcp", name = "notmcp", headers = { Authorization = "Bearer sk-secret-h3" } }
+    assert.is_nil(s)
+    assert.equal("mcp", err.kind)
+    assert.matches("^mcp server 'notmcp': POST http://127%.0%.0%.1:%d+/mcp: HTTP 404", err.message)
+    assert.equal(404, err.status)
+    assert.is_nil(err.message:find("sk-secret-h3", 1, true))
+    local reqs = srv:requests()
+    assert.equal("Bearer sk-secret-h3", reqs[#reqs].headers.authorization or reqs[#reqs].headers.Authorization)
+  end)
+
   it("a URL nothing listens on fails connect with an mcp error", function()
     local port = ev.url:match(":(%d+)/")
     local s, err = luachat.mcp.connect { url = "http://127.0.0.1:1/mcp", name = "nowhere" }
