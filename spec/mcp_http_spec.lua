@@ -119,6 +119,38 @@ describe("luachat.mcp over Streamable HTTP", function()
     assert.matches("Establishing new SSE stream for session " .. s.transport.session_id, ev.text(), 1, true)
   end)
 
+  it("JSON answers (a scripted server): the session id and protocol version go with every later request; DELETE on close", function()
+    local null = require("cjson").null
+    srv:script {
+      { json = { jsonrpc = "2.0", id = 1, result = { protocolVersion = "2025-06-18",
+        capabilities = { tools = {} }, serverInfo = { name = "scripted", version = "1" } } },
+        headers = { ["Mcp-Session-Id"] = "sess-42" } },
+      { status = 202, body = "" },
+      { json = { jsonrpc = "2.0", id = 2, result = { tools = { { name = "t1", inputSchema = { type = "object" } } },
+        nextCursor = null } } },
+      { json = { jsonrpc = "2.0", id = 3, result = { content = { { type = "text", text = "json answer" } } } } },
+      { status = 200, body = "" },
+    }
+    local s = assert(luachat.mcp.connect { url = srv.url .. "/mcp", name = "scripted" })
+    assert.equal("2025-06-18", s.protocol_version)
+    assert.equal("t1", assert(s:tools())[1].name)
+    assert.equal("json answer", assert(s:call("t1", {})).content[1].text)
+    s:close()
+    local reqs = srv:requests()
+    assert.equal(5, #reqs)
+    local function h(r, name)
+      for k, v in pairs(r.headers) do if k:lower() == name then return v end end
+    end
+    assert.is_nil(h(reqs[1], "mcp-session-id"))
+    assert.matches("application/json, text/event%-stream", h(reqs[1], "accept"))
+    for i = 2, 5 do
+      assert.equal("sess-42", h(reqs[i], "mcp-session-id"))
+      assert.equal("2025-06-18", h(reqs[i], "mcp-protocol-version"))
+    end
+    assert.equal("notifications/initialized", require("cjson").decode(reqs[2].body).method)
+    assert.equal("DELETE", reqs[5].method)
+  end)
+
   it("a server that is not an MCP server: connect fails with its HTTP status and message", function()
     local s, err = luachat.mcp.connect { url = srv.url .. "/mcp", name = "notmcp", headers = { Authorization = "Bearer sk-secret-h3" } }
     assert.is_nil(s)
