@@ -135,6 +135,21 @@ describe("client max_connections", function()
     srv:release("lim")
   end)
 
+  it("a slot freed before the queue's turn goes to the queue, not to a later request", function()
+    local c = client { max_connections = 1 }
+    srv:script { { sse = { chunk("a"), { gate = "ff", timeout = 20 }, chunk(nil, "stop") }, done = true },
+      reply("queued first"), reply("asked later") }
+    local s = assert(c:open_stream { model = "m", messages = {} })
+    local t = luachat.spawn(ask, c, 1) -- queued behind the stream
+    s:close() -- the slot is free now; no turn of the loop has handed it on yet
+    assert.equal("asked later", (ask(c, 2))) -- from the main chunk: must wait behind t
+    assert.equal("queued first", (t:wait()))
+    local reqs = srv:requests()
+    assert.equal("q1", reqs[2].json.messages[1].content)
+    assert.equal("q2", reqs[3].json.messages[1].content)
+    srv:release("ff")
+  end)
+
   it("a cancelled task leaves the queue, even after a slot was handed to it", function()
     local c = client { max_connections = 1 }
     srv:script { { sse = { chunk("a"), { gate = "cq", timeout = 20 }, chunk(nil, "stop") }, done = true }, reply("third") }

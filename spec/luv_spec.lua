@@ -64,6 +64,42 @@ describe("luachat.luv", function()
       assert.equal(0, live_handles(), "the adapter left a uv handle")
     end)
 
+    it("one adapter at a time; attach again after detach", function()
+      local detach = luachat.luv(uv)
+      local ok, msg = pcall(luachat.luv, uv)
+      assert.is_false(ok)
+      assert.matches("already attached", msg, 1, true)
+      assert.equal(3, live_handles()) -- a poll on luachat.fd(), a timer, a prepare
+      assert.is_true(detach())
+      uv.run("nowait")
+      assert.equal(0, live_handles())
+      local again = luachat.luv(uv)
+      again()
+      uv.run("nowait")
+    end)
+
+    it("a failure of the loop itself goes to on_error; the adapter detaches and stops uv.run(), nothing exits", function()
+      -- The failure: uv.run() called while luachat's own loop is being driven
+      -- (t:wait() below resumed the task that runs it), so step refuses.
+      local seen, detached, result
+      local sleeper = luachat.spawn(function() luachat.sleep(0.001) return "slept" end)
+      local t = luachat.spawn(function()
+        luachat.sleep(0) -- from here on, the main chunk's t:wait() drives the loop
+        local detach = luachat.luv(uv, { on_error = function(e) seen = e end })
+        uv.run()
+        uv.run("nowait")
+        detached = { detach() }
+        return "after"
+      end)
+      result = t:wait()
+      assert.equal("after", result)
+      assert.equal("environment", seen.kind)
+      assert.matches("already running", seen.message, 1, true)
+      assert.is_nil(detached[1])
+      assert.equal(seen, detached[2])
+      assert.equal("slept", (sleeper:wait()))
+    end)
+
     it("runs streaming tasks spawned from uv callbacks inside uv.run() beside a uv timer; detach ends uv.run()", function()
       local N = 3
       srv:script { gated("g"), gated("g"), gated("g") }
@@ -178,40 +214,6 @@ describe("luachat.luv", function()
       srv:release("g3")
       assert.equal("abc", (t:wait())) -- driven by luachat's own loop now
       assert.is_true(detach()) -- idempotent
-    end)
-
-    it("one adapter at a time; attach again after detach", function()
-      local detach = luachat.luv(uv)
-      local ok, msg = pcall(luachat.luv, uv)
-      assert.is_false(ok)
-      assert.matches("already attached", msg, 1, true)
-      detach()
-      uv.run("nowait")
-      local again = luachat.luv(uv)
-      again()
-      uv.run("nowait")
-    end)
-
-    it("a failure of the loop itself goes to on_error; the adapter detaches and stops uv.run(), nothing exits", function()
-      -- The failure: uv.run() called while luachat's own loop is being driven
-      -- (t:wait() below resumed the task that runs it), so step refuses.
-      local seen, detached, result
-      local sleeper = luachat.spawn(function() luachat.sleep(0.001) return "slept" end)
-      local t = luachat.spawn(function()
-        luachat.sleep(0) -- from here on, the main chunk's t:wait() drives the loop
-        local detach = luachat.luv(uv, { on_error = function(e) seen = e end })
-        uv.run()
-        uv.run("nowait")
-        detached = { detach() }
-        return "after"
-      end)
-      result = t:wait()
-      assert.equal("after", result)
-      assert.equal("environment", seen.kind)
-      assert.matches("already running", seen.message, 1, true)
-      assert.is_nil(detached[1])
-      assert.equal(seen, detached[2])
-      assert.equal("slept", (sleeper:wait()))
     end)
 
     it("refuses what is not the luv module", function()
