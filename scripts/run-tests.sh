@@ -24,7 +24,7 @@ host=${LUACHAT_HOST:-./luachat}
 limit=${LUACHAT_SPEC_TIMEOUT:-600}
 may_pend="spec/provider_spec.lua"
 # Every tool some spec or the test server uses (scripts/deps.sh installs them).
-tools="busted lua5.4 python3 curl openssl tmux nghttpd script make cc pkg-config timeout node npm"
+tools="busted lua5.4 python3 curl openssl tmux nghttpd nghttpx script make cc pkg-config timeout node npm"
 passed=0
 failed=0
 skipped=0
