@@ -3,7 +3,8 @@
 -- Owns: configuration (explicit or from the environment), option checks, and
 -- the blocking calls chat/get/post. What a request sends and how its outcome
 -- becomes an error or a retry is luachat.request's, shared with streaming
--- calls (luachat.chat_stream); this module requires both, neither requires it.
+-- calls (luachat.chat_stream, loaded on the first stream so scripts that never stream do
+-- not compile it); neither requires this module.
 -- Never: stores the API key (luachat.request keeps it, out of reach of
 -- pairs() and tostring()), puts it in an error or a log line, or follows a redirect.
 local core = require "luachat.core"
@@ -13,7 +14,6 @@ local log = require "luachat.log"
 local options = require "luachat.options"
 local redact = require "luachat.redact"
 local request = require "luachat.request"
-local chat_stream = require "luachat.chat_stream"
 local util = require "luachat.util"
 local cassette = require "luachat.cassette"
 
@@ -199,13 +199,13 @@ end
 function Client:stream(req, on_chunk, opts)
   M.check_chat_request(req, "stream")
   check_call_options(opts, "stream", 3)
-  return chat_stream.stream(self, req, on_chunk, opts)
+  return require("luachat.chat_stream").stream(self, req, on_chunk, opts)
 end
 
 function Client:open_stream(req, opts)
   M.check_chat_request(req, "open_stream")
   check_call_options(opts, "open_stream", 2)
-  return chat_stream.open(self, req, opts)
+  return require("luachat.chat_stream").open(self, req, opts)
 end
 
 -- client:parse(request, schema [, opts [, call_opts]]) -> value, err, res (luachat.structured).
