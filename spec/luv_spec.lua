@@ -163,15 +163,18 @@ describe("luachat.luv", function()
           detach()
           return final.choices[1].message.content
         end)
-        bad = luachat.spawn(function()
-          local res = assert(c:chat { model = "m", messages = {} })
-          error("boom after " .. res.choices[1].message.content)
-        end)
       end)
-      -- The gate opens only after the failing task has failed, inside uv.run().
+      -- The failing task starts once the stream's request has reached the server
+      -- (so the stream gets the gated answer, whichever connection is faster), and
+      -- the gate opens only after it has failed, inside uv.run().
       local watch = uv.new_timer()
       watch:start(5, 5, function()
-        if bad and bad:is_done() then
+        if good and not bad and #srv:requests() >= 1 then
+          bad = luachat.spawn(function()
+            local res = assert(c:chat { model = "m", messages = {} })
+            error("boom after " .. res.choices[1].message.content)
+          end)
+        elseif bad and bad:is_done() then
           watch:close()
           srv:release("g2")
         end
