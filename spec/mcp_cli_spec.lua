@@ -62,6 +62,25 @@ describe("luachat --mcp", function()
     assert.same({ role = "tool", tool_call_id = "c1", content = "from the server" }, msgs[#msgs])
   end)
 
+  it("a stdio server does not see OPENAI_API_KEY (nor any variable outside the minimum)", function()
+    srv:script { reply { call("c1", "get-env", "{}") }, reply(nil, "done") }
+    local cmd = "env OPENAI_API_KEY=sk-test-SECRET123 MCP_SPEC_OTHER=x " .. q(HOST) .. " --no-stream -p env "
+      .. "--mcp " .. q("node " .. helper.EVERYTHING .. " stdio")
+    local env = string.format("env OPENAI_BASE_URL=%s HOME=%s XDG_CONFIG_HOME=%s XDG_STATE_HOME=%s "
+      .. "LUACHAT_PROFILE= LUACHAT_MODEL= LUACHAT_BASE_URL= NO_COLOR=1 ",
+      q(srv.base_url), q(home), q(home .. "/config"), q(home .. "/state"))
+    local out, err, code = proc.run(env .. cmd)
+    assert.equal(0, code, err)
+    assert.equal("done\n", out)
+    local msgs = cjson.decode(srv:requests()[2].body).messages
+    local seen = cjson.decode(msgs[#msgs].content)
+    assert.is_nil(seen.OPENAI_API_KEY)
+    assert.is_nil(seen.MCP_SPEC_OTHER)
+    assert.equal(home, seen.HOME)
+    assert.is_truthy(seen.PATH)
+    assert.is_nil(srv:requests()[2].body:find("SECRET123", 1, true))
+  end)
+
   it("an isError result reaches the model as a tool error", function()
     srv:script { reply { call("c1", "fail", "{}") }, reply(nil, "Sorry.") }
     local out, err, code = luachat("--no-stream -p x --mcp " .. q(fault))

@@ -78,6 +78,38 @@ describe("luachat.mcp over stdio", function()
       s:close() -- idempotent
     end)
 
+    it("a stdio server gets only HOME, LOGNAME, PATH, SHELL, TERM, USER of our environment plus env; inherit_env = true gives all", function()
+      -- Our own environment (busted's), to find variables outside the default list.
+      local ours = {}
+      for kv in (proc.read_file("/proc/self/environ") or ""):gmatch("[^%z]+") do
+        local k, v = kv:match("^([^=]+)=(.*)$")
+        if k then ours[k] = v end
+      end
+      local defaults = { HOME = true, LOGNAME = true, PATH = true, SHELL = true, TERM = true, USER = true }
+      local other
+      for k, v in pairs(ours) do
+        if not defaults[k] and v ~= "" and v:sub(1, 2) ~= "()" then other = k break end
+      end
+      assert.is_truthy(other, "the spec process has no variable outside the default list")
+      assert.is_truthy(ours.PATH)
+      local function server_env(opts)
+        opts.command = helper.everything()
+        local s <close> = assert(luachat.mcp.connect(opts))
+        return luachat.json.decode(assert(mcp_tools.result_text(assert(s:call("get-env", {})))))
+      end
+      local env = server_env { env = { MCP_SPEC_TOKEN = "given", HOME = false } }
+      local expect = { MCP_SPEC_TOKEN = "given" }
+      for k in pairs(defaults) do
+        if k ~= "HOME" and ours[k] then expect[k] = ours[k] end
+      end
+      -- node may add nothing of its own to process.env: exactly these.
+      assert.same(expect, env)
+      env = server_env { inherit_env = true, env = { MCP_SPEC_TOKEN = "given" } }
+      assert.equal(ours[other], env[other])
+      assert.equal("given", env.MCP_SPEC_TOKEN)
+      assert.equal(ours.PATH, env.PATH)
+    end)
+
     it("server-filesystem: reads a file in the allowed directory; a path outside is an isError result", function()
       proc.write_file(dir .. "/a.txt", "alpha\nbeta\n")
       local fs <close> = assert(luachat.mcp.connect { command = helper.filesystem(dir), name = "fs" })

@@ -223,6 +223,16 @@ describe("processes", function()
     p:close()
   end)
 
+  it("env_only = true: env is the child's whole environment (the command still found in our PATH)", function()
+    local p = assert(process.spawn { argv = { "env" }, env = { ONLY_A = "1", ONLY_B = "two words", ONLY_C = false },
+      env_only = true })
+    local lines = {}
+    for line in function() return p:read_line() end do lines[#lines + 1] = line end
+    table.sort(lines)
+    assert.same({ "ONLY_A=1", "ONLY_B=two words" }, lines)
+    p:close()
+  end)
+
   it("10 MB of output arrive intact, in pieces and as one line", function()
     local p = assert(process.spawn { argv = { "seq", "1", "1500000" } })
     local parts = {}

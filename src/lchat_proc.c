@@ -10,7 +10,8 @@
  * watch callback only does the non-blocking I/O in proc.c, never Lua.
  *
  * Lua API (see also lua/luachat/process.lua for waiting in tasks):
- *   core.process{ argv = {"cmd", "arg", ...}, env = {K = "v", GONE = false}, cwd = "/dir" }
+ *   core.process{ argv = {"cmd", "arg", ...}, env = {K = "v", GONE = false}, cwd = "/dir",
+ *                 env_only = true }   (env_only: env is the child's whole environment, not added to ours)
  *     -> Process | nil, err (err.kind "process": "cannot start 'cmd': No such file or directory")
  *   p:write(data)      -> true | nil, err   queues for stdin, never blocks
  *   p:read()           -> stdout bytes so far ("" if none yet) | nil at end of file
@@ -248,6 +249,9 @@ int lchat_proc_new(lua_State *L)
 	memset(&o, 0, sizeof o);
 	o.argv = string_list(L, 1, "argv", &argc);
 	o.env = env_list(L, 1);
+	lua_getfield(L, 1, "env_only");
+	o.env_only = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 	if (lua_getfield(L, 1, "cwd") != LUA_TNIL) {
 		if (lua_type(L, -1) != LUA_TSTRING)
 			return luaL_error(L, "field 'cwd' must be a string");

@@ -352,12 +352,13 @@ static size_t key_len(const char *kv)
 	return eq ? (size_t)(eq - kv) : strlen(kv);
 }
 
-/* Our environment with the additions applied ("K=V" sets, "K" unsets); NULL on no memory. */
-static char **build_env(const char *const *add)
+/* Our environment with the additions applied ("K=V" sets, "K" unsets), or with
+ * only: the additions alone; NULL on no memory. */
+static char **build_env(const char *const *add, int only)
 {
 	size_t ne = 0, na = 0, i, j, k = 0;
 	char **envp;
-	while (environ && environ[ne])
+	while (!only && environ && environ[ne])
 		ne++;
 	while (add && add[na])
 		na++;
@@ -430,7 +431,7 @@ struct proc *proc_spawn(const struct proc_opts *o, char *err, size_t errlen)
 		rc = errno;
 		goto fail_rc;
 	}
-	envp = build_env(o->env);
+	envp = build_env(o->env, o->env_only);
 	if (envp == NULL) {
 		rc = ENOMEM;
 		goto fail_rc;

@@ -46,6 +46,7 @@ typedef int (*proc_watch_fn)(void *ud, int fd, int events);
 struct proc_opts {
 	const char *const *argv;  /* NULL-terminated; argv[0] is looked up in PATH */
 	const char *const *env;   /* NULL-terminated "K=V" (set) or "K" (unset) over our environment; may be NULL */
+	int env_only;             /* nonzero: env ("K=V" items) is the whole environment, nothing of ours */
 	const char *cwd;          /* working directory of the child, NULL = ours */
 	size_t max_in;            /* 0 = PROC_DEFAULT_MAX_IN */
 	size_t err_keep;          /* 0 = PROC_DEFAULT_ERR_KEEP */

@@ -41,7 +41,9 @@ Options:
                        (repeatable; the value is split like shell words, with
                        '...', "..." and \ quoting, and never run by a shell):
                        --mcp 'npx -y @modelcontextprotocol/server-filesystem /srv';
-                       each call is shown on stderr, /tools lists them
+                       each call is shown on stderr, /tools lists them; the
+                       server sees only HOME LOGNAME PATH SHELL TERM USER
+                       of the environment (no API keys)
   -h, --help           this help
 
 Chat commands: /help /model NAME /system TEXT /tools /reset /save FILE

@@ -97,7 +97,7 @@ local sampling_rule = options.rule("a table { client = c, model = \"m\" }", func
 end)
 
 M.CONNECT_OPTIONS = {
-  command = argv_rule, env = env_rule, cwd = options.string,
+  command = argv_rule, env = env_rule, cwd = options.string, inherit_env = options.boolean,
   url = options.rule("an http:// or https:// URL", function(v)
     if type(v) ~= "string" or not v:match("^https?://[^/]") then return nil, "must start with http:// or https://" end
     if v:find(options.CONTROL) then return nil, "contains a control character" end
@@ -346,7 +346,9 @@ function M.connect(opts)
   if (opts.command == nil) == (opts.url == nil) then
     argerror("give exactly one of command (a stdio server) and url (Streamable HTTP)")
   end
-  if opts.url and (opts.env or opts.cwd) then argerror("env and cwd are for command (stdio) servers") end
+  if opts.url and (opts.env or opts.cwd or opts.inherit_env ~= nil) then
+    argerror("env, inherit_env and cwd are for command (stdio) servers")
+  end
   if opts.command and (opts.headers or opts.ca_file or opts.listen ~= nil) then
     argerror("headers, ca_file and listen are for url (Streamable HTTP) servers")
   end
@@ -363,7 +365,7 @@ function M.connect(opts)
       timeout = timeout, ca_file = opts.ca_file }
   else
     transport, terr = require("luachat.mcp_stdio").new { name = name, command = opts.command, env = opts.env,
-      cwd = opts.cwd }
+      cwd = opts.cwd, inherit_env = opts.inherit_env }
     if not transport then
       self.closed = true
       return nil, terr

@@ -24,9 +24,33 @@ local T = {}
 T.__index = T
 T.__name = "luachat.McpStdio"
 
--- M.new{ name=, command = argv, env = { K = v | false }, cwd = } -> transport | nil, err
+-- What a server inherits of our environment by default (the MCP SDK's
+-- getDefaultEnvironment, after sudo's list): nothing else, so API keys and
+-- other secrets in ours never reach a server unless the connection's `env`
+-- gives them (or inherit_env = true passes everything).
+M.DEFAULT_ENV = { "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER" }
+
+-- The child's whole environment: DEFAULT_ENV's variables we have (a value
+-- starting "()", a shell function, is left out as the SDK does), then `env`
+-- over them (false removes one). -> { K = "v" }
+function M.environment(env)
+  local out = {}
+  for _, k in ipairs(M.DEFAULT_ENV) do
+    local v = os.getenv(k)
+    if v and v:sub(1, 2) ~= "()" then out[k] = v end
+  end
+  for k, v in pairs(env or {}) do
+    if v == false then out[k] = nil else out[k] = v end
+  end
+  return out
+end
+
+-- M.new{ name=, command = argv, env = { K = v | false }, cwd =, inherit_env = } -> transport | nil, err
+-- inherit_env: env is applied over our whole environment instead of M.environment's minimum.
 function M.new(opts)
-  local w, err = process.spawn { argv = opts.command, env = opts.env, cwd = opts.cwd }
+  local env, only = opts.env, false
+  if not opts.inherit_env then env, only = M.environment(opts.env), true end
+  local w, err = process.spawn { argv = opts.command, env = env, env_only = only, cwd = opts.cwd }
   if not w then
     -- err.message: "cannot start 'cmd': No such file or directory"
     return nil, rpc_mod.error(opts.name, "%s", tostring(type(err) == "table" and err.message or err))

@@ -12,7 +12,8 @@
 --   local process = require "luachat.process"
 --   local p, err = process.spawn{ argv = {"cmd", "arg"}, env = {K = "v", DROP = false},
 --                                 cwd = "/dir", max_line = 64 * 2^20 }
---     argv: no shell, argv[1] looked up in PATH; env: added to (false: removed from) ours.
+--     argv: no shell, argv[1] looked up in PATH; env: added to (false: removed from) ours;
+--     env_only = true: env (its strings) is the child's whole environment, nothing of ours.
 --     A command that cannot start is nil, err at once:
 --     "cannot start 'cmd': No such file or directory".
 --   p:write(data)          -> true | nil, err      queued, never blocks
@@ -58,7 +59,7 @@ function M.spawn(spec)
   if math.type(max_line) ~= "integer" or max_line < 1 then
     error("bad argument #1 to 'spawn' (field 'max_line' must be a positive integer)", 2)
   end
-  local raw, err = core.process { argv = spec.argv, env = spec.env, cwd = spec.cwd }
+  local raw, err = core.process { argv = spec.argv, env = spec.env, cwd = spec.cwd, env_only = spec.env_only }
   if not raw then return nil, err end
   local name = type(spec.argv) == "table" and spec.argv[1] or "?"
   return setmetatable({ raw = raw, name = name, max_line = max_line,
