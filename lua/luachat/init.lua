@@ -60,6 +60,11 @@ setmetatable(M, {
       local mcp = require "luachat.mcp" -- Model Context Protocol sessions (docs/MCP.md)
       rawset(t, "mcp", mcp)
       return mcp
+    elseif k == "mcp_tools" or k == "mcp_stdio" or k == "process" then
+      -- luachat.mcp_tools.result_text, luachat.mcp_stdio.MAX_MESSAGE (docs/MCP.md), luachat.process.spawn
+      local mod = require("luachat." .. k)
+      rawset(t, k, mod)
+      return mod
     end
     return nil
   end,
