@@ -7,6 +7,7 @@
 --   lua5.4 scripts/mutants.lua [options] [NAME-FILTER...]
 --     NAME-FILTER        run only mutants whose name contains one of these (plain text, any case)
 --     --list             parse and check every entry, print the names, run nothing
+--     --jobs N           run N mutants at once (default: MUTANT_JOBS, else 1)
 --     --timeout S        per spec run (default 300 s)
 --     --no-baseline      skip the check that each spec passes on the unmutated tree
 --     --keep             keep the scratch directory (its path is printed)
@@ -97,7 +98,8 @@ local function count_plain(hay, needle)
 end
 
 -- Options and filters.
-local opts = { timeout = 300, baseline = true, keep = false, list = false, filters = {} }
+local opts = { timeout = 300, baseline = true, keep = false, list = false, filters = {},
+  jobs = tonumber(os.getenv("MUTANT_JOBS") or "") or 1 }
 do
   local i = 1
   while i <= #arg do
@@ -105,11 +107,15 @@ do
     if a == "--timeout" then
       i = i + 1
       opts.timeout = tonumber(arg[i]) or error("--timeout wants seconds")
+    elseif a == "--jobs" or a == "-j" then
+      i = i + 1
+      opts.jobs = math.tointeger(tonumber(arg[i])) or error("--jobs wants a whole number")
+      if opts.jobs < 1 then error("--jobs wants 1 or more") end
     elseif a == "--no-baseline" then opts.baseline = false
     elseif a == "--keep" then opts.keep = true
     elseif a == "--list" then opts.list = true
     elseif a == "-h" or a == "--help" then
-      io.write("usage: lua5.4 scripts/mutants.lua [--list] [--timeout S] [--no-baseline] [--keep] [NAME-FILTER...]\n")
+      io.write("usage: lua5.4 scripts/mutants.lua [--list] [--jobs N] [--timeout S] [--no-baseline] [--keep] [NAME-FILTER...]\n")
       os.exit(0)
     elseif a:sub(1, 2) == "--" then
       io.stderr:write("mutants: unknown option ", a, "\n")
@@ -324,18 +330,18 @@ end
 
 -- Run one spec in dir: "pass", "fail" or "timeout", the failing tests (a
 -- set, see failures) and the log path.
+local function spec_command(spec, stop_early)
+  local c = spec:match("^build:(.+)$")
+  if c then return string.format("build/%s spec/fixtures/sse", c) end
+  -- stop_early: the first failure is news (the spec passed unmutated), so stop there
+  return "busted --lua=./luachat -o utfTerminal " .. (stop_early and "--no-keep-going " or "") .. q(spec)
+end
+
 local seq = 0
 local function run_spec(dir, spec, stop_early)
   seq = seq + 1
   local log = string.format("%s/%03d-%s.log", logdir, seq, spec:gsub("[^%w]", "_"))
-  local c = spec:match("^build:(.+)$")
-  local cmd
-  if c then
-    cmd = string.format("build/%s spec/fixtures/sse", c)
-  else
-    -- stop_early: the first failure is news (the spec passed unmutated), so stop there
-    cmd = "busted --lua=./luachat -o utfTerminal " .. (stop_early and "--no-keep-going " or "") .. q(spec)
-  end
+  local cmd = spec_command(spec, stop_early)
   -- timeout runs the spec in its own process group and kills all of it;
   -- -k: a spec that ignores TERM is killed 10 s later.
   local ok, code = sh(string.format(
@@ -376,51 +382,97 @@ for _, m in ipairs(selected) do
   end
 end
 
-local caught, missed, broken = 0, {}, 0
-for i, m in ipairs(selected) do
+-- The mutants themselves, opts.jobs at a time: each runs in the background as
+-- one shell script in its own copy (build if C, then its specs one by one,
+-- stopping at the first that fails), and leaves a "done" file; the verdict is
+-- taken here from its logs, against the baseline, as each one finishes.
+-- Spec runs mostly wait on servers and subprocesses, so a few at once on two
+-- cores cost little more CPU and much less time.
+local function start_mutant(i, m)
   local dir = string.format("%s/m%03d", root, i)
   sh(string.format("cp -a %s %s", q(base), q(dir)))
   local path = dir .. "/" .. m.file
   local src = read_file(path)
   local a, b = src:find(m.find, 1, true)
   write_file(path, src:sub(1, a - 1) .. m.replace .. src:sub(b + 1))
-  local line
-  if m.is_c and not build(dir, logdir .. string.format("/m%03d-build.log", i)) then
-    broken = broken + 1
-    line = string.format("BROKEN  %s  (does not build: %s/m%03d-build.log)", m.name, logdir, i)
-  else
-    local why
-    local unused = {}
-    for _, s in ipairs(m.spec_list) do
-      local known = baseline[s]
-      if known == false then
-        unused[#unused + 1] = s
-      else
-        local st, fails = run_spec(dir, s, next(known) == nil)
-        if st == "timeout" then
-          why = string.format("%s timed out after %d s", s, opts.timeout)
-        elseif st == "fail" then
-          local new = next(fails) == nil -- failed without naming a test: a crash, a load error
-          for id in pairs(fails) do
-            if not known[id] then new = true end
-          end
-          if new then why = s .. " failed" end
-        end
-        if why then break end
-      end
-    end
-    if why then
-      caught = caught + 1
-      line = string.format("caught  %s  (%s)", m.name, why)
+  local job = { i = i, m = m, dir = dir, runs = {}, unused = {} }
+  local lines = { "cd " .. q(dir) }
+  if m.is_c then
+    job.build_log = string.format("%s/m%03d-build.log", logdir, i)
+    lines[#lines + 1] = string.format("%s >%s 2>&1 || { echo broken >%s/verdict; touch %s/done; exit 0; }",
+      MAKE, q(job.build_log), q(dir), q(dir))
+  end
+  for k, s in ipairs(m.spec_list) do
+    local known = baseline[s]
+    if known == false then
+      job.unused[#job.unused + 1] = s
     else
-      missed[#missed + 1] = m.name
-      line = string.format("MISSED  %s%s", m.name,
-        #unused > 0 and ("  (not run: " .. table.concat(unused, " ") .. " times out unmutated)") or "")
+      local log = string.format("%s/m%03d-%d-%s.log", logdir, i, k, s:gsub("[^%w]", "_"))
+      job.runs[#job.runs + 1] = { spec = s, log = log, known = known }
+      -- timeout runs the spec in its own process group and kills all of it;
+      -- -k: a spec that ignores TERM is killed 10 s later.
+      lines[#lines + 1] = string.format(
+        "env -u LUACHAT_HOST -u LUACHAT_SKIP_STOCK_LUA timeout -k 10 %d %s </dev/null >%s 2>&1; rc=$?; echo $rc >%s.rc; [ $rc -eq 0 ] || { touch %s/done; exit 0; }",
+        opts.timeout, spec_command(s, next(known) == nil), q(log), q(log), q(dir))
     end
   end
-  io.write(line, "\n")
-  io.flush()
-  sh("rm -rf " .. q(dir))
+  lines[#lines + 1] = "touch " .. q(dir .. "/done")
+  write_file(root .. string.format("/m%03d.sh", i), table.concat(lines, "\n") .. "\n")
+  sh(string.format("sh %s >/dev/null 2>&1 </dev/null &", q(root .. string.format("/m%03d.sh", i))))
+  return job
+end
+
+-- The verdict line of a finished job.
+local caught, missed, broken = 0, {}, 0
+local function judge(job)
+  local m = job.m
+  if (read_file(job.dir .. "/verdict") or ""):match("broken") then
+    broken = broken + 1
+    return string.format("BROKEN  %s  (does not build: %s)", m.name, job.build_log)
+  end
+  local why
+  for _, r in ipairs(job.runs) do
+    local rc = tonumber((read_file(r.log .. ".rc") or ""):match("%d+"))
+    if not rc then break end -- not run: an earlier spec failed (and was judged below)
+    local fails, n = failures(r.log)
+    if rc == 124 or rc == 137 then
+      why = string.format("%s timed out after %d s", r.spec, opts.timeout)
+    elseif not (rc == 0 and n == 0) then
+      local new = next(fails) == nil -- failed without naming a test: a crash, a load error
+      for id in pairs(fails) do
+        if not r.known[id] then new = true end
+      end
+      if new then why = r.spec .. " failed" end
+    end
+    if why then break end
+  end
+  if why then
+    caught = caught + 1
+    return string.format("caught  %s  (%s)", m.name, why)
+  end
+  missed[#missed + 1] = m.name
+  return string.format("MISSED  %s%s", m.name,
+    #job.unused > 0 and ("  (not run: " .. table.concat(job.unused, " ") .. " times out unmutated)") or "")
+end
+
+local running, nexti = {}, 1
+while nexti <= #selected or #running > 0 do
+  while nexti <= #selected and #running < opts.jobs do
+    running[#running + 1] = start_mutant(nexti, selected[nexti])
+    nexti = nexti + 1
+  end
+  local finished = false
+  for k = #running, 1, -1 do
+    local job = running[k]
+    if read_file(job.dir .. "/done") then
+      table.remove(running, k)
+      io.write(judge(job), "\n")
+      io.flush()
+      sh("rm -rf " .. q(job.dir))
+      finished = true
+    end
+  end
+  if not finished then sh("sleep 0.5") end
 end
 
 cleanup()
