@@ -133,8 +133,10 @@ describe("luachat batch", function()
   it("usage errors exit 2", function()
     write_input(dir .. "/in.jsonl", 1)
     local cases = {
-      { "", "give the results file: -o RESULTS.jsonl" },
+      { "", "give the requests file: luachat batch REQUESTS.jsonl" },
       { "-o x.jsonl", "give the requests file" },
+      { q(dir .. "/in.jsonl"), "give the results file: -o RESULTS.jsonl" },
+      { q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/x-{shard}.jsonl"), "-o names {shard} but no shard is given" },
       { q(dir .. "/in.jsonl") .. " -o x --shard 4/4", "--shard wants K/N with 0 <= K < N" },
       { q(dir .. "/in.jsonl") .. " -o x --concurrency 0", "--concurrency needs a positive whole number, got '0'" },
       { q(dir .. "/in.jsonl") .. " -o x --shards 2", "--shards needs JOB_COMPLETION_INDEX" },
@@ -147,6 +149,91 @@ describe("luachat batch", function()
       assert.matches(c[2], err, 1, true)
     end
     assert.equal(0, #srv:requests())
+    assert.is_nil(io.open(dir .. "/x-{shard}.jsonl"))
+  end)
+
+  it("reads an input that can be read only once (a pipe, /dev/stdin, <(...)): every request sent", function()
+    write_input(dir .. "/in.jsonl", 20)
+    local _, err, code = proc.run(string.format("cat %s | %s%s batch /dev/stdin -o %s --base-url %s", q(dir .. "/in.jsonl"),
+      env, q(HOST), q(dir .. "/o1.jsonl"), q(srv.base_url)))
+    assert.equal(0, code, err)
+    assert.matches("20 requests: 20 ok, 0 failed, 0 skipped", err, 1, true)
+    local _, n = results(dir .. "/o1.jsonl")
+    assert.equal(20, n)
+    _, err, code = proc.run(string.format("bash -c %s", q(string.format("%s%s batch <(cat %s) -o %s --base-url %s",
+      env, q(HOST), q(dir .. "/in.jsonl"), q(dir .. "/o2.jsonl"), q(srv.base_url)))))
+    assert.equal(0, code, err)
+    _, n = results(dir .. "/o2.jsonl")
+    assert.equal(20, n)
+    assert.equal(40, #srv:requests())
+    -- a bad piped input is refused as a file would be, naming the input
+    _, err, code = proc.run(string.format("printf '{}\\n' | %s%s batch /dev/stdin -o %s --base-url %s", env, q(HOST),
+      q(dir .. "/o3.jsonl"), q(srv.base_url)))
+    assert.equal(2, code, err)
+    assert.matches("luachat: batch: /dev/stdin: 1 problem in the input, nothing was sent:\n  line 1: no custom_id", err, 1, true)
+  end)
+
+  it("--resume refuses a results file that is the input or a copy of it, or has a corrupt line; nothing sent", function()
+    write_input(dir .. "/in.jsonl", 5)
+    os.execute("cp " .. q(dir .. "/in.jsonl") .. " " .. q(dir .. "/same.jsonl"))
+    local _, err, code = batch(q(dir .. "/same.jsonl") .. " -o " .. q(dir .. "/same.jsonl") .. " --resume")
+    assert.equal(2, code, err)
+    assert.matches("luachat: batch: " .. dir .. "/same.jsonl is the requests file", err, 1, true)
+    _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/same.jsonl") .. " --resume")
+    assert.equal(2, code, err)
+    assert.matches("same.jsonl holds requests, not results", err, 1, true)
+    assert.equal(0, #srv:requests())
+    -- a corrupt line in the middle
+    assert.equal(0, select(3, batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl"))))
+    local lines = read_lines(dir .. "/out.jsonl")
+    lines[2] = "garbage"
+    proc.write_file(dir .. "/out.jsonl", table.concat(lines, "\n") .. "\n")
+    srv:reset()
+    _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl") .. " --resume")
+    assert.equal(2, code, err)
+    assert.matches("out.jsonl: 1 line is not a batch result, nothing was sent (fix or remove them, then --resume):\n"
+      .. "  line 2: invalid JSON", err, 1, true)
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("file problems: exit 2, 'luachat: batch:' and the system's words, no internal paths", function()
+    write_input(dir .. "/in.jsonl", 1)
+    local cases = {
+      { q(dir .. "/nope.jsonl") .. " -o " .. q(dir .. "/o.jsonl"),
+        "luachat: batch: cannot read the input: " .. dir .. "/nope.jsonl: No such file or directory\n" },
+      { q(dir) .. " -o " .. q(dir .. "/o.jsonl"), "luachat: batch: cannot read the input: " .. dir .. ": Is a directory\n" },
+      { q(dir .. "/in.jsonl") .. " -o " .. q(dir), "luachat: batch: cannot write the results to " .. dir .. ": Is a directory\n" },
+      { q(dir .. "/in.jsonl") .. " -o " .. q(dir) .. " --resume",
+        "luachat: batch: cannot write the results to " .. dir .. ": Is a directory\n" },
+    }
+    for _, c in ipairs(cases) do
+      local out, err, code = batch(c[1])
+      assert.same({ "", c[2], 2 }, { out, err, code })
+    end
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("LUACHAT_LOG=debug traces each request, its status and each retry decision", function()
+    write_input(dir .. "/in.jsonl", 2)
+    srv:control("/_control/rules", { rules = {
+      { contains = '"q2."', response = { status = 500, json = { error = { message = "down" } }, headers = { ["retry-after-ms"] = "1" } } } } })
+    local _, err, code = proc.run(string.format("LUACHAT_LOG=debug %s%s batch %s -o %s --max-retries 1 --concurrency 1 --base-url %s",
+      env, q(HOST), q(dir .. "/in.jsonl"), q(dir .. "/out.jsonl"), q(srv.base_url)))
+    assert.equal(1, code, err)
+    assert.matches("luachat[debug] batch r1: POST " .. srv.base_url .. "/chat/completions -> 200 in", err, 1, true)
+    assert.matches("luachat%[debug%] batch r2: POST [^\n]* %-> 500 in [^\n]*\n", err)
+    assert.matches("luachat%[debug%] batch r2: POST [^\n]*: HTTP 500[^\n]*; retry 1 of 1 in 0%.00s\n", err)
+    assert.matches("luachat%[debug%] batch r2: POST [^\n]* %-> 500 in [^\n]*%[attempt 2%]\n", err)
+    assert.matches("luachat%[debug%] batch r2: POST [^\n]*; not retrying\n", err)
+    assert.not_matches("sk%-batch%-cli", err)
+  end)
+
+  it("--remote-status with an unknown batch id: the hint names the batch id, not the model", function()
+    local _, err, code = batch("--remote-status batch_nope -o " .. q(dir .. "/x.jsonl"))
+    assert.equal(1, code, err)
+    assert.matches("HTTP 404", err, 1, true)
+    assert.matches("check the batch id (batch_nope) and the base URL", err, 1, true)
+    assert.not_matches("model name", err, 1, true)
   end)
 
   it("on a terminal: a progress line on stderr (done/total, ok/failed, req/s, tokens, ETA), cleared before the summary", function()
@@ -218,7 +305,8 @@ describe("luachat batch", function()
       .. "while [ \"$(cat %s 2>/dev/null | wc -l)\" -lt 4 ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done; "
       .. "kill -INT $pid; wait $pid", env, q(HOST), q(dir .. "/in.jsonl"), q(out), q(srv.base_url), q(out)))
     assert.equal(130, code, err)
-    assert.matches("interrupted; what completed is in", err, 1, true)
+    assert.matches("^luachat: batch: interrupted; what completed is in", err)
+    assert.not_matches("\27", err, 1, true) -- stderr is not a terminal: no escapes
     local before, n_before = results(out) -- every line whole
     assert.is_true(n_before >= 4 and n_before < 30, "lines: " .. n_before)
     local logged = #srv:requests()

@@ -211,6 +211,109 @@ describe("luachat.batch", function()
     assert.equal(6, #read_lines(out))
   end)
 
+  it("resume counts only result lines: request lines and corrupt lines are refused, naming them, nothing sent", function()
+    write_input(dir .. "/in.jsonl", 3)
+    local out = dir .. "/out.jsonl"
+    assert(batch.run { client = client, input = dir .. "/in.jsonl", output = out, concurrency = 1 })
+    local lines = read_lines(out)
+    srv:reset()
+    srv:default(completion(10))
+    -- a corrupt line in the middle (not the cut last line of a crash)
+    local corrupt = lines[1] .. "\n" .. '{"custom_id":"r2","resp' .. "\n" .. lines[3] .. "\n"
+    proc.write_file(out, corrupt)
+    local s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = out, resume = true }
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.matches("out.jsonl: 1 line is not a batch result, nothing was sent", err.headline, 1, true)
+    assert.matches("^line 2: invalid JSON", err.problems[1])
+    assert.equal(corrupt, proc.read_file(out)) -- kept as it was
+    -- a request line copied into the results file is not an answer
+    local input2 = '{"custom_id":"r2","body":{"model":"m","messages":[]}}'
+    proc.write_file(out, lines[1] .. "\n" .. input2 .. "\n")
+    s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = out, resume = true }
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.equal("line 2: a request (custom_id 'r2' with a body), not a result", err.problems[1])
+    assert.matches("is it the requests file?", err.headline, 1, true)
+    -- a line with a custom_id and neither response nor error
+    proc.write_file(out, lines[1] .. "\n" .. '{"custom_id":"r2"}' .. "\n" .. lines[3] .. "\n")
+    s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = out, resume = true }
+    assert.is_nil(s)
+    assert.equal("line 2: no response and no error", err.problems[1])
+    assert.equal(0, #srv:requests())
+    -- a failure line (response null, an error) is an answer
+    proc.write_file(out, lines[1] .. "\n" .. '{"id":"x","custom_id":"r2","response":null,"error":{"code":"network","message":"m"}}\n')
+    s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = out, resume = true })
+    assert.same({ 3, 1, 2 }, { s.total, s.ok, s.skipped })
+    assert.equal(1, sent(srv:requests(), 3))
+  end)
+
+  it("refuses a results file that is the input, or holds its requests (a copy)", function()
+    write_input(dir .. "/in.jsonl", 3)
+    local input = proc.read_file(dir .. "/in.jsonl")
+    for _, resume in ipairs { false, true } do
+      local s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/./in.jsonl", resume = resume }
+      assert.is_nil(s)
+      assert.equal("usage", err.kind)
+      assert.matches("is the requests file", err.message, 1, true)
+      proc.write_file(dir .. "/copy.jsonl", input)
+      s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/copy.jsonl", resume = resume }
+      assert.is_nil(s)
+      assert.equal("usage", err.kind)
+      assert.matches("copy.jsonl holds requests, not results", err.message, 1, true)
+    end
+    assert.equal(input, proc.read_file(dir .. "/in.jsonl"))
+    assert.equal(input, proc.read_file(dir .. "/copy.jsonl"))
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("names file problems: a missing input, a directory as input or output", function()
+    write_input(dir .. "/in.jsonl", 1)
+    local s, err = batch.run { client = client, input = dir .. "/nope.jsonl", output = dir .. "/out.jsonl" }
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.equal("cannot read the input: " .. dir .. "/nope.jsonl: No such file or directory", err.message)
+    s, err = batch.run { client = client, input = dir, output = dir .. "/out.jsonl" }
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.equal("cannot read the input: " .. dir .. ": Is a directory", err.message)
+    for _, resume in ipairs { false, true } do
+      s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir, resume = resume }
+      assert.is_nil(s)
+      assert.equal("usage", err.kind)
+      assert.equal("cannot write the results to " .. dir .. ": Is a directory", err.message)
+    end
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("an input that shrinks while it is sent fails the run: requests never sent are not a success", function()
+    write_input(dir .. "/in.jsonl", 3000)
+    local truncated = false
+    local s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl", concurrency = 1,
+      on_result = function()
+        if not truncated then
+          truncated = true
+          proc.write_file(dir .. "/in.jsonl", "")
+        end
+      end }
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.matches("of 3000 requests were not sent: the input changed", err.message, 1, true)
+  end)
+
+  it("writes response bodies with the client's key redacted (a server that echoes it)", function()
+    write_input(dir .. "/in.jsonl", 2)
+    srv:default { status = 401, json = { error = { message = "bad auth {{header:authorization}}" } } }
+    local keyed = luachat.client { base_url = srv.base_url, api_key = "sk-test-SECRET123" }
+    local s = assert(batch.run { client = keyed, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" })
+    assert.equal(2, s.failed)
+    local text = proc.read_file(dir .. "/out.jsonl")
+    assert.not_matches("SECRET123", text, 1, true)
+    local by = results(dir .. "/out.jsonl")
+    assert.equal("bad auth Bearer [REDACTED]", by.r1.response.body.error.message)
+    assert.equal(401, by.r1.response.status_code)
+  end)
+
   it("shards cover the input exactly once, stable for the file", function()
     write_input(dir .. "/in.jsonl", 30)
     local all, sizes = {}, {}

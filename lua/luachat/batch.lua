@@ -20,6 +20,7 @@ local json = require "luachat.json"
 local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
 local idset = require "luachat.batch_idset"
+local log = require "luachat.log"
 
 local M = {}
 
@@ -117,19 +118,78 @@ end
 M.parse_line = parse_line
 
 -- Iterate the lines of a file: for lineno, text in lines(f). Blank lines are
--- skipped (they still count for line numbers).
+-- skipped (they still count for line numbers). A read error ends the
+-- iteration; the second result, read_error(), returns it (nil when none).
 local function each_line(f)
   local n = 0
-  local it = f:lines()
+  local rerr
   return function()
     while true do
-      local text = it()
-      if text == nil then return nil end
+      local text, err = f:read("l")
+      if text == nil then
+        rerr = err
+        return nil
+      end
       n = n + 1
       if n == 1 and text:sub(1, 3) == "\239\187\191" then text = text:sub(4) end -- a UTF-8 BOM
       if text:find("%S") then return n, (text:gsub("\r$", "")) end
     end
+  end, function() return rerr end
+end
+
+-- Open a file for reading and read from it once: a directory (which opens)
+-- fails here, with the system's words. -> f | nil, message.
+local function open_readable(path)
+  local f, oerr = io.open(path, "rb")
+  if not f then return nil, tostring(oerr) end
+  local ok, rerr = f:read(0)
+  if ok == nil and rerr then
+    f:close()
+    return nil, path .. ": " .. tostring(rerr)
   end
+  return f
+end
+
+-- The input as a file that can be read twice (checked, then sent): a pipe,
+-- a FIFO or /dev/stdin is copied to a temporary file first (streamed, never
+-- whole in memory). -> path, cleanup() | nil, err (kind "input").
+function M.open_input(path)
+  local f, oerr = open_readable(path)
+  if not f then return nil, input_error("cannot read the input: " .. oerr) end
+  if f:seek("cur") then -- a regular file: read it where it is
+    f:close()
+    return path, function() end
+  end
+  local tmp = os.tmpname()
+  local cleanup = function() os.remove(tmp) end
+  local dst, derr = io.open(tmp, "wb")
+  if not dst then
+    f:close()
+    cleanup()
+    return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(derr))
+  end
+  while true do
+    local chunk, rerr = f:read(1 << 16)
+    if not chunk then
+      if rerr then
+        f:close(); dst:close(); cleanup()
+        return nil, input_error("cannot read the input: " .. path .. ": " .. tostring(rerr))
+      end
+      break
+    end
+    local ok, werr = dst:write(chunk)
+    if not ok then
+      f:close(); dst:close(); cleanup()
+      return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(werr))
+    end
+  end
+  f:close()
+  local ok, cerr = dst:close()
+  if not ok then
+    cleanup()
+    return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(cerr))
+  end
+  return tmp, cleanup
 end
 
 -- The validation pass: reads the input once, streaming, keeping only a
@@ -140,13 +200,14 @@ end
 -- problem, at most MAX_PROBLEMS and a count). `done`: the idset of the ids
 -- the output already answers (or nil); shard = {k, n} or nil.
 function M.validate(path, shard, done)
-  local f, oerr = io.open(path, "rb")
-  if not f then return nil, input_error("cannot open the input: " .. tostring(oerr)) end
+  local f, oerr = open_readable(path)
+  if not f then return nil, input_error("cannot read the input: " .. oerr) end
   local seen = idset.new()
   local nbad = 0
   local count, selected, skipped = 0, 0, 0
   local k, n = shard and shard[1], shard and shard[2]
-  for _, text in each_line(f) do
+  local lines, read_error = each_line(f)
+  for _, text in lines do
     count = count + 1
     local req = parse_line(text)
     if not req then
@@ -162,6 +223,7 @@ function M.validate(path, shard, done)
     end
   end
   f:close()
+  if read_error() then return nil, input_error("cannot read the input: " .. path .. ": " .. tostring(read_error())) end
   local dups = seen:finish()
   seen = nil
   local result = { lines = count, selected = selected, skipped = skipped }
@@ -174,7 +236,7 @@ function M.validate(path, shard, done)
   end
   local first = {} -- id -> its first line, only for ids whose hash came twice
   f, oerr = io.open(path, "rb")
-  if not f then return nil, input_error("cannot open the input: " .. tostring(oerr)) end
+  if not f then return nil, input_error("cannot read the input: " .. tostring(oerr)) end
   for lineno, text in each_line(f) do
     local req, why = parse_line(text)
     if not req then
@@ -204,39 +266,123 @@ end
 ---------------------------------------------------------------------------
 -- The output file.
 
+-- What a results-file line is: "result" (a custom_id with a response or an
+-- error object: a final answer), "request" (a custom_id and a body: an input
+-- line), or nil and why not.
+local function line_kind(doc)
+  if type(doc) ~= "table" or json.is_array(doc) then return nil, "not a JSON object" end
+  if type(doc.custom_id) ~= "string" then return nil, "no custom_id" end
+  if type(doc.response) == "table" or type(doc.error) == "table" then return "result" end
+  if doc.body ~= nil then return "request" end
+  return nil, "no response and no error"
+end
+M.line_kind = line_kind
+
+local function not_results_error(path, problems, nproblems, request_seen)
+  if nproblems > #problems then
+    problems[#problems + 1] = string.format("... and %d more", nproblems - #problems)
+  end
+  local headline = string.format("%s: %d line%s %s not a batch result, nothing was sent%s", path, nproblems,
+    nproblems == 1 and "" or "s", nproblems == 1 and "is" or "are",
+    request_seen and " (is it the requests file?)" or " (fix or remove them, then --resume)")
+  return input_error(headline .. ": " .. problems[1], problems, headline)
+end
+
 -- The custom ids an existing output file answers, repairing a last line cut
--- short by a crash (it is dropped: its request runs again). Returns the
--- finished idset of their hashes and the number of lines | nil, err. A
--- missing file is empty.
+-- short by a crash (no newline: it is dropped, its request runs again).
+-- Only result lines count (a custom_id with a response or an error); any
+-- other line (a request line, a line that is not JSON) anywhere before the
+-- cut last line is refused: err.kind "input", with err.problems naming the
+-- lines. Returns the finished idset of their hashes and the number of lines
+-- | nil, err. A missing file is empty.
 function M.scan_output(path)
   local done, n = idset.new(), 0
-  local f = io.open(path, "rb")
+  local f, oerr = open_readable(path)
   if not f then
     done:finish()
-    return done, 0
+    if tostring(oerr):find("No such file", 1, true) then return done, 0 end
+    return nil, core.error { kind = "usage", message = "cannot read the results file: " .. tostring(oerr) }
   end
-  local pos, last_start, last_good = 0, 0, true
+  local problems, nproblems, request_seen = {}, 0, false
+  local pos, last_start, cut, lineno = 0, 0, false, 0
+  local pending -- the problem of the line before, kept until we know it is not the cut last one
   for text in f:lines("L") do
+    if pending then
+      nproblems = nproblems + 1
+      if nproblems <= MAX_PROBLEMS then problems[#problems + 1] = pending end
+      pending = nil
+    end
+    lineno = lineno + 1
     last_start = pos
     pos = pos + #text
-    local doc = text:sub(-1) == "\n" and decode(text) or nil
-    local id = type(doc) == "table" and doc.custom_id
-    if type(id) == "string" then
-      done:add(id_hash(id))
-      n = n + 1
-      last_good = true
-    else
-      last_good = false -- kept when a good line follows; dropped when it is the last
+    cut = text:sub(-1) ~= "\n"
+    if text:find("%S") then
+      local doc, derr = decode(text)
+      local kind, why = line_kind(doc)
+      if doc == nil then why = "invalid JSON: " .. tostring(derr):gsub("^invalid JSON: ", "") end
+      if kind == "result" then
+        done:add(id_hash(doc.custom_id))
+        n = n + 1
+      elseif cut and kind ~= "request" then
+        -- a last line cut short by a crash: dropped below
+      else
+        if kind == "request" then
+          request_seen = true
+          why = "a request (custom_id '" .. doc.custom_id .. "' with a body), not a result"
+        end
+        pending = string.format("line %d: %s", lineno, why)
+      end
     end
   end
   f:close()
+  if pending then
+    nproblems = nproblems + 1
+    if nproblems <= MAX_PROBLEMS then problems[#problems + 1] = pending end
+  end
   done:finish()
-  -- The last line is cut short (no newline) or not a whole answer: drop it.
-  if not last_good then
+  if nproblems > 0 then return nil, not_results_error(path, problems, nproblems, request_seen) end
+  -- The last line is cut short (no newline): drop it.
+  if cut then
     local ok, err = M.truncate(path, last_start)
     if not ok then return nil, err end
   end
   return done, n
+end
+
+-- The first non-blank line of a non-empty output file, as line_kind says:
+-- "request" when it is an input line (-o names the requests file).
+local function first_line_kind(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  for text in f:lines() do
+    if text:find("%S") then
+      f:close()
+      return (line_kind(decode(text)))
+    end
+  end
+  f:close()
+  return nil
+end
+
+-- Can the results be written to path? A directory, or a file that cannot be
+-- opened to append, is refused (kind "usage": nothing was sent).
+local function check_output_path(path)
+  local f, oerr = open_readable(path)
+  if f then
+    f:close()
+    return true
+  end
+  if tostring(oerr):find("No such file", 1, true) then return true end -- the run creates it
+  return nil, core.error { kind = "usage", message = "cannot write the results to " .. tostring(oerr) }
+end
+
+-- The same file by name (after "./" and "//" are tidied).
+local function same_name(a, b)
+  local function tidy(p)
+    p = p:gsub("/+", "/"):gsub("/%./", "/"):gsub("^%./", "")
+    return p
+  end
+  return tidy(a) == tidy(b)
 end
 
 -- Cut file `path` to its first `size` bytes (copy and rename: Lua has no ftruncate).
@@ -282,12 +428,16 @@ end
 
 -- The output line for one request: OpenAI Batch output format.
 -- r: the transfer result of the last attempt (nil when none got an answer);
--- doc: its decoded body; err: the final error (nil on success).
-function M.output_line(id, custom_id, r, doc, err)
+-- doc: its decoded body; err: the final error (nil on success). redact: a
+-- function applied to the body's text (a client's redact: an echoed key never
+-- reaches the file), or nil.
+function M.output_line(id, custom_id, r, doc, err, redact)
   local response = "null"
   if r and r.status and r.status > 0 then
+    local text = r.body or ""
+    if redact then text = redact(text) end
     response = string.format('{"status_code":%d,"request_id":%s,"body":%s}', r.status,
-      r.request_id and encode(r.request_id) or "null", body_json(r.body or "", doc))
+      r.request_id and encode(r.request_id) or "null", body_json(text, doc))
   end
   local error = "null"
   if err then
@@ -435,20 +585,24 @@ local function check_opts(o)
   end
 end
 
--- run(opts) -> summary | nil, err. See the top of the file.
-function M.run(o)
-  check_opts(o)
-  local client = o.client or require("luachat").client()
-  local output = o.output or (o.input:gsub("%.jsonl$", "") .. ".results.jsonl")
-  local concurrency = o.concurrency or 64
-  local max_retries = o.max_retries or client.max_retries or 2
-
-  -- The output: without resume it must be new (or empty), so no id is written twice.
+-- The output's checks: not the input, not a directory; without resume it must be
+-- new (or empty), so no id is written twice; with resume, only result lines.
+-- -> done (an idset, or nil) | nil, err.
+local function check_output(o, output)
+  if same_name(output, o.input) then
+    return nil, core.error { kind = "usage", message = output .. " is the requests file: give another results file (-o)" }
+  end
+  local okp, perr = check_output_path(output)
+  if not okp then return nil, perr end
   local done -- the idset of ids the output answers (resume)
   local existing = io.open(output, "rb")
   if existing then
-    local size = existing:seek("end")
+    local size = existing:seek("end") or 0
     existing:close()
+    if size > 0 and first_line_kind(output) == "request" then
+      return nil, core.error { kind = "usage", message = output
+        .. " holds requests, not results (is it the requests file?): give another results file (-o)" }
+    end
     if size > 0 and not o.resume then
       return nil, core.error { kind = "usage",
         message = output .. " already has results: pass --resume (resume = true) to continue it, or remove it" }
@@ -459,9 +613,36 @@ function M.run(o)
       done = d
     end
   end
+  return done or false
+end
 
-  local v, verr = M.validate(o.input, o.shard, done)
-  if not v then return nil, verr end
+-- run(opts) -> summary | nil, err. See the top of the file.
+function M.run(o)
+  check_opts(o)
+  local client = o.client or require("luachat").client()
+  local output = o.output or (o.input:gsub("%.jsonl$", "") .. ".results.jsonl")
+  local done, cerr = check_output(o, output)
+  if done == nil then return nil, cerr end
+  local input_path, cleanup = M.open_input(o.input)
+  if not input_path then return nil, cleanup end
+  local res = table.pack(pcall(M.run_checked, o, client, output, done or nil, input_path))
+  cleanup()
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+function M.run_checked(o, client, output, done, input_path)
+  local concurrency = o.concurrency or 64
+  local max_retries = o.max_retries or client.max_retries or 2
+
+  local v, verr = M.validate(input_path, o.shard, done)
+  if not v then
+    if input_path ~= o.input and verr.headline then -- name the input, not the copy
+      verr.headline = verr.headline:gsub("^" .. input_path:gsub("%p", "%%%0"), function() return o.input end)
+      verr.message = verr.message:gsub("^" .. input_path:gsub("%p", "%%%0"), function() return o.input end)
+    end
+    return nil, verr
+  end
   collectgarbage()
 
   local summary = { total = v.selected, ok = 0, failed = 0, skipped = v.skipped, tokens = 0,
@@ -471,7 +652,7 @@ function M.run(o)
   -- Each line leaves in one write(2) (up to 1 MiB): O_APPEND keeps lines whole even when
   -- several processes append to one file.
   out:setvbuf("full", 1 << 20)
-  local input = assert(io.open(o.input, "rb"))
+  local input = assert(io.open(input_path, "rb"))
   local next_line = each_line(input)
 
   local limiter = M.limiter(o.rpm, o.tpm)
@@ -497,9 +678,12 @@ function M.run(o)
     end
   end
 
+  -- Every credential the client sends, out of the bodies written (luachat.redact's rule).
+  local function redact_body(text) return client:redact(text) end
+
   local function finish(req, r, doc, err)
     seq = seq + 1
-    local line = M.output_line(string.format("batch_req_%s%07d", run_id, seq), req.custom_id, r, doc, err)
+    local line = M.output_line(string.format("batch_req_%s%07d", run_id, seq), req.custom_id, r, doc, err, redact_body)
     local ok_w, werr = out:write(line, "\n")
     if ok_w then ok_w, werr = out:flush() end
     if not ok_w then
@@ -545,6 +729,8 @@ function M.run(o)
         while not t:done() do sched.wait_transfer(t) end
         r = t:result()
         t:close()
+        log.debug("batch %s: %s -> %s in %.3fs%s%s", req.custom_id, what, r.failure or r.status, r.seconds or 0,
+          r.request_id and (" (request " .. r.request_id .. ")") or "", attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
         err = client:error_for(r, what)
         limiter:observe(r)
       end
@@ -565,10 +751,12 @@ function M.run(o)
       end
       err.retries = attempt
       if attempt >= max_retries or not retryable(r, err) then
+        log.debug("batch %s: %s; not retrying", req.custom_id, err.message)
         if r and r.status == 0 then r = nil end
         return finish(req, r, doc, err)
       end
       local delay = retry_delay(r, attempt)
+      log.debug("batch %s: %s; retry %d of %d in %.2fs", req.custom_id, err.message, attempt + 1, max_retries, delay)
       if r and r.status == 429 then limiter:pause(delay) end
       sched.sleep(delay)
       attempt = attempt + 1
@@ -603,6 +791,12 @@ function M.run(o)
     return nil, worker_err
   end
   if stop_err then return nil, stop_err end
+  local answered = summary.ok + summary.failed + summary.skipped
+  if answered < summary.total then
+    -- the input changed (or could not be read) between the check and the send pass
+    return nil, input_error(string.format("%s: %d of %d requests were not sent: the input changed or could not be read "
+      .. "while it was being sent (--resume sends the rest)", o.input, summary.total - answered, summary.total))
+  end
   return summary
 end
 

@@ -25,16 +25,19 @@ Runs every request of a file in the OpenAI Batch input format, one a line:
 (method and url optional; url is resolved against the base URL, so /v1/... works
 with a base URL ending in /v1) and writes one line per request to RESULTS in the
 OpenAI Batch output format, in completion order, each line flushed as it comes.
-The input is checked before anything is sent (exit 2 naming the lines).
+The input is checked before anything is sent (exit 2 naming the lines); a pipe
+(/dev/stdin, <(...)) is copied to a temporary file first.
 
 Options:
-  -o, --output FILE      the results (required); {shard} in the name becomes K
+  -o, --output FILE      the results (required, not the input); {shard} in the
+                         name becomes K
   --concurrency N        requests in flight at once (64)
   --rpm N                at most N requests a minute (requests evenly spaced)
   --tpm N                at most N tokens a minute (estimated from each body,
                          corrected by the answer's usage)
   --resume               continue: skip every custom_id RESULTS already answers
-                         (a cut last line is dropped and its request runs again)
+                         (a cut last line is dropped and its request runs again;
+                         a line that is not a result is refused, exit 2)
   --shard K/N            only the K-th of N slices of the input (0 <= K < N; by
                          a hash of custom_id, the same for every machine)
   --shards N             the same, K from JOB_COMPLETION_INDEX (Kubernetes
@@ -55,7 +58,7 @@ Options:
 
 Progress (done/total, ok/failed, requests/s, tokens, ETA) goes to stderr when it
 is a terminal; a summary at the end. Exit status: 0 every request answered, 1 some
-failed (their lines are written too), 2 usage or input error, 130 interrupted
+failed (their lines are written too), 2 usage, input or file error, 130 interrupted
 (what completed is written; --resume continues). See docs/BATCH.md.
 ]]
 
@@ -128,12 +131,12 @@ function M.parse(args, env)
     end
     o.poll_interval = s
   end
-  if not o.output then return nil, "give the results file: -o RESULTS.jsonl" end
   if o.remote_status then
     if o.input then return nil, "--remote-status takes no input file" end
   elseif not o.input then
     return nil, "give the requests file: luachat batch REQUESTS.jsonl -o RESULTS.jsonl"
   end
+  if not o.output then return nil, "give the results file: -o RESULTS.jsonl" end
   if o.shard and o.shards then return nil, "--shard and --shards cannot be used together" end
   if o.shard then
     local k, n = batch.parse_shard(o.shard)
@@ -159,7 +162,11 @@ function M.parse(args, env)
   if o.remote and (o.shard or o.rpm or o.tpm) then
     return nil, "--remote sends the whole file to the provider: no --shard, --rpm or --tpm"
   end
-  if o.shard then o.output = o.output:gsub("{shard}", tostring(o.shard[1])) end
+  if o.shard then
+    o.output = o.output:gsub("{shard}", tostring(o.shard[1]))
+  elseif o.output:find("{shard}", 1, true) then
+    return nil, "-o names {shard} but no shard is given: add --shard K/N or --shards N, or drop {shard}"
+  end
   return o
 end
 
@@ -212,16 +219,26 @@ local function summary_line(s, quiet)
     secs > 0 and done > 0 and string.format(" (%.0f req/s)", done / secs) or "", s.output))
 end
 
--- The message of a run's error, problems listed one a line.
-local function report_error(err, s)
+-- The message of a run's error, problems listed one a line. File problems
+-- (input, usage: nothing was sent) exit 2 and a file that cannot be written
+-- exits 1, each as "luachat: batch: ..."; the provider's errors (--remote)
+-- name the profile. o: the options (a --remote 404 names the batch id).
+local function report_error(err, s, o)
   if type(err) == "table" and err.kind == "input" and type(err.problems) == "table" then
     io.stderr:write("luachat: batch: ", term.one_line(err.headline or err.message, 400), ":\n")
     for _, p in ipairs(err.problems) do io.stderr:write("  ", term.one_line(p, 400), "\n") end
     return EXIT.usage
   end
-  if type(err) == "table" and err.kind == "usage" then
+  if type(err) == "table" and (err.kind == "usage" or err.kind == "input" or err.kind == "environment") then
     io.stderr:write("luachat: batch: ", term.one_line(err.message, 400), "\n")
-    return EXIT.usage
+    return err.kind == "environment" and EXIT.error or EXIT.usage
+  end
+  if type(err) == "table" and tonumber(err.status) == 404 and o and (o.remote or o.remote_status) then
+    -- not a model name: a batch id the provider does not know, or no Batch API at this base URL
+    local line = cli_error.format_error({ kind = err.kind, message = err.message }, s)
+    io.stderr:write(line, " — ", o.remote_status and ("check the batch id (" .. term.one_line(o.remote_status, 80)
+      .. ") and the base URL") or "check that the base URL's provider has a Batch API (/files, /batches)", "\n")
+    return EXIT.error
   end
   io.stderr:write(cli_error.format_error(err, s), "\n")
   return EXIT.error
@@ -293,19 +310,21 @@ function M.main(args)
   end)
   clear()
   if intr then
+    -- on a terminal, the line starts clean (after "^C"); elsewhere no escapes
+    local bol = ctx.err_tty and "\r\27[K" or ""
     if o.remote or o.remote_status then
-      io.stderr:write("\r\27[Kluachat: batch: interrupted", o.remote_status and string.format(
+      io.stderr:write(bol, "luachat: batch: interrupted", o.remote_status and string.format(
         "; the batch goes on: luachat batch --remote-status %s -o %s", o.remote_status, o.output) or "", "\n")
       return EXIT.interrupted
     end
-    io.stderr:write("\r\27[Kluachat: batch: interrupted; what completed is in ", o.output, " (--resume continues)\n")
+    io.stderr:write(bol, "luachat: batch: interrupted; what completed is in ", o.output, " (--resume continues)\n")
     return EXIT.interrupted
   end
   if not ok then
     io.stderr:write(cli_error.format_error(res, ctx.s), "\n")
     return EXIT.error
   end
-  if not res then return report_error(rerr, ctx.s) end
+  if not res then return report_error(rerr, ctx.s, o) end
   summary_line(res, o.quiet)
   return res.failed > 0 and EXIT.error or EXIT.ok
 end

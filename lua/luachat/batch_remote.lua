@@ -18,6 +18,7 @@ local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
 local batch = require "luachat.batch"
 local idset = require "luachat.batch_idset"
+local log = require "luachat.log"
 
 local M = {}
 
@@ -46,12 +47,20 @@ local function raw(client, method, path, body, content_type, max_retries)
       t:close()
       err = client:error_for(r, what)
     end
+    if r then
+      log.debug("%s -> %s in %.3fs%s", what, r.failure or r.status, r.seconds or 0, attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
+    end
     if not err then return r end
     err.retries = attempt
     local sr = r and r.should_retry
     local again = sr == "true" or (sr ~= "false" and err.retryable and err.kind ~= "cancelled")
-    if attempt >= max_retries or not again then return nil, err end
-    sched.sleep(batch.retry_delay(r, attempt))
+    if attempt >= max_retries or not again then
+      log.debug("%s; not retrying", err.message)
+      return nil, err
+    end
+    local delay = batch.retry_delay(r, attempt)
+    log.debug("%s; retry %d of %d in %.2fs", err.message, attempt + 1, max_retries, delay)
+    sched.sleep(delay)
     attempt = attempt + 1
   end
 end
@@ -107,6 +116,16 @@ end
 
 -- run(opts) -> summary | nil, err. See the top of the file.
 function M.run(o)
+  if o.input == nil then return M.run_checked(o, nil) end
+  local path, cleanup = batch.open_input(o.input) -- a pipe is copied: the input is read three times
+  if not path then return nil, cleanup end
+  local res = table.pack(pcall(M.run_checked, o, path))
+  cleanup()
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+function M.run_checked(o, input_path)
   local client = o.client or require("luachat").client()
   local started = core.now()
   local max_retries = o.max_retries or 5
@@ -132,11 +151,11 @@ function M.run(o)
     b, err = json_call(client, "GET", "batches/" .. o.batch_id, nil, max_retries)
     if not b then return nil, err end
   else
-    local v, verr = batch.validate(o.input, nil, nil)
+    local v, verr = batch.validate(input_path, nil, nil)
     if not v then return nil, verr end
-    local endpoint, eerr = endpoint_of(o.input)
+    local endpoint, eerr = endpoint_of(input_path)
     if not endpoint then return nil, eerr end
-    local f = assert(io.open(o.input, "rb"))
+    local f = assert(io.open(input_path, "rb"))
     local data = f:read("a")
     f:close()
     local name = o.input:match("([^/]*)$")
@@ -189,7 +208,7 @@ function M.run(o)
             summary.skipped = summary.skipped + 1
           else
             written[cid] = true
-            out:write(line:gsub("\r$", ""), "\n")
+            out:write(client:redact((line:gsub("\r$", ""))), "\n")
             out:flush()
             local resp = type(doc.response) == "table" and doc.response or {}
             local status = math.tointeger(resp.status_code)
