@@ -321,7 +321,7 @@ describe("client", function()
       assert.is_nil(res)
       assert.equal("task", err.kind)
       assert.matches("boom", err.message)
-      assert.matches("traceback", err.message)
+      assert.matches("traceback", err.traceback) -- the stack: err.traceback (err.message is one line)
     end)
 
     it("wait returns every result; gather keeps order", function()

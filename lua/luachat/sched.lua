@@ -8,6 +8,7 @@
 -- Never: yields across a C call, or loses a task's error.
 local core = require "luachat.core"
 local options = require "luachat.options"
+local one_line = require("luachat.util").one_line -- util requires only options: no cycle
 
 local M = {}
 
@@ -24,6 +25,21 @@ local live_tasks = 0
 local Task = {}
 Task.__index = Task
 Task.__name = "luachat.Task"
+
+-- A task that failed and whose error nobody retrieved (wait, gather) is not
+-- silent: when it is collected (at the latest when the Lua state closes, as
+-- the host does at exit), one line goes to stderr, like Python asyncio's
+-- "Task exception was never retrieved". Cancelled tasks are not reported:
+-- whoever cancelled them knows. M.on_unretrieved(err) replaces the line.
+function M.on_unretrieved(err)
+  io.stderr:write("luachat: a task failed and nobody waited for it: ", one_line(err.message), "\n")
+end
+function Task:__gc()
+  local err = rawget(self, "err")
+  if err == nil or rawget(self, "retrieved") or err.kind == "cancelled" then return end
+  self.retrieved = true
+  pcall(M.on_unretrieved, err) -- a finalizer never raises
+end
 
 local function task_error(message)
   return core.error { kind = "task", message = message }
@@ -59,7 +75,10 @@ local function finish(task, ok, ...)
     if type(e) == "table" and getmetatable(e) and type(rawget(e, "kind")) == "string" then
       task.err = e -- a luachat error raised as is: keep its kind
     else
-      task.err = task_error(debug.traceback(co, error_text(e)))
+      -- err.message (and tostring(err)) is one line; the stack is err.traceback.
+      local text = error_text(e)
+      task.err = task_error(one_line(text))
+      task.err.traceback = debug.traceback(co, text)
     end
     coroutine.close(co) -- runs its pending <close> variables
   end
@@ -325,7 +344,10 @@ function Task:wait()
       drive(function() return self.done end, "a task")
     end
   end
-  if self.err then return nil, self.err end
+  if self.err then
+    self.retrieved = true
+    return nil, self.err
+  end
   return unpack(self.results, 1, self.results.n)
 end
 
