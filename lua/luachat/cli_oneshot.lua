@@ -28,8 +28,9 @@ local function full_prompt(ctx)
   return text
 end
 
-local function print_json(v)
-  io.stdout:write(json.encode(v, { sort_keys = true }), "\n")
+local function print_json(ctx, v)
+  -- redacted as text: an echoed key inside any string (JSON-escaped too) is gone
+  io.stdout:write(term.redact(ctx, json.encode(v, { sort_keys = true })), "\n")
   io.stdout:flush()
 end
 
@@ -93,7 +94,7 @@ local function one_shot_direct(ctx, prompt)
   local choice = type(res) == "table" and type(res.choices) == "table" and res.choices[1]
   local msg = type(choice) == "table" and choice.message or nil
   if ctx.o.json then
-    print_json(res)
+    print_json(ctx, res)
   else
     term.warn_finish(ctx, choice and choice.finish_reason)
   end
@@ -110,10 +111,10 @@ local function one_shot_agent(ctx, prompt)
   local code = finish(ctx, err)
   if code then return code end
   if ctx.o.json then
-    print_json {
+    print_json(ctx, {
       content = result.content, finish_reason = result.finish_reason,
       turns = result.turns, usage = result.usage, messages = result.messages,
-    }
+    })
   else
     -- Without streaming (or a silent on_text), the answer comes whole at the end.
     if #ctx.partial == 0 and type(result.content) == "string" then

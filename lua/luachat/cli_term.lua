@@ -9,6 +9,7 @@ local core = require "luachat.core"
 local luachat = require "luachat"
 local json = require "luachat.json"
 local util = require "luachat.util"
+local redact = require "luachat.redact"
 
 local M = {}
 
@@ -84,8 +85,50 @@ function M.spinner(enabled, style)
   return sp
 end
 
+-- Every credential the settings send (luachat.redact's rule), built once per ctx.
+local function secrets(ctx)
+  local list = ctx.secret_list
+  if not list then
+    local s = ctx.s or {}
+    list = redact.secrets { key = s.api_key or nil, url = s.base_url,
+      headers = { s.headers or {} }, query = { s.query or {} } }
+    ctx.secret_list = list
+  end
+  return list
+end
+
+-- s with every credential replaced by [REDACTED]: nothing secret is printed,
+-- whatever the server echoes back. For whole texts (stderr lines, --json).
+function M.redact(ctx, s)
+  return redact.text(s, secrets(ctx))
+end
+
+-- Streamed text: redacted with what was held back before; a tail that could
+-- begin a secret (at most its length - 1 bytes) is held back until the next
+-- piece or the end (M.end_line), so a key split across chunks is still caught.
+local function redact_stream(ctx, text)
+  local list = secrets(ctx)
+  if #list == 0 then return text end
+  text = redact.text((ctx.redact_held or "") .. text, list)
+  ctx.redact_held = nil
+  local hold = 0
+  for _, secret in ipairs(list) do
+    for k = math.min(#secret - 1, #text), hold + 1, -1 do
+      if text:sub(-k) == secret:sub(1, k) then
+        hold = k
+        break
+      end
+    end
+  end
+  if hold > 0 then
+    ctx.redact_held = text:sub(-hold)
+    text = text:sub(1, -hold - 1)
+  end
+  return text
+end
+
 -- Write answer text to stdout; false when stdout is gone (a closed pipe).
-function M.out(ctx, text)
+local function write_out(ctx, text)
   if text == nil or text == "" then return true end
   if ctx.out_tty then
     -- A terminal: the server's control characters are shown, not obeyed
@@ -109,8 +152,18 @@ function M.out(ctx, text)
   return true
 end
 
+function M.out(ctx, text)
+  if text == nil or text == "" then return true end
+  return write_out(ctx, redact_stream(ctx, text))
+end
+
 -- End the answer with a newline if it has none.
 function M.end_line(ctx)
+  local held = ctx.redact_held -- the stream ended: no secret can complete this tail
+  if held then
+    ctx.redact_held = nil
+    if not ctx.stdout_gone then write_out(ctx, held) end
+  end
   if ctx.held_byte then -- a lone UTF-8 lead byte ended the answer: shown as cat -v does
     ctx.held_byte = nil
     if not ctx.stdout_gone and io.stdout:write("M-B") then ctx.wrote, ctx.last_char = true, "B" end
@@ -142,7 +195,7 @@ function M.show_refusal(ctx, msg)
   if type(text) ~= "string" or text == "" then return false end
   ctx.spinner.stop()
   M.end_line(ctx)
-  io.stderr:write(ctx.estyle("33", "luachat: the model refused: " .. M.visible(text, true)), "\n")
+  io.stderr:write(ctx.estyle("33", "luachat: the model refused: " .. M.visible(M.redact(ctx, text), true)), "\n")
   return true
 end
 
@@ -170,12 +223,12 @@ function M.show_tool_call(ctx, call)
   ctx.spinner.stop()
   M.end_line(ctx)
   local name, args = call_parts(call)
-  io.stderr:write(ctx.estyle("36", "→ " .. one_line(name, 64) .. " " .. one_line(args, 200)), "\n")
+  io.stderr:write(ctx.estyle("36", "→ " .. one_line(M.redact(ctx, name), 64) .. " " .. one_line(M.redact(ctx, args), 200)), "\n")
 end
 
 -- on_tool_result(info, content, err_text): err_text when the call failed.
 function M.show_tool_result(ctx, call, result, err_text)
-  local text = one_line(err_text and ("error: " .. tostring(err_text)) or result_text(result), 120)
+  local text = one_line(M.redact(ctx, err_text and ("error: " .. tostring(err_text)) or result_text(result)), 120)
   io.stderr:write(ctx.estyle("2", "← " .. text), "\n")
   ctx.spinner.start()
 end
