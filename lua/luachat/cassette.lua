@@ -29,11 +29,35 @@ M.TIMINGS = { instant = true, recorded = true }
 M.OPTIONS = {
   cassette = options.either(options.text, options.rule("false", function(v) return v == false end),
     "a path (or false for none)"),
-  cassette_mode = options.rule("record, replay or auto", function(v) return M.MODES[v] == true end),
-  cassette_timing = options.rule("instant or recorded", function(v) return M.TIMINGS[v] == true end),
+  cassette_mode = options.enum("record, replay or auto", M.MODES),
+  cassette_timing = options.enum("instant or recorded", M.TIMINGS),
 }
 M.ENV = { cassette = "LUACHAT_CASSETTE", cassette_mode = "LUACHAT_CASSETTE_MODE",
   cassette_timing = "LUACHAT_CASSETTE_TIMING" }
+
+-- The cassette variables' values: value | nil (unset) | nil, problem, where
+-- problem names the variable and what it may be, worded for a command-line
+-- user ("environment variable LUACHAT_CASSETTE_MODE must be record, replay or
+-- auto, got 'bogus'"). for_client raises it as a bad argument; the CLI checks
+-- first (M.check_env) and prints it as a usage error.
+local function env_value(key)
+  local name = M.ENV[key]
+  local v, why = options.env_value(name, os.getenv(name))
+  if why then return nil, why end
+  if v ~= nil and key ~= "cassette" and not M.OPTIONS[key].ok(v) then
+    return nil, string.format("environment variable %s must be %s, got '%s'", name, M.OPTIONS[key].what, v)
+  end
+  return v
+end
+
+-- check_env() -> nil | problem: the first bad cassette variable (see env_value).
+function M.check_env()
+  for _, key in ipairs { "cassette", "cassette_mode", "cassette_timing" } do
+    local _, why = env_value(key)
+    if why then return why end
+  end
+  return nil
+end
 
 -- Request headers never written (besides secret-named ones): they change every
 -- run or every release and would make every recording a diff.
@@ -560,13 +584,8 @@ end
 -- line `level` frames above this function (1: its caller).
 function M.for_client(client, opts, level)
   local function env(key)
-    local name = M.ENV[key]
-    local v, why = options.env_value(name, os.getenv(name))
+    local v, why = env_value(key)
     if why then error("bad argument #1 to 'client' (" .. why .. ")", level + 2) end
-    if v ~= nil and key ~= "cassette" and not M.OPTIONS[key].ok(v) then
-      error(string.format("bad argument #1 to 'client' (environment variable %s must be %s, got '%s')",
-        name, M.OPTIONS[key].what, v), level + 2)
-    end
     return v
   end
   local path = opts.cassette

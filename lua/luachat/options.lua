@@ -30,6 +30,15 @@ end
 -- A rule of one's own: M.rule("a luachat client", function(v) ... end).
 M.rule = rule
 
+-- An enum: one of the strings in set (keys), described as what ("record,
+-- replay or auto"). A wrong string is named in the complaint ("got 'bogus'"):
+-- enum values are never secrets, and the value says more than "got string".
+function M.enum(what, set)
+  local r = rule(what, function(v) return set[v] == true end)
+  r.enum = true
+  return r
+end
+
 local function is_type(name, what)
   return rule(what, function(v) return type(v) == name end)
 end
@@ -178,7 +187,15 @@ local function complaint(k, r, v, why)
   if not text then
     text = "must be " .. r.what
     -- A number's value says more to a numeric rule; elsewhere its type does.
-    if v ~= nil then text = text .. ", got " .. ((r.numeric and type(v) == "number") and M.number_text(v) or type(v)) end
+    if v ~= nil then
+      local got = type(v)
+      if r.numeric and got == "number" then
+        got = M.number_text(v)
+      elseif r.enum and got == "string" then -- control characters shown escaped, long values cut
+        got = string.format("%q", #v > 60 and v:sub(1, 60) .. "..." or v):gsub("^\"(.*)\"$", "'%1'"):gsub("\\\n", "\\n")
+      end
+      text = text .. ", got " .. got
+    end
   end
   return string.format("field %s %s", describe_key(k), text)
 end

@@ -1,0 +1,31 @@
+-- Option errors name what was wrong: an enum option with a wrong string says
+-- which value ("got 'bogus'", not "got string"), and a bad cassette variable
+-- reaches a command-line user as a usage error naming the variable and the
+-- allowed values, not as "bad argument #1 to 'client'".
+local luachat = require "luachat"
+local proc = require "spec.helpers.proc"
+
+describe("option wording", function()
+  it("an enum option with a wrong string names the value", function()
+    local ok, e = pcall(luachat.client, { cassette = "/nonexistent/c.jsonl", cassette_mode = "bogus" })
+    assert.is_false(ok)
+    assert.matches("field 'cassette_mode' must be record, replay or auto, got 'bogus'", e, 1, true)
+    ok, e = pcall(luachat.client, { cassette = "/nonexistent/c.jsonl", cassette_timing = "soon\n" })
+    assert.is_false(ok)
+    assert.matches("field 'cassette_timing' must be instant or recorded, got 'soon\\n'", e, 1, true)
+    ok, e = pcall(luachat.client, { cassette = "/nonexistent/c.jsonl", cassette_mode = 3 })
+    assert.is_false(ok)
+    assert.matches("field 'cassette_mode' must be record, replay or auto, got number", e, 1, true)
+  end)
+
+  it("LUACHAT_CASSETTE_MODE=bogus on the command line: a usage error naming the variable", function()
+    local home = proc.tmpdir()
+    local out, err, code = proc.run(string.format("env HOME=%s XDG_CONFIG_HOME=%s/c LUACHAT_PROFILE= "
+      .. "OPENAI_API_KEY=sk-x OPENAI_BASE_URL=http://127.0.0.1:1/v1 LUACHAT_CASSETTE_MODE=bogus %s -p hi",
+      proc.shell_quote(home), proc.shell_quote(home), proc.host))
+    os.execute("rm -rf " .. proc.shell_quote(home))
+    assert.equal("", out)
+    assert.equal(2, code)
+    assert.equal("luachat: environment variable LUACHAT_CASSETTE_MODE must be record, replay or auto, got 'bogus'\n", err)
+  end)
+end)
