@@ -115,6 +115,11 @@ function M.setup(o)
     io.stderr:write("luachat: ", err, "\n")
     return nil, kind == "usage" and EXIT.usage or EXIT.error
   end
+  local cassette_problem = require("luachat.cassette").check_env() -- a CLI-worded usage error
+  if cassette_problem then
+    io.stderr:write("luachat: ", one_line(cassette_problem, 400), "\n")
+    return nil, EXIT.usage
+  end
   local ok, client = pcall(luachat.client, {
     base_url = s.base_url, api_key = s.api_key, headers = s.headers, query = s.query,
     organization = s.organization, project = s.project,
