@@ -106,10 +106,50 @@ describe("luachat --mcp", function()
       .. "while waiting for initialize; its stderr ends: fault_server: exiting at once as asked\n$", err)
   end)
 
-  it("a tool name two servers offer: exit 1 naming both", function()
+  it("a tool name two servers offer: exit 1 naming both, with the command line's way out (a profile)", function()
     local _, err, code = luachat("-p x --mcp " .. q(fault) .. " --mcp " .. q("node " .. helper.FAULT .. " --page 3"))
     assert.equal(1, code)
-    assert.matches("two tools are named 'echo': one from MCP server 'fault_server', one from MCP server 'fault_server_2'", err, 1, true)
+    assert.equal("luachat: two tools are named 'echo': one from MCP server 'fault_server', one from MCP server "
+      .. "'fault_server_2' (list the servers in a config profile's mcp = { NAME = {...} } with prefix = true to name "
+      .. "them fault_server__echo and fault_server_2__echo; see docs/MCP.md)\n", err)
+  end)
+
+  it("--mcp's label keeps the quoting as typed", function()
+    local _, err, code = luachat("-p x --mcp " .. q("sh -c 'echo boom >&2; exit 3'"))
+    assert.equal(1, code)
+    assert.equal("luachat: --mcp \"sh -c 'echo boom >&2; exit 3'\": mcp server 'sh': the server exited with status 3 "
+      .. "while waiting for initialize; its stderr ends: boom\n", err)
+  end)
+
+  it("an empty command is a usage error (exit 2) in the command line's words; nothing starts", function()
+    local out, err, code = luachat("-p x --mcp " .. q('""'))
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.matches("^luachat: %-%-mcp '\"\"': the command %(its first word%) is empty\n", err)
+    assert.is_nil(err:find("bad argument", 1, true))
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("a profile's server that cannot start: its name said once", function()
+    os.execute("mkdir -p " .. q(home .. "/config/luachat"))
+    proc.write_file(home .. "/config/luachat/config.lua", [[
+      return { profiles = { work = { base_url = "http://127.0.0.1:9/v1", model = "m", key_optional = true,
+        mcp = { bad = { command = { "no-such-mcp-server-f2" } } } } } }]])
+    local _, err, code = luachat("-p x -P work")
+    os.remove(home .. "/config/luachat/config.lua")
+    assert.equal(1, code)
+    assert.equal("luachat: profile work: mcp server 'bad': cannot start 'no-such-mcp-server-f2': "
+      .. "No such file or directory\n", err)
+  end)
+
+  it("a server that dies mid-call: the model reads 'error: tool die failed: ' and the message, nothing more", function()
+    srv:script { reply { call("c1", "die", "{}") }, reply(nil, "It died.") }
+    local out, err, code = luachat("--no-stream -p x --mcp " .. q(fault))
+    assert.equal(0, code, err)
+    assert.equal("It died.\n", out)
+    local msgs = cjson.decode(srv:requests()[2].body).messages
+    assert.matches("^error: tool die failed: mcp server 'fault_server': the server exited with status %d+ while "
+      .. "waiting for tools/call die", msgs[#msgs].content)
   end)
 
   it("Ctrl-C while a script waits for a call: the server hears notifications/cancelled", function()
@@ -146,10 +186,32 @@ describe("luachat --mcp", function()
     assert.matches("luachat%[debug%] mcp f: connected %(node .- protocol 2025%-11%-25, 15 tools%)", err)
   end)
 
-  it("-c with --mcp: /tools lists the stdio server's tools with its name", function()
-    local _, err, code = luachat("-c --mcp " .. q(fault), "/tools\n")
+  it("-c with --mcp: /tools lists the stdio server's tools with its name, one line each, cut to 100 columns", function()
+    local _, err, code = luachat("-c --mcp " .. q(fault .. " --long-tool"), "/tools\n")
     assert.equal(0, code, err)
-    assert.matches("echo%s+%(MCP server fault_server%) Echo the text back", err)
+    err = "\n" .. err
+    -- The name column fits the longest name (39 > 30: cut to 30, the longer name overflows it).
+    assert.matches("\necho                            %(MCP server fault_server%) Echo the text back\n", err)
+    local long = err:match("\n(a_tool_with_a_rather_long_name_of_40_ch[^\n]*)\n")
+    assert.is_truthy(long, err)
+    assert.matches("^a_tool_with_a_rather_long_name_of_40_ch  %(MCP server fault_server%) Long%. Long%.", long)
+    assert.equal(98 + #"…", #long)
+    for line in err:gmatch("[^\n]+") do
+      assert.is_true(utf8.len(line) <= 99, line)
+    end
+  end)
+
+  it("-c: after a server dies, /tools says it is gone and the model is no longer offered its tools", function()
+    srv:script { reply { call("c1", "die", "{}") }, reply(nil, "It died.") }
+    local _, err, code = luachat("-c --no-stream --mcp " .. q(fault), "x\n/tools\n")
+    assert.equal(0, code, err)
+    assert.matches("\nMCP server fault_server is gone %(the server exited with status 7 while waiting for tools/call die", err)
+    assert.is_nil(err:find("\necho ", 1, true))
+    local reqs = srv:requests()
+    assert.equal(2, #reqs)
+    assert.is_truthy(cjson.decode(reqs[1].body).tools)
+    local offered = cjson.decode(reqs[2].body).tools
+    assert.is_true(offered == nil or #offered == 0, reqs[2].body)
   end)
 
   it("bad quoting is a usage error (exit 2) and starts nothing", function()

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -141,6 +142,17 @@ static int l_core_isatty(lua_State *L)
 	return 1;
 }
 
+/* core.term_width(fd) -> columns of the terminal on fd | nil (not a terminal, unknown). */
+static int l_core_term_width(lua_State *L)
+{
+	struct winsize ws;
+	if (ioctl((int)luaL_checkinteger(L, 1), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+		lua_pushinteger(L, ws.ws_col);
+	else
+		lua_pushnil(L);
+	return 1;
+}
+
 int lchat_take_interrupt(volatile sig_atomic_t *flag, int wakeup_fd)
 {
 	char drain[64];
@@ -222,6 +234,7 @@ int luaopen_luachat_core(lua_State *L)
 		{ "fds", l_core_fds },
 		{ "fd", l_core_fd },
 		{ "isatty", l_core_isatty },
+		{ "term_width", l_core_term_width },
 		{ "take_interrupt", l_core_take_interrupt },
 		{ "interrupted", l_core_interrupted },
 		{ NULL, NULL }

@@ -68,20 +68,36 @@ function commands.tools(ctx)
     return
   end
   local mcp_tools = require "luachat.mcp_tools"
+  -- One line per tool, cut to the terminal's width (100 columns when stderr is not one);
+  -- the name column as wide as the longest name, at most 30.
+  local core = require "luachat.core"
+  local width = ctx.err_tty and core.term_width and core.term_width(2) or 100
+  local rows, col = {}, 4
   for _, t in ipairs(ctx.tools) do
     if mcp_tools.is_session(t) then
-      -- An MCP server's tools, each with the server's name.
-      local list, err = t:tools()
-      if not list then note(ctx, string.format("MCP server %s: %s", t.name, one_line(err_text(err), 200))) end
-      for _, tool in ipairs(list or {}) do
-        note(ctx, string.format("%-20s (MCP server %s) %s", tool.name, t.name, one_line(tool.description or "", 90)))
+      -- An MCP server's tools, each with the server's name; a server that is gone says so.
+      local gone = t:gone()
+      local list, err
+      if gone then
+        rows[#rows + 1] = { line = string.format("MCP server %s is gone (%s): its tools are no longer offered", t.name, gone) }
+      else
+        list, err = t:tools()
+        if not list then rows[#rows + 1] = { line = string.format("MCP server %s: %s", t.name, err_text(err)) } end
       end
-      goto continue
+      for _, tool in ipairs(list or {}) do
+        rows[#rows + 1] = { name = tool.name, desc = "(MCP server " .. t.name .. ") " .. (tool.description or "") }
+      end
+    else
+      local desc = t.description or (t["function"] and t["function"].description) or ""
+      rows[#rows + 1] = { name = t.name or (t["function"] and t["function"].name) or "?", desc = desc }
     end
-    local desc = t.description or (t["function"] and t["function"].description) or ""
-    local name = t.name or (t["function"] and t["function"].name) or "?"
-    note(ctx, string.format("%-20s %s", name, one_line(desc, 90)))
-    ::continue::
+  end
+  for _, r in ipairs(rows) do
+    if r.name and #r.name > col then col = math.min(#r.name, 30) end
+  end
+  for _, r in ipairs(rows) do
+    local line = r.line or string.format("%-" .. col .. "s  %s", r.name, one_line(r.desc, 100000))
+    note(ctx, one_line(line, math.max(width - 2, 20))) -- "…" ends a cut line
   end
 end
 

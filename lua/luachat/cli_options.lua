@@ -96,6 +96,13 @@ local FLAG_OPTS = {
   ["-h"] = "help", ["--help"] = "help",
 }
 
+-- An --mcp value as the user could type it again: '...' unless it holds a ',
+-- then "..." with \ before " \ $ `.
+function M.mcp_label(text)
+  if not text:find("'", 1, true) then return "'" .. text .. "'" end
+  return '"' .. text:gsub('[\\"$`]', "\\%0") .. '"'
+end
+
 -- split_words(s) -> list of words | nil, why: s split as a POSIX shell splits
 -- a simple command's words, without running anything or expanding anything:
 -- blanks separate words; '...' keeps everything literally; "..." keeps all
@@ -191,6 +198,9 @@ function M.parse(args)
     local argv, why = M.split_words(cmd)
     if not argv then return nil, string.format("--mcp '%s': %s", cmd, why) end
     if #argv == 0 then return nil, "--mcp needs a command (--mcp 'CMD ARGS')" end
+    if argv[1] == "" then return nil, string.format("--mcp %s: the command (its first word) is empty", M.mcp_label(cmd)) end
+    o.mcp_text = o.mcp_text or {}
+    o.mcp_text[i] = cmd -- as typed, for messages (cli_setup)
     o.mcp[i] = argv
   end
   if o.max_turns then

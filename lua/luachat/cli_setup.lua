@@ -59,8 +59,9 @@ end
 -- ones already connected are closed then).
 function M.connect_mcp(o, s)
   local specs = {}
-  for _, argv in ipairs(o.mcp or {}) do
-    specs[#specs + 1] = { what = "--mcp '" .. table.concat(argv, " ") .. "'", opts = { command = argv } }
+  for i, argv in ipairs(o.mcp or {}) do
+    local text = o.mcp_text and o.mcp_text[i] or table.concat(argv, " ")
+    specs[#specs + 1] = { what = "--mcp " .. require("luachat.cli_options").mcp_label(text), opts = { command = argv } }
   end
   local names = {}
   for name in pairs(s.mcp or {}) do names[#names + 1] = name end
@@ -69,7 +70,8 @@ function M.connect_mcp(o, s)
     local c = {}
     for k, v in pairs(s.mcp[name]) do c[k] = v end
     c.name = c.name or name
-    specs[#specs + 1] = { what = "profile " .. s.profile .. ": mcp server '" .. name .. "'", opts = c }
+    -- connect's errors name the server already ("mcp server 'fs': ...").
+    specs[#specs + 1] = { what = "profile " .. s.profile, opts = c }
   end
   local sessions, used = {}, {}
   for _, spec in ipairs(specs) do
@@ -149,7 +151,13 @@ function M.setup(o)
     local eok, eerr = pcall(require("luachat.mcp_tools").expand, tools)
     if not eok then
       M.close_mcp { mcp = sessions }
-      io.stderr:write("luachat: ", one_line(type(eerr) == "table" and eerr.message or tostring(eerr), 400), "\n")
+      local msg = type(eerr) == "table" and eerr.message or tostring(eerr)
+      if type(eerr) == "table" and eerr.tool_name then
+        -- The library's hint names Lua options; on the command line prefix = true lives in a profile.
+        msg = msg:gsub(" %(connect with prefix = true.*%)$", "") .. " (list the servers in a config profile's "
+          .. "mcp = { NAME = {...} } with prefix = true to name them " .. eerr.prefixed .. "; see docs/MCP.md)"
+      end
+      io.stderr:write("luachat: ", one_line(msg, 600), "\n")
       return nil, EXIT.error
     end
   end

@@ -312,6 +312,17 @@ function Session:ping(timeout)
   return true
 end
 
+-- Why the server can no longer answer (it died, or a failure ended the
+-- session), or nil while it can: "the server exited with status 3".
+-- Noticed without a request: a stdio server's exit is seen by the loop.
+function Session:gone()
+  local dead = self.rpc and self.rpc.dead
+  if dead then return (tostring(dead.message or dead):gsub("^mcp server '.-': ", "")) end
+  local t = self.transport
+  if t and t.proc and not t.closed and t.proc:exit_status() then return "the server " .. t:exit_text() end
+  return nil
+end
+
 -- The last lines the server wrote to stderr (stdio servers), or "".
 function Session:stderr()
   return self.transport.stderr_tail and self.transport:stderr_tail() or ""

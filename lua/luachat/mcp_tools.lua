@@ -99,7 +99,8 @@ function M.make_tools(session, list, prefix)
         parameters = params,
         handler = function(args)
           local result, err = session:call(mcp_name, args)
-          if not result then return nil, err end
+          -- The message alone: the agent says "tool NAME failed: " before it.
+          if not result then return nil, type(err) == "table" and err.message or tostring(err) end
           return M.result_text(result)
         end,
       }
@@ -141,9 +142,11 @@ function M.expand(tools, prefix, agent)
     if type(name) == "string" and origin[name] and (from or origin[name].server) then
       local a, b = origin[name].server, from
       local function who(s) return s and ("MCP server '" .. s .. "'") or "a Lua tool" end
+      local prefixed = a and b and (a .. "__" .. t.mcp_name .. " and " .. b .. "__" .. t.mcp_name) or "server__tool"
       local hint = string.format("connect with prefix = true, or pass prefix = true to luachat.agent, to name them %s",
-        a and b and (a .. "__" .. t.mcp_name .. " and " .. b .. "__" .. t.mcp_name) or "server__tool")
-      error(require("luachat.core").error { kind = "mcp", message = string.format(
+        prefixed)
+      -- tool_name, prefixed: for a caller that words its own hint (the command line).
+      error(require("luachat.core").error { kind = "mcp", tool_name = name, prefixed = prefixed, message = string.format(
         "two tools are named '%s': one from %s, one from %s (%s)", name, who(a), who(b), hint) }, 0)
     end
     if type(name) == "string" then origin[name] = { server = from } end
@@ -169,7 +172,8 @@ function M.refresh(agent)
   local gen = 0
   for _, s in ipairs(agent.mcp_sessions) do
     if s.tools_stale and not s.closed then s:list_tools() end
-    gen = gen + (s.generation or 0)
+    -- A server that is gone counts too: its tools are no longer offered.
+    gen = gen + (s.generation or 0) + (s.gone and s:gone() and 2 ^ 40 or 0)
   end
   if gen == agent.mcp_generation then return end
   agent.mcp_generation = gen
@@ -183,7 +187,7 @@ function M.refresh(agent)
     end
   end
   for _, s in ipairs(agent.mcp_sessions) do
-    local list = s:tools(agent.mcp_prefix and { prefix = true } or nil) or {}
+    local list = not (s.gone and s:gone()) and s:tools(agent.mcp_prefix and { prefix = true } or nil) or {}
     for _, t in ipairs(list) do
       if by_name[t.name] then
         require("luachat.log").debug("mcp %s: tool %s left out: another tool has its name", s.name, t.name)

@@ -7,7 +7,8 @@
 // (exit 3 before reading anything), --banner (a line of garbage on stdout first),
 // --page N (tools/list pages of N tools), --log FILE (every message received,
 // one JSON line each, appended and flushed: specs synchronise on it),
-// --stderr TEXT (a line to stderr at start).
+// --stderr TEXT (a line to stderr at start), --long-tool (one more tool with a
+// 39-character name and a 300-character description).
 // Tools: echo, big {bytes}, garbage, unknown_id, slow {ms, text}, die, fail,
 // rpc_error, hang, sample {prompt}, grow (adds tool "extra", sends list_changed),
 // image, structured, resource, progress {steps}.
@@ -53,6 +54,9 @@ const tools = [
   { name: "resource", description: "An embedded resource", inputSchema: obj },
   { name: "progress", description: "Progress notifications, then the answer", inputSchema: { type: "object", properties: { steps: { type: "integer" } } } },
 ];
+if (args.includes("--long-tool")) {
+  tools.push({ name: "a_tool_with_a_rather_long_name_of_40_ch", description: "Long. ".repeat(50).trim(), inputSchema: obj });
+}
 const pageSize = opt("--page") ? Number(opt("--page")) : 0;
 const version = opt("--version");
 let nextId = 1000;
