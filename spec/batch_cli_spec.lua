@@ -166,6 +166,14 @@ describe("luachat batch", function()
     _, n = results(dir .. "/o2.jsonl")
     assert.equal(20, n)
     assert.equal(40, #srv:requests())
+    -- --remote reads it three times (check, endpoint, upload)
+    srv:control("/_control/batch_polls", { n = 0 })
+    _, err, code = proc.run(string.format("cat %s | %s%s batch /dev/stdin -o %s --remote --poll-interval 0.05 --base-url %s",
+      q(dir .. "/in.jsonl"), env, q(HOST), q(dir .. "/o4.jsonl"), q(srv.base_url)))
+    assert.equal(0, code, err)
+    assert.matches("20 requests: 20 ok, 0 failed", err, 1, true)
+    _, n = results(dir .. "/o4.jsonl")
+    assert.equal(20, n)
     -- a bad piped input is refused as a file would be, naming the input
     _, err, code = proc.run(string.format("printf '{}\\n' | %s%s batch /dev/stdin -o %s --base-url %s", env, q(HOST),
       q(dir .. "/o3.jsonl"), q(srv.base_url)))
