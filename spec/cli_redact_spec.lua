@@ -78,3 +78,46 @@ describe("the command line redacts an echoed key", function()
     assert.is_nil((out .. err):find("SECRET", 1, true))
   end)
 end)
+
+describe("cli_term.out", function()
+  local term = require "luachat.cli_term"
+  -- Everything written through term.out + term.end_line, with stdout captured.
+  local function shown(pieces)
+    local got = {}
+    local real = io.stdout
+    io.stdout = { write = function(self, s) got[#got + 1] = s return self end, flush = function(self) return self end }
+    local ctx = { s = { api_key = KEY }, spinner = { stop = function() end } }
+    local ok, err = pcall(function()
+      for _, p in ipairs(pieces) do assert(term.out(ctx, p)) end
+      term.end_line(ctx)
+    end)
+    io.stdout = real
+    assert(ok, err)
+    return table.concat(got)
+  end
+
+  it("catches the key split at every offset, in two or three pieces, and keeps the rest exact", function()
+    local text = "a " .. KEY .. " b sk-e"
+    for i = 1, #text - 1 do
+      assert.equal("a [REDACTED] b sk-e\n", shown { text:sub(1, i), text:sub(i + 1) })
+      for j = i + 1, #text - 1 do
+        assert.equal("a [REDACTED] b sk-e\n", shown { text:sub(1, i), text:sub(i + 1, j), text:sub(j + 1) })
+      end
+    end
+    assert.equal("plain text, nothing held\n", shown { "plain text, ", "nothing held" })
+  end)
+
+  it("holds back only a tail that could begin the key, and only until the next piece", function()
+    local got = {}
+    local real = io.stdout
+    io.stdout = { write = function(self, s) got[#got + 1] = s return self end, flush = function(self) return self end }
+    local ctx = { s = { api_key = KEY }, spinner = { stop = function() end } }
+    local steps = {}
+    for _, p in ipairs { "hello ", "world sk-ec", "ho!", "done" } do
+      term.out(ctx, p)
+      steps[#steps + 1] = table.concat(got)
+    end
+    io.stdout = real
+    assert.same({ "hello ", "hello world ", "hello world sk-echo!", "hello world sk-echo!done" }, steps)
+  end)
+end)

@@ -113,11 +113,16 @@ local function redact_stream(ctx, text)
   ctx.redact_held = nil
   local hold = 0
   for _, secret in ipairs(list) do
-    for k = math.min(#secret - 1, #text), hold + 1, -1 do
-      if text:sub(-k) == secret:sub(1, k) then
+    -- the earliest start of secret's first byte in the last #secret - 1 bytes: the longest tail
+    local p = text:find(secret:sub(1, 1), math.max(1, #text - #secret + 2), true)
+    while p do
+      local k = #text - p + 1
+      if k <= hold then break end
+      if text:sub(p) == secret:sub(1, k) then
         hold = k
         break
       end
+      p = text:find(secret:sub(1, 1), p + 1, true)
     end
   end
   if hold > 0 then
