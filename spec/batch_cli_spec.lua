@@ -213,6 +213,10 @@ describe("luachat batch", function()
       { q(dir .. "/in.jsonl") .. " -o " .. q(dir), "luachat: batch: cannot write the results to " .. dir .. ": Is a directory\n" },
       { q(dir .. "/in.jsonl") .. " -o " .. q(dir) .. " --resume",
         "luachat: batch: cannot write the results to " .. dir .. ": Is a directory\n" },
+      { q(dir .. "/in.jsonl") .. " -o " .. q(dir) .. " --remote",
+        "luachat: batch: cannot write the results to " .. dir .. ": Is a directory\n" },
+      { q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/in.jsonl") .. " --remote --resume",
+        "luachat: batch: " .. dir .. "/in.jsonl is the requests file: give another results file (-o)\n" },
     }
     for _, c in ipairs(cases) do
       local out, err, code = batch(c[1])

@@ -589,7 +589,7 @@ end
 -- new (or empty), so no id is written twice; with resume, only result lines.
 -- -> done (an idset, or nil) | nil, err.
 local function check_output(o, output)
-  if same_name(output, o.input) then
+  if o.input and same_name(output, o.input) then
     return nil, core.error { kind = "usage", message = output .. " is the requests file: give another results file (-o)" }
   end
   local okp, perr = check_output_path(output)
@@ -615,6 +615,7 @@ local function check_output(o, output)
   end
   return done or false
 end
+M.check_output = check_output
 
 -- run(opts) -> summary | nil, err. See the top of the file.
 function M.run(o)

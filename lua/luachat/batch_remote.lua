@@ -133,18 +133,10 @@ function M.run_checked(o, input_path)
   local output = o.output
   local done -- ids the output answers: an idset (luachat.batch_idset)
   local written = {} -- ids written by this run
-  local existing = io.open(output, "rb")
-  if existing then
-    local size = existing:seek("end")
-    existing:close()
-    if size > 0 and not o.resume then
-      return nil, core.error { kind = "usage",
-        message = output .. " already has results: pass --resume (resume = true) to add to it, or remove it" }
-    end
-    local d, serr = batch.scan_output(output)
-    if not d then return nil, serr end
-    done = d
-  end
+  -- as for a local run: not the input, not a directory, no results without resume, only result lines
+  local d, cerr = batch.check_output(o, output)
+  if d == nil then return nil, cerr end
+  done = d or nil
 
   local b, err
   if o.batch_id then
