@@ -8,7 +8,9 @@
 -- order), resuming from an output file, and shard selection.
 -- Never: reads the input or the output whole into memory (only the set of
 -- custom ids is kept), writes a custom id twice to one output, sends
--- anything when the input has a problem, or prints (luachat.batch_cli does).
+-- anything when the input has a problem, counts a line that is not a result
+-- as answered, reports success for requests it never sent, writes a
+-- credential the server echoes, or prints (luachat.batch_cli does).
 --
 --   luachat.batch.run{ client = c, input = "in.jsonl", output = "out.jsonl",
 --     concurrency = 64, rpm = N, tpm = N, resume = true, shard = {k, n},
