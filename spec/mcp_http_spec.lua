@@ -125,7 +125,7 @@ describe("luachat.mcp over Streamable HTTP", function()
       { json = { jsonrpc = "2.0", id = 1, result = { protocolVersion = "2025-06-18",
         capabilities = { tools = {} }, serverInfo = { name = "scripted", version = "1" } } },
         headers = { ["Mcp-Session-Id"] = "sess-42" } },
-      { status = 202, body = "" },
+      { status = 202, body = "", delay = 0.3 },
       { json = { jsonrpc = "2.0", id = 2, result = { tools = { { name = "t1", inputSchema = { type = "object" } } },
         nextCursor = null } } },
       { json = { jsonrpc = "2.0", id = 3, result = { content = { { type = "text", text = "json answer" } } } } },
@@ -148,6 +148,9 @@ describe("luachat.mcp over Streamable HTTP", function()
       assert.equal("2025-06-18", h(reqs[i], "mcp-protocol-version"))
     end
     assert.equal("notifications/initialized", require("cjson").decode(reqs[2].body).method)
+    -- tools/list waited for the notification's answer (held 0.3 s): POSTs on separate
+    -- connections may arrive in any order, and nothing may overtake initialized.
+    assert.is_true(reqs[3].time - reqs[2].time >= 0.3, "tools/list arrived before initialized was answered")
     assert.equal("DELETE", reqs[5].method)
   end)
 

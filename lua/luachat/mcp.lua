@@ -415,6 +415,7 @@ function M.connect(opts)
   self.instructions = type(init.instructions) == "string" and init.instructions or nil
   local nok, nerr = self.rpc:notify("notifications/initialized")
   if not nok then return fail(nerr) end
+  if transport.flush then transport:flush() end -- nothing may overtake it on another connection
   if opts.listen and transport.listen then transport:listen() end
   if self.capabilities.tools ~= nil then
     local list, lerr = self:list_tools(true)

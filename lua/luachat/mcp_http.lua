@@ -24,6 +24,7 @@ function M.new(opts)
     name = opts.name, url = opts.url, headers = opts.headers or {}, timeout = opts.timeout,
     ca_file = opts.ca_file, session_id = nil, protocol_version = nil,
     posts = {}, -- req -> the transfer carrying it
+    notes = {}, -- the tasks reading notification POSTs still in flight (see flush)
     closed = false,
   }, T)
 end
@@ -92,7 +93,7 @@ local function pump(self, t, req, method)
   end
   local r = t:result()
   t:close()
-  if req then self.posts[req] = nil end
+  if req then self.posts[req] = nil else self.notes[sched.current()] = nil end
   if r.mcp_session_id and not self.session_id then self.session_id = r.mcp_session_id end
   log.debug("mcp %s: %s -> %s in %.3fs", self.name, self:where(method), r.failure or r.status, r.seconds)
   local err = self:outcome_error(r, method)
@@ -126,8 +127,19 @@ function T:send(text, req)
     return nil, rpc_mod.error(self.name, "%s: %s", self:where(), tostring(err and err.message or err))
   end
   if req then self.posts[req] = t end
-  sched.spawn(pump, self, t, req, "POST")
+  local task = sched.spawn(pump, self, t, req, "POST")
+  if not req and not task:is_done() then self.notes[task] = true end
   return true
+end
+
+-- Wait until every notification POST sent so far has its answer. Separate POSTs
+-- may reach the server in any order, so connect waits here after
+-- notifications/initialized: no request may overtake it.
+function T:flush()
+  for task in pairs(self.notes) do
+    task:wait()
+    self.notes[task] = nil
+  end
 end
 
 -- The request was abandoned (timeout, cancelled): stop its POST.
