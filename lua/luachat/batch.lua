@@ -21,6 +21,7 @@ local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
+local request = require "luachat.request"
 local idset = require "luachat.batch_idset"
 local log = require "luachat.log"
 
@@ -729,9 +730,7 @@ function M.run_checked(o, client, output, done, input_path)
       if not t then
         err = serr
       else
-        while not t:done() do sched.wait_transfer(t) end
-        r = t:result()
-        t:close()
+        r = request.wait_result(t)
         log.debug("batch %s: %s -> %s in %.3fs%s%s", req.custom_id, what, r.failure or r.status, r.seconds or 0,
           r.request_id and (" (request " .. r.request_id .. ")") or "", attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
         err = client:error_for(r, what)

@@ -82,38 +82,18 @@ local INTEGERS = { concurrency = 1, rpm = 1, tpm = 1, max_retries = 0, shards = 
 
 -- parse(args) -> opts | nil, message. args: what follows "batch".
 -- env: a getenv function (for --shards).
+local BATCH_RULES = {
+  values = VALUE_OPTS, flags = FLAG_OPTS,
+  positional = function(o, a)
+    if o.input then return string.format("unexpected argument '%s' (one input file)", a) end
+    o.input = a
+  end,
+}
+
 function M.parse(args, env)
   env = env or os.getenv
-  local o = {}
-  for _, a in ipairs(args) do
-    if a == "-h" or a == "--help" then return { help = true } end
-  end
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
-    if not name then name = a end
-    if VALUE_OPTS[name] then
-      local v = inline
-      if v == nil then
-        i = i + 1
-        v = args[i]
-        if v == nil then return nil, string.format("option '%s' needs an argument", name) end
-      end
-      o[VALUE_OPTS[name]] = v
-    elseif FLAG_OPTS[name] and inline == nil then
-      o[FLAG_OPTS[name]] = true
-    elseif FLAG_OPTS[name] then
-      return nil, string.format("option '%s' takes no value", name)
-    elseif a:sub(1, 1) == "-" and a ~= "-" then
-      return nil, string.format("unrecognized option '%s'", a)
-    elseif o.input then
-      return nil, string.format("unexpected argument '%s' (one input file)", a)
-    else
-      o.input = a
-    end
-    i = i + 1
-  end
+  local o, uerr = options.scan(args, BATCH_RULES)
+  if not o or o.help then return o, uerr end
   for f, min in pairs(INTEGERS) do
     if o[f] then
       local n = tonumber(o[f])

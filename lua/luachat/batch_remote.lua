@@ -16,6 +16,7 @@ local core = require "luachat.core"
 local json = require "luachat.json"
 local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
+local request = require "luachat.request"
 local batch = require "luachat.batch"
 local idset = require "luachat.batch_idset"
 local log = require "luachat.log"
@@ -42,9 +43,7 @@ local function raw(client, method, path, body, content_type, max_retries)
     if not t then
       err = serr
     else
-      while not t:done() do sched.wait_transfer(t) end
-      r = t:result()
-      t:close()
+      r = request.wait_result(t)
       err = client:error_for(r, what)
     end
     if r then

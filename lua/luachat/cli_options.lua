@@ -154,43 +154,60 @@ function M.split_words(s)
   return words
 end
 
--- parse(args) -> opts | nil, message (a usage error).
-function M.parse(args)
-  local o = {}
-  -- --help wins over any other mistake on the line.
+-- scan(args, rules) -> opts | nil, message (a usage error): the option loop of
+-- every luachat command line (chat here, `luachat batch` in batch_cli).
+-- rules.values / rules.flags: option name -> key; rules.lists: keys that may
+-- repeat (a list); rules.positional(o, word) -> nil | message, for a word that
+-- is not an option. --NAME=VALUE works for long options. --help (or -h)
+-- anywhere wins over any other mistake on the line: { help = true }.
+function M.scan(args, rules)
   for _, a in ipairs(args) do
     if a == "-h" or a == "--help" then return { help = true } end
   end
+  local o = {}
   local i = 1
   while i <= #args do
     local a = args[i]
     local name, inline = a:match("^(%-%-[%w-]+)=(.*)$")
     if not name then name = a end
-    if VALUE_OPTS[name] then
+    local key, flag = rules.values[name], rules.flags[name]
+    if key then
       local v = inline
       if v == nil then
         i = i + 1
         v = args[i]
         if v == nil then return nil, string.format("option '%s' needs an argument", name) end
       end
-      local key = VALUE_OPTS[name]
-      if LIST_OPTS[key] then
+      if rules.lists and rules.lists[key] then
         o[key] = o[key] or {}
         o[key][#o[key] + 1] = v
       else
         o[key] = v
       end
-    elseif FLAG_OPTS[name] and inline == nil then
-      o[FLAG_OPTS[name]] = true
-    elseif FLAG_OPTS[name] then
+    elseif flag and inline == nil then
+      o[flag] = true
+    elseif flag then
       return nil, string.format("option '%s' takes no value", name)
     elseif a:sub(1, 1) == "-" and a ~= "-" then
       return nil, string.format("unrecognized option '%s'", a)
     else
-      return nil, string.format("unexpected argument '%s'", a)
+      local perr = rules.positional(o, a)
+      if perr then return nil, perr end
     end
     i = i + 1
   end
+  return o
+end
+
+local CHAT_RULES = {
+  values = VALUE_OPTS, flags = FLAG_OPTS, lists = LIST_OPTS,
+  positional = function(_, a) return string.format("unexpected argument '%s'", a) end,
+}
+
+-- parse(args) -> opts | nil, message (a usage error).
+function M.parse(args)
+  local o, uerr = M.scan(args, CHAT_RULES)
+  if not o or o.help then return o, uerr end
   if o.prompt and o.chat then return nil, "-p and -c cannot be used together" end
   if not o.prompt and not o.chat then return nil, "give -p PROMPT or -c" end
   if o.json and o.chat then return nil, "--json goes with -p, not -c" end

@@ -9,7 +9,6 @@
 -- pairs() and tostring()), puts it in an error or a log line, or follows a redirect.
 local core = require "luachat.core"
 local json = require "luachat.json"
-local sched = require "luachat.sched"
 local log = require "luachat.log"
 local options = require "luachat.options"
 local redact = require "luachat.redact"
@@ -149,10 +148,7 @@ function Client:request(method, path, body_value, opts)
   return request.with_retries(self, spec, function(attempt)
     local t, serr = request.start(spec)
     if not t then return nil, nil, serr end
-    local _ <close> = request.owned(t)
-    while not t:done() do sched.wait_transfer(t) end
-    local r = t:result()
-    t:close()
+    local r = request.wait_result(t)
     log.debug("%s -> %s in %.3fs%s%s", what, r.failure or r.status, r.seconds,
       r.request_id and (" (request " .. r.request_id .. ")") or "", attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
     local err = request.error_for(self, r, what, opts)

@@ -9,6 +9,7 @@
 local core = require "luachat.core"
 local sched = require "luachat.sched"
 local log = require "luachat.log"
+local request = require "luachat.request"
 local redact = require "luachat.redact"
 local rpc_mod = require "luachat.mcp_rpc"
 
@@ -180,9 +181,7 @@ function T:close(wait)
     local t = core.start { method = "DELETE", url = self.url, headers = self:header_lines("application/json", false),
       connect_timeout = 5, timeout = wait, ca_file = self.ca_file }
     if t then
-      while not t:done() do sched.wait_transfer(t) end
-      local r = t:result()
-      t:close()
+      local r = request.wait_result(t)
       log.debug("mcp %s: %s -> %s", self.name, self:where("DELETE"), r.failure or r.status)
     end
   end

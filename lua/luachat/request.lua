@@ -201,6 +201,14 @@ function M.owned(t)
   return setmetatable({ t = t, keep = false }, owned_mt)
 end
 
+-- Wait until transfer t is done -> its result; t is closed on the way out,
+-- an error while waiting (an interrupt) included.
+function M.wait_result(t)
+  local _ <close> = M.owned(t)
+  while not t:done() do sched.wait_transfer(t) end
+  return t:result()
+end
+
 -- Where a request goes, for messages and logs: method and URL without the
 -- query, userinfo masked (luachat.redact.url).
 function M.describe(spec)
