@@ -25,14 +25,7 @@ local function write_input(path, n)
   f:close()
 end
 
-local function read_lines(path)
-  local out = {}
-  local f = io.open(path, "rb")
-  if not f then return out end
-  for l in f:lines() do out[#out + 1] = l end
-  f:close()
-  return out
-end
+local read_lines = proc.read_lines
 
 -- Decoded lines by custom_id; fails on a duplicate id or a line that is not JSON.
 local function results(path)

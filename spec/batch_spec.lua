@@ -30,14 +30,7 @@ local function write_input(path, n, extra)
   f:close()
 end
 
-local function read_lines(path)
-  local out = {}
-  local f = io.open(path, "rb")
-  if not f then return out end
-  for l in f:lines() do out[#out + 1] = l end
-  f:close()
-  return out
-end
+local read_lines = proc.read_lines
 
 -- The output lines decoded, by custom_id; raises on a duplicate id.
 local function results(path)

@@ -10,18 +10,7 @@ local cjson = require "cjson"
 
 local HOST, q = proc.abspath(proc.host), proc.shell_quote
 
-local function call(id, name, arguments)
-  return { id = id, type = "function", ["function"] = { name = name, arguments = arguments } }
-end
-
-local function reply(calls, text)
-  return { json = {
-    id = "chatcmpl-a", object = "chat.completion", created = 1, model = "m",
-    choices = { { index = 0, finish_reason = calls and "tool_calls" or "stop",
-      message = { role = "assistant", content = text or cjson.null, tool_calls = calls } } },
-    usage = { prompt_tokens = 10, completion_tokens = 5, total_tokens = 15 },
-  } }
-end
+local call, reply = helper.call, helper.reply
 
 describe("luachat --mcp", function()
   local srv, home

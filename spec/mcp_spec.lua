@@ -12,18 +12,7 @@ local core = require "luachat.core"
 local sched = require "luachat.sched"
 local mcp_tools = require "luachat.mcp_tools"
 
-local function call(id, name, arguments)
-  return { id = id, type = "function", ["function"] = { name = name, arguments = arguments } }
-end
-
-local function reply(calls, text)
-  return { json = {
-    id = "chatcmpl-a", object = "chat.completion", created = 1, model = "m",
-    choices = { { index = 0, finish_reason = calls and "tool_calls" or "stop",
-      message = { role = "assistant", content = text or luachat.json.null, tool_calls = calls } } },
-    usage = { prompt_tokens = 10, completion_tokens = 5, total_tokens = 15 },
-  } }
-end
+local call, reply = helper.call, helper.reply
 
 describe("luachat.mcp over stdio", function()
   local srv, dir

@@ -22,6 +22,16 @@ function M.read_file(path)
 end
 
 -- Replace the file's content with data; raises when it cannot be written.
+-- The lines of a file ({} when it does not exist).
+function M.read_lines(path)
+  local out = {}
+  local f = io.open(path, "rb")
+  if not f then return out end
+  for l in f:lines() do out[#out + 1] = l end
+  f:close()
+  return out
+end
+
 function M.write_file(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)

@@ -97,4 +97,18 @@ function M.log_lines(path)
   return out
 end
 
+-- A scripted model turn for the test server: tool calls (helper.call) or text.
+function M.call(id, name, arguments)
+  return { id = id, type = "function", ["function"] = { name = name, arguments = arguments } }
+end
+
+function M.reply(calls, text)
+  return { json = {
+    id = "chatcmpl-a", object = "chat.completion", created = 1, model = "m",
+    choices = { { index = 0, finish_reason = calls and "tool_calls" or "stop",
+      message = { role = "assistant", content = text or require("cjson").null, tool_calls = calls } } },
+    usage = { prompt_tokens = 10, completion_tokens = 5, total_tokens = 15 },
+  } }
+end
+
 return M
