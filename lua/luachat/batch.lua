@@ -22,6 +22,7 @@ local json = require "luachat.json"
 local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
 local request = require "luachat.request"
+local redact = require "luachat.redact"
 local idset = require "luachat.batch_idset"
 local log = require "luachat.log"
 
@@ -683,7 +684,8 @@ function M.run_checked(o, client, output, done, input_path)
   end
 
   -- Every credential the client sends, out of the bodies written (luachat.redact's rule).
-  local function redact_body(text) return client:redact(text) end
+  local secrets = request.secrets(client) -- built once, not per line
+  local function redact_body(text) return redact.text(text, secrets) end
 
   local function finish(req, r, doc, err)
     seq = seq + 1

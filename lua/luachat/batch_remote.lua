@@ -17,6 +17,7 @@ local json = require "luachat.json"
 local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
 local request = require "luachat.request"
+local redact = require "luachat.redact"
 local batch = require "luachat.batch"
 local idset = require "luachat.batch_idset"
 local log = require "luachat.log"
@@ -182,6 +183,7 @@ function M.run_checked(o, input_path)
   local out, oerr = io.open(output, "ab")
   if not out then return nil, core.error { kind = "environment", message = "cannot open the output: " .. tostring(oerr) } end
   local seen = 0
+  local secrets = request.secrets(client) -- an echoed credential never reaches the file
   for _, key in ipairs { "output_file_id", "error_file_id" } do
     local fid = b[key]
     if type(fid) == "string" then
@@ -199,7 +201,7 @@ function M.run_checked(o, input_path)
             summary.skipped = summary.skipped + 1
           else
             written[cid] = true
-            out:write(client:redact((line:gsub("\r$", ""))), "\n")
+            out:write(redact.text((line:gsub("\r$", "")), secrets), "\n")
             out:flush()
             local resp = type(doc.response) == "table" and doc.response or {}
             local status = math.tointeger(resp.status_code)

@@ -96,7 +96,13 @@ end
 -- replaced by "[REDACTED]"; cut = true: s was already cut at its end.
 function M.redact(client, s, opts, cut)
   if type(s) ~= "string" then return s end
-  return redact.text(s, redact.secrets(credentials(client, opts)), cut)
+  return redact.text(s, M.secrets(client, opts), cut)
+end
+
+-- The list luachat.redact.text takes for those credentials, for a caller that
+-- redacts many texts with the same client (luachat batch: every results line).
+function M.secrets(client, opts)
+  return redact.secrets(credentials(client, opts))
 end
 
 local function urlencode(s)
