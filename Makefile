@@ -160,7 +160,7 @@ fuzz:
 
 valgrind: deps
 	@$(SUBMAKE) all
-	@scripts/valgrind.sh $(BUILD)
+	@scripts/valgrind.sh $(BUILD) $(HOST)
 
 demo: deps
 	@$(SUBMAKE) all
