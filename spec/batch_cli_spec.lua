@@ -174,6 +174,43 @@ describe("luachat batch", function()
     assert.matches("luachat: batch: /dev/stdin: 1 problem in the input, nothing was sent:\n  line 1: no custom_id", err, 1, true)
   end)
 
+  it("a piped input's temporary copy has no name while it is read: kill -9 leaves nothing behind", function()
+    write_input(dir .. "/in.jsonl", 5)
+    -- the first request is answered only once a second arrives, which --concurrency 1 never
+    -- sends: the run is mid-way, on both passes' one handle, until it is killed
+    local held = completion(10)
+    held.hold_until, held.hold_timeout = 2, 60
+    srv:default(held)
+    local tmp = dir .. "/tmp"
+    assert(os.execute("mkdir " .. q(tmp)))
+    local out, pidfile = dir .. "/out.jsonl", dir .. "/pid"
+    assert(os.execute(string.format("cat %s | %sTMPDIR=%s %s batch /dev/stdin -o %s --concurrency 1 --base-url %s "
+      .. ">/dev/null 2>&1 & echo $! >%s", q(dir .. "/in.jsonl"), env, q(tmp), q(HOST), q(out), q(srv.base_url), q(pidfile))))
+    local pid = assert(tonumber(proc.read_file(pidfile)), "no pid")
+    local function kill()
+      os.execute("kill -9 " .. pid .. " 2>/dev/null")
+      while server.alive(pid) do os.execute("sleep 0.02") end
+    end
+    -- the server has the first request: the copy is made and checked, the send pass is reading it
+    while #srv:requests() == 0 and server.alive(pid) do os.execute("sleep 0.02") end
+    local files = {} -- what the process has open that is a file of a file system
+    local p = io.popen("for f in /proc/" .. pid .. "/fd/*; do readlink \"$f\"; done 2>/dev/null")
+    for l in p:lines() do
+      if l:sub(1, 1) == "/" and not l:find("^/dev/") and l ~= out then files[#files + 1] = l end
+    end
+    p:close()
+    local alive = server.alive(pid)
+    kill()
+    assert.is_true(alive, "luachat batch ended before it was killed")
+    assert.equal(1, #files, "open files: " .. table.concat(files, ", "))
+    assert.matches(" %(deleted%)$", files[1]) -- unlinked from the start (or O_TMPFILE: never linked)
+    assert.is_nil(io.open((files[1]:gsub(" %(deleted%)$", "")), "rb"), "the copy is still there: " .. files[1])
+    assert.same({}, read_lines(out)) -- nothing was answered
+    local ls = io.popen("ls -A " .. q(tmp))
+    assert.equal("", ls:read("a"), "files left in TMPDIR")
+    ls:close()
+  end)
+
   it("--resume refuses a results file that is the input or a copy of it, or has a corrupt line; nothing sent", function()
     write_input(dir .. "/in.jsonl", 5)
     os.execute("cp " .. q(dir .. "/in.jsonl") .. " " .. q(dir .. "/same.jsonl"))

@@ -429,6 +429,59 @@ describe("luachat.batch", function()
     assert.equal("dflt", paths["/v1/chat/completions"].model) -- model fills a body without one
   end)
 
+  it("a url with its own query (Azure's ?api-version=): the path is resolved, the query sent, merged with the base URL's", function()
+    local f = assert(io.open(dir .. "/in.jsonl", "wb"))
+    f:write('{"custom_id":"q1","url":"/v1/chat/completions?api-version=2024-10-21","body":{"model":"m","messages":[]}}\n')
+    f:write('{"custom_id":"e1","url":"/v1/embeddings?dimensions=2&a%20b=c%26d#frag","body":{"model":"e","input":"x"}}\n')
+    f:write('{"custom_id":"c1","body":{"model":"m","messages":[]}}\n')
+    f:close()
+    -- the base URL's query comes first; a name the line gives too is the line's (one api-version, not two)
+    local c = luachat.client { base_url = srv.base_url .. "?api-version=2024-02-01&x=1", api_key = "sk-batch" }
+    local s = assert(batch.run { client = c, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" })
+    assert.same({ 3, 0 }, { s.ok, s.failed })
+    local by = {}
+    for _, r in ipairs(srv:requests()) do
+      local id = r.path == "/v1/embeddings" and "e1" or (r.query:find("2024-10-21", 1, true) and "q1" or "c1")
+      by[id] = r
+    end
+    assert.same({ "/v1/chat/completions", "x=1&api-version=2024-10-21" }, { by.q1.path, by.q1.query })
+    assert.same({ "/v1/embeddings", "api-version=2024-02-01&x=1&dimensions=2&a%20b=c%26d" }, { by.e1.path, by.e1.query })
+    assert.same({ "/v1/chat/completions", "api-version=2024-02-01&x=1" }, { by.c1.path, by.c1.query })
+    -- a base URL without a query: the line's query as it is
+    proc.write_file(dir .. "/in2.jsonl", '{"custom_id":"z","url":"/v1/chat/completions?foo=bar","body":{"model":"m"}}\n')
+    srv:reset()
+    srv:default(completion(10))
+    assert(batch.run { client = client, input = dir .. "/in2.jsonl", output = dir .. "/out2.jsonl" })
+    local reqs = srv:requests()
+    assert.same({ "/v1/chat/completions", "foo=bar" }, { reqs[1].path, reqs[1].query })
+    -- the path is checked without the query, and a bad url still names its line
+    proc.write_file(dir .. "/in3.jsonl", '{"custom_id":"a","url":"/v1/chat/completions?x=1","body":{}}\n'
+      .. '{"custom_id":"b","url":"v1/chat/completions?x=1","body":{}}\n'
+      .. '{"custom_id":"c","url":"?x=1","body":{}}\n'
+      .. '{"custom_id":"d","url":"/v1/chat/completions?x=a b","body":{}}\n')
+    srv:reset()
+    local s3, err = batch.run { client = client, input = dir .. "/in3.jsonl", output = dir .. "/out3.jsonl" }
+    assert.is_nil(s3)
+    assert.same({
+      "line 2: url must be a path such as \"/v1/chat/completions\" (custom_id 'b')",
+      "line 3: url must be a path such as \"/v1/chat/completions\" (custom_id 'c')",
+      "line 4: url must be a path such as \"/v1/chat/completions\" without spaces or control characters (custom_id 'd')",
+    }, err.problems)
+    assert.equal(0, #srv:requests())
+  end)
+
+  it("--remote: the batch's endpoint is the lines' path without their query", function()
+    local remote = require "luachat.batch_remote"
+    proc.write_file(dir .. "/in.jsonl", '{"custom_id":"a","url":"/v1/chat/completions?api-version=2024-10-21","body":{"model":"m"}}\n'
+      .. '{"custom_id":"b","url":"/v1/chat/completions?api-version=2024-10-21","body":{"model":"m"}}\n')
+    srv:control("/_control/batch_polls", { n = 0 })
+    local s = assert(remote.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl", poll_interval = 0.05 })
+    assert.same({ 2, 0 }, { s.ok, s.failed })
+    local create
+    for _, r in ipairs(srv:requests()) do if r.path == "/v1/batches" then create = r.json end end
+    assert.equal("/v1/chat/completions", create.endpoint)
+  end)
+
   it("keeps custom ids as 64-bit hashes in a compact set (8 bytes an id)", function()
     local idset = require "luachat.batch_idset"
     local set = idset.new()

@@ -74,7 +74,8 @@ end
 ---------------------------------------------------------------------------
 -- URLs: a line's url against the client's base URL. "/v1/x" with a base URL
 -- whose path ends in /v1 is "x" under the base; any other path is under the
--- base URL as is ("/v1/x" with "http://host" is "http://host/v1/x").
+-- base URL as is ("/v1/x" with "http://host" is "http://host/v1/x"). A line's
+-- query follows the base URL's (request.url); a name both give is the line's.
 
 function M.resolve_path(base_url, url)
   local base_path = (base_url:match("^[a-zA-Z][%w+.-]*://[^/?#]*([^?#]*)") or ""):gsub("/+$", "")
@@ -84,6 +85,26 @@ function M.resolve_path(base_url, url)
     path = path:sub(#tail + 2)
   end
   return (path:gsub("^/+", ""))
+end
+
+-- The name of one "name=value" query parameter, decoded, to compare names.
+local function param_name(part)
+  return (part:match("^[^=]*"):gsub("%+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- url (a request URL, maybe with a query) with the line's query added:
+-- parameters after the URL's own, a name in both sent once, as the line has it.
+function M.with_query(url, query)
+  if query == "" then return url end
+  local base, q = url:match("^([^?]*)%??(.*)$")
+  local mine = {}
+  for part in query:gmatch("[^&]+") do mine[param_name(part)] = true end
+  local parts = {}
+  for part in q:gmatch("[^&]+") do
+    if not mine[param_name(part)] then parts[#parts + 1] = part end
+  end
+  parts[#parts + 1] = query
+  return base .. "?" .. table.concat(parts, "&")
 end
 
 ---------------------------------------------------------------------------
@@ -114,10 +135,18 @@ local function parse_line(text)
   end
   local url = doc.url
   if url == nil or url == null then url = DEFAULT_URL end
-  if type(url) ~= "string" or url:sub(1, 1) ~= "/" then
+  -- The path is checked without the query (Azure's "...?api-version=..."); a
+  -- fragment is never sent.
+  local path, query = nil, ""
+  if type(url) == "string" then path, query = url:match("^([^?#]*)%??([^#]*)") end
+  if not path or path:sub(1, 1) ~= "/" then
     return nil, "url must be a path such as \"/v1/chat/completions\" (custom_id '" .. id .. "')"
   end
-  return { custom_id = id, method = method, url = url, body = body }
+  if url:find("[%s%c]") then
+    return nil, "url must be a path such as \"/v1/chat/completions\" without spaces or control characters (custom_id '"
+      .. id .. "')"
+  end
+  return { custom_id = id, method = method, url = url, path = path, query = query, body = body }
 end
 M.parse_line = parse_line
 
@@ -154,46 +183,79 @@ local function open_readable(path)
   return f
 end
 
--- The input as a file that can be read twice (checked, then sent): a pipe,
--- a FIFO or /dev/stdin is copied to a temporary file first (streamed, never
--- whole in memory). -> path, cleanup() | nil, err (kind "input").
+-- An input read more than once (checked, then sent; --remote reads it three
+-- times): src.name is the name the user gave (for messages); src:open() ->
+-- a handle at its start | nil, message; src:release(f) after each pass;
+-- src:close() at the end. A regular file is opened anew for each pass; a
+-- pipe's copy is one handle that is rewound (its name is gone: see open_input).
+local Source = {}
+Source.__index = Source
+
+function Source:open()
+  if self.spool then
+    local ok, err = self.spool:seek("set", 0)
+    if not ok then return nil, self.name .. ": " .. tostring(err) end
+    return self.spool
+  end
+  return open_readable(self.name)
+end
+
+function Source:release(f)
+  if f ~= self.spool then f:close() end
+end
+
+function Source:close()
+  if self.spool then
+    self.spool:close()
+    self.spool = nil
+  end
+end
+
+-- A regular file as a source (read where it is).
+function M.file_source(path)
+  return setmetatable({ name = path }, Source)
+end
+
+-- The input as a source that can be read more than once: a pipe, a FIFO or
+-- /dev/stdin is copied first (streamed, never whole in memory) into
+-- io.tmpfile(): C's tmpfile(), which on Linux opens an O_TMPFILE file that
+-- never has a name (elsewhere it unlinks the file it creates at once), so
+-- no copy is left behind, even by kill -9. Every later read goes through
+-- that one handle. -> src | nil, err (kind "input").
 function M.open_input(path)
   local f, oerr = open_readable(path)
   if not f then return nil, input_error("cannot read the input: " .. oerr) end
   if f:seek("cur") then -- a regular file: read it where it is
     f:close()
-    return path, function() end
+    return M.file_source(path)
   end
-  local tmp = os.tmpname()
-  local cleanup = function() os.remove(tmp) end
-  local dst, derr = io.open(tmp, "wb")
+  local dst, derr = io.tmpfile()
   if not dst then
     f:close()
-    cleanup()
     return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(derr))
   end
   while true do
     local chunk, rerr = f:read(1 << 16)
     if not chunk then
       if rerr then
-        f:close(); dst:close(); cleanup()
+        f:close(); dst:close()
         return nil, input_error("cannot read the input: " .. path .. ": " .. tostring(rerr))
       end
       break
     end
     local ok, werr = dst:write(chunk)
     if not ok then
-      f:close(); dst:close(); cleanup()
+      f:close(); dst:close()
       return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(werr))
     end
   end
   f:close()
-  local ok, cerr = dst:close()
+  local ok, ferr = dst:flush()
   if not ok then
-    cleanup()
-    return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(cerr))
+    dst:close()
+    return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(ferr))
   end
-  return tmp, cleanup
+  return setmetatable({ name = path, spool = dst }, Source)
 end
 
 -- The validation pass: reads the input once, streaming, keeping only a
@@ -201,10 +263,13 @@ end
 -- finds a problem, a second pass lists the problems in line order, each
 -- duplicate confirmed on the ids themselves. Returns { lines, selected,
 -- skipped } | nil, err (kind "input" with err.problems, one string per
--- problem, at most MAX_PROBLEMS and a count). `done`: the idset of the ids
--- the output already answers (or nil); shard = {k, n} or nil.
-function M.validate(path, shard, done)
-  local f, oerr = open_readable(path)
+-- problem, at most MAX_PROBLEMS and a count). input: a file name or a
+-- source (open_input). `done`: the idset of the ids the output already
+-- answers (or nil); shard = {k, n} or nil.
+function M.validate(input, shard, done)
+  local src = type(input) == "string" and M.file_source(input) or input
+  local path = src.name
+  local f, oerr = src:open()
   if not f then return nil, input_error("cannot read the input: " .. oerr) end
   local seen = idset.new()
   local nbad = 0
@@ -226,7 +291,7 @@ function M.validate(path, shard, done)
       end
     end
   end
-  f:close()
+  src:release(f)
   if read_error() then return nil, input_error("cannot read the input: " .. path .. ": " .. tostring(read_error())) end
   local dups = seen:finish()
   seen = nil
@@ -239,7 +304,7 @@ function M.validate(path, shard, done)
     if nproblems <= MAX_PROBLEMS then problems[#problems + 1] = s end
   end
   local first = {} -- id -> its first line, only for ids whose hash came twice
-  f, oerr = io.open(path, "rb")
+  f, oerr = src:open()
   if not f then return nil, input_error("cannot read the input: " .. tostring(oerr)) end
   for lineno, text in each_line(f) do
     local req, why = parse_line(text)
@@ -257,7 +322,7 @@ function M.validate(path, shard, done)
       end
     end
   end
-  f:close()
+  src:release(f)
   if nproblems == 0 then return result end -- two ids with one hash, no duplicate
   if nproblems > #problems then
     problems[#problems + 1] = string.format("... and %d more", nproblems - #problems)
@@ -628,26 +693,20 @@ function M.run(o)
   local output = o.output or (o.input:gsub("%.jsonl$", "") .. ".results.jsonl")
   local done, cerr = check_output(o, output)
   if done == nil then return nil, cerr end
-  local input_path, cleanup = M.open_input(o.input)
-  if not input_path then return nil, cleanup end
-  local res = table.pack(pcall(M.run_checked, o, client, output, done or nil, input_path))
-  cleanup()
+  local src, serr = M.open_input(o.input)
+  if not src then return nil, serr end
+  local res = table.pack(pcall(M.run_checked, o, client, output, done or nil, src))
+  src:close()
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end
 
-function M.run_checked(o, client, output, done, input_path)
+function M.run_checked(o, client, output, done, src)
   local concurrency = o.concurrency or 64
   local max_retries = o.max_retries or client.max_retries or 2
 
-  local v, verr = M.validate(input_path, o.shard, done)
-  if not v then
-    if input_path ~= o.input and verr.headline then -- name the input, not the copy
-      verr.headline = verr.headline:gsub("^" .. input_path:gsub("%p", "%%%0"), function() return o.input end)
-      verr.message = verr.message:gsub("^" .. input_path:gsub("%p", "%%%0"), function() return o.input end)
-    end
-    return nil, verr
-  end
+  local v, verr = M.validate(src, o.shard, done)
+  if not v then return nil, verr end
   collectgarbage()
 
   local summary = { total = v.selected, ok = 0, failed = 0, skipped = v.skipped, tokens = 0,
@@ -657,7 +716,11 @@ function M.run_checked(o, client, output, done, input_path)
   -- Each line leaves in one write(2) (up to 1 MiB): O_APPEND keeps lines whole even when
   -- several processes append to one file.
   out:setvbuf("full", 1 << 20)
-  local input = assert(io.open(input_path, "rb"))
+  local input, ierr = src:open()
+  if not input then
+    out:close()
+    return nil, input_error("cannot read the input: " .. tostring(ierr))
+  end
   local next_line = each_line(input)
 
   local limiter = M.limiter(o.rpm, o.tpm)
@@ -719,13 +782,14 @@ function M.run_checked(o, client, output, done, input_path)
     if model and body.model == nil then body.model = model end
     local body_text = encode(body)
     local est = M.estimate_tokens(body_text, body)
-    local path = M.resolve_path(client.base_url, req.url)
+    local path = M.resolve_path(client.base_url, req.path)
     local has_body = req.method ~= "GET" and req.method ~= "HEAD"
     local idem = has_body and ("luachat-batch-" .. run_id .. "-" .. req.line) or nil
     local attempt = 0
     while true do
       limiter:acquire(est)
       local spec = client:transfer_spec(req.method, path, has_body and body_text or nil, nil, false, idem)
+      spec.url = M.with_query(spec.url, req.query)
       local what = client_mod.describe(spec)
       local r, err
       local t, serr = core.start(spec)
@@ -786,7 +850,7 @@ function M.run_checked(o, client, output, done, input_path)
       if werr and not worker_err then worker_err = werr end
     end
   end)
-  input:close()
+  src:release(input)
   out:close()
   summary.seconds = now() - started
   if not ok then error(perr, 0) end -- interrupted (Ctrl-C) or the loop failed: raise as is

@@ -23,10 +23,12 @@ usage: luachat batch REQUESTS.jsonl -o RESULTS.jsonl [options]
 Runs every request of a file in the OpenAI Batch input format, one a line:
   {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
 (method and url optional; url is resolved against the base URL, so /v1/... works
-with a base URL ending in /v1) and writes one line per request to RESULTS in the
-OpenAI Batch output format, in completion order, each line flushed as it comes.
+with a base URL ending in /v1; a query in url, ?api-version=..., follows the
+base URL's) and writes one line per request to RESULTS in the OpenAI Batch
+output format, in completion order, each line flushed as it comes.
 The input is checked before anything is sent (exit 2 naming the lines); a pipe
-(/dev/stdin, <(...)) is copied to a temporary file first.
+(/dev/stdin, <(...)) is copied to a temporary file first (one with no name, in
+/tmp: nothing is left behind, even by kill -9).
 
 Options:
   -o, --output FILE      the results (required, not the input); {shard} in the

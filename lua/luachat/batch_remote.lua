@@ -90,26 +90,28 @@ function M.multipart(fields)
   return table.concat(parts), "multipart/form-data; boundary=" .. boundary
 end
 
--- The one endpoint every line of the input names (a provider batch has one).
-local function endpoint_of(path)
+-- The one endpoint every line of the input names (a provider batch has one):
+-- the lines' path, without a query (the file keeps each line's url as it is).
+local function endpoint_of(src)
   local eps, n = {}, 0
-  local f = assert(io.open(path, "rb"))
+  local f, oerr = src:open()
+  if not f then return nil, core.error { kind = "input", message = "cannot read the input: " .. tostring(oerr) } end
   for text in f:lines() do
     if text:find("%S") then
       local req = batch.parse_line(text)
-      if req and not eps[req.url] then
-        eps[req.url] = true
+      if req and not eps[req.path] then
+        eps[req.path] = true
         n = n + 1
       end
     end
   end
-  f:close()
+  src:release(f)
   if n ~= 1 then
     local list = {}
     for u in pairs(eps) do list[#list + 1] = u end
     table.sort(list)
     return nil, core.error { kind = "input", message = string.format(
-      "%s: a remote batch has one endpoint, the input names %d: %s", path, n, table.concat(list, ", ")) }
+      "%s: a remote batch has one endpoint, the input names %d: %s", src.name, n, table.concat(list, ", ")) }
   end
   return next(eps)
 end
@@ -117,15 +119,15 @@ end
 -- run(opts) -> summary | nil, err. See the top of the file.
 function M.run(o)
   if o.input == nil then return M.run_checked(o, nil) end
-  local path, cleanup = batch.open_input(o.input) -- a pipe is copied: the input is read three times
-  if not path then return nil, cleanup end
-  local res = table.pack(pcall(M.run_checked, o, path))
-  cleanup()
+  local src, serr = batch.open_input(o.input) -- a pipe is copied: the input is read three times
+  if not src then return nil, serr end
+  local res = table.pack(pcall(M.run_checked, o, src))
+  src:close()
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end
 
-function M.run_checked(o, input_path)
+function M.run_checked(o, src)
   local client = o.client or require("luachat").client()
   local started = core.now()
   local max_retries = o.max_retries or 5
@@ -143,13 +145,14 @@ function M.run_checked(o, input_path)
     b, err = json_call(client, "GET", "batches/" .. o.batch_id, nil, max_retries)
     if not b then return nil, err end
   else
-    local v, verr = batch.validate(input_path, nil, nil)
+    local v, verr = batch.validate(src, nil, nil)
     if not v then return nil, verr end
-    local endpoint, eerr = endpoint_of(input_path)
+    local endpoint, eerr = endpoint_of(src)
     if not endpoint then return nil, eerr end
-    local f = assert(io.open(input_path, "rb"))
+    local f, ferr = src:open()
+    if not f then return nil, core.error { kind = "input", message = "cannot read the input: " .. tostring(ferr) } end
     local data = f:read("a")
-    f:close()
+    src:release(f)
     local name = o.input:match("([^/]*)$")
     local body, ctype = M.multipart { { "purpose", "batch" }, { "file", data, name, "application/jsonl" } }
     data = nil
