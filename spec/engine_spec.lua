@@ -58,6 +58,38 @@ io.write(string.format("ok=%d nofds=%d other=%d live=%d\n%s\n%s\n", ok, nofds, #
   other[1] or ""))
 ]]
 
+-- Two waves of n streams started at once (spawn starts each transfer before
+-- any poll, so all n run together), then one more request; after each, the
+-- sockets this process still holds.
+local WAVES = [[
+local luachat = require "luachat"
+local url, n = arg[1], tonumber(arg[2])
+local c = luachat.client { base_url = url, api_key = "k", max_retries = 0, timeout = 30 }
+local function sockets()
+  local p = io.popen("ls -l /proc/$PPID/fd") -- the shell's parent: this process
+  local count = 0
+  for line in p:lines() do
+    if line:find("socket:", 1, true) then count = count + 1 end
+  end
+  p:close()
+  return count
+end
+local function one(i)
+  local final, err = c:stream({ model = "m", messages = { { role = "user", content = "s" .. i } } }, function() end)
+  return final and final.choices[1].message.content, err
+end
+for wave = 1, 2 do
+  local tasks, ok = {}, 0
+  for i = 1, n do tasks[i] = luachat.spawn(one, i) end
+  for _, r in ipairs(luachat.gather(tasks)) do
+    if r[1] == "ab" and not r[2] then ok = ok + 1 else io.write("failed: ", tostring(r[2] or r[1]), "\n") end
+  end
+  io.write(string.format("wave%d ok=%d live=%d sockets=%d\n", wave, ok, luachat.live(), sockets()))
+end
+local text, err = one(0)
+io.write(string.format("after ok=%s sockets=%d\n", tostring(text == "ab" and not err), sockets()))
+]]
+
 describe("engine: file descriptors", function()
   local srv, dir
   setup(function()
@@ -110,6 +142,40 @@ describe("engine: file descriptors", function()
     assert.equal("ready", first, rest)
     assert.matches("^ok=" .. N .. " nofds=0 other=0 live=0\n", rest)
     assert.equal(N, #srv:requests())
+  end)
+
+  -- The engine spreads a fan-out over libcurl multi handles of at most 512
+  -- transfers (src/http.c, HTTP_SHARD_TRANSFERS): 1000 streams need two. The
+  -- second is freed with its idle connections once its transfers are done,
+  -- and made again for the next wave; the first keeps its connections for reuse.
+  it("a fan-out past one multi handle (1000 streams, twice): all finish, the extra handle's connections close after", function()
+    local n = 1000
+    local hard = tonumber(io.open("/proc/self/limits"):read("a"):match("Max open files%s+%d+%s+(%d+)"))
+    if not hard or hard < 2 * n + 64 then
+      pending("the hard RLIMIT_NOFILE (" .. tostring(hard) .. ") is too low for " .. n .. " streams")
+      return
+    end
+    proc.write_file(dir .. "/waves.lua", WAVES)
+    -- "b" comes later: every stream also waits on its socket, in whichever multi handle it runs.
+    local late = chunk("b")
+    late.delay = 0.3
+    srv:default({ sse = { chunk("a"), late, chunk(nil, "stop") }, done = true })
+    local p = io.popen(string.format("%s %s %s %d 2>&1", proc.host, proc.shell_quote(dir .. "/waves.lua"),
+      srv.base_url, n))
+    local out = p:read("a")
+    p:close()
+    for wave = 1, 2 do
+      local ok, live, sockets = out:match("wave" .. wave .. " ok=(%d+) live=(%d+) sockets=(%d+)\n")
+      assert.is_not_nil(ok, out)
+      assert.equal(tostring(n), ok, out)
+      assert.equal("0", live, out)
+      -- Only the first handle's idle connections stay open (at most its 512 transfers').
+      assert.is_true(tonumber(sockets) <= 512, out)
+    end
+    local after_ok, after_sockets = out:match("after ok=(%a+) sockets=(%d+)\n")
+    assert.equal("true", after_ok, out)
+    assert.is_true(tonumber(after_sockets) <= 512, out)
+    assert.equal(2 * n + 1, #srv:requests())
   end)
 
   it("a host loop waits on one descriptor, however many are open (sockets above 1023 included)", function()

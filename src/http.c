@@ -1,12 +1,13 @@
 /*
- * http.c: transfers on one libcurl multi handle.
+ * http.c: transfers on libcurl multi handles (one, until a fan-out passes
+ * HTTP_SHARD_TRANSFERS; see struct http_shard).
  *
- * Owns: the CURLM, the easy handles, header lists and request bodies, the
+ * Owns: the CURLMs, the easy handles, header lists and request bodies, the
  * response buffers, each streaming transfer's SSE parser and event queue,
  * the idle-timeout bookkeeping, and the engine's one epoll set. curl is
  * driven event by event (curl_multi_socket_action): on_socket mirrors the
- * sockets curl wants into the epoll set, on_timer keeps its one deadline,
- * and a wake-up costs the sockets that are ready, not every transfer.
+ * sockets curl wants into the epoll set, on_timer keeps each multi handle's
+ * deadline, and a wake-up costs the sockets that are ready, not every transfer.
  * Other descriptors (the SIGINT self-pipe, http_watch's) share the set.
  * libcurl callbacks here only append to C buffers and set flags; handles
  * are removed and cleaned up only in the drain loop (or by an explicit
@@ -34,6 +35,7 @@
 
 struct http_transfer {
 	struct http_engine *engine;       /* NULL once the engine is gone */
+	struct http_shard *shard;         /* the multi handle it runs in, while it runs */
 	CURL *easy;                       /* NULL once finished or cancelled */
 	struct curl_slist *headers;
 	char *body;                       /* our copy of the request body */
@@ -76,16 +78,37 @@ struct http_watch_slot {
 #define HTTP_SMALL_BUFFER 2048L
 #define HTTP_MANY_TRANSFERS 256
 
+/*
+ * One CURLM and what curl told it. Transfers are spread over shards of at
+ * most HTTP_SHARD_TRANSFERS: libcurl 7.88's curl_multi_remove_handle walks
+ * every connection of its multi handle (close_connect_only) once the
+ * transfer left its connection for reuse, O(n^2) over a fan-out of n (an
+ * eighth of the CPU at 10,000 streams). Shard 0 takes transfers until it is
+ * full, so an ordinary load runs in one multi handle and reuses every idle
+ * connection as before; the others exist only while a big fan-out runs.
+ */
+struct http_shard {
+	struct http_engine *engine;
+	CURLM *multi;
+	unsigned index;                   /* in engine->shards, and in its sockets' epoll tags */
+	size_t live;                      /* transfers in this multi handle */
+	size_t sockets;                   /* its sockets open (connections, and attempts) */
+	double timer_at;                  /* curl's deadline (CURLMOPT_TIMERFUNCTION), < 0 none */
+	int kick;                         /* a resumed transfer: run curl's timeout action now */
+};
+
+#define HTTP_SHARD_TRANSFERS 512
+
 struct http_engine {
-	CURLM *multi;                     /* NULL until the first transfer loads libcurl */
+	struct http_shard **shards;       /* [0] made with the first transfer (loads libcurl); NULL: gone */
+	unsigned nshards;                 /* slots in shards */
 	int epfd;                         /* the one wait: curl's sockets, the wakeup fd, watches */
 	int wakeup_fd;
 	struct http_transfer *all;        /* every transfer not yet freed */
 	struct http_transfer *ready_head, *ready_tail;
 	size_t live;
-	size_t sockets;                   /* curl's sockets open (connections, and attempts) */
-	double timer_at;                  /* curl's deadline (CURLMOPT_TIMERFUNCTION), < 0 none */
-	int kick;                         /* a resumed transfer: run curl's timeout action now */
+	int kick;                         /* some shard was kicked (see http_shard) */
+	int shard_emptied;                /* a shard past 0 ran out of transfers: free it in run_due */
 	double idle_at;                   /* no idle deadline is earlier than this, < 0 none */
 	size_t sock_failures;             /* transfers on_socket failed, to finish in the drain loop */
 	struct http_watch_slot *watches;  /* http_watch's descriptors, indexed by fd */
@@ -306,12 +329,17 @@ static size_t on_header(char *line, size_t size, size_t nmemb, void *ud)
 	return n;
 }
 
-/* What an epoll entry is: the high half of its data.u64 (the fd is the low half). */
+/* What an epoll entry is: bits 32-39 of its data.u64, a curl socket's shard above them, the fd below. */
 enum { SRC_WAKEUP = 1, SRC_WATCH = 2, SRC_CURL = 3 };
 
 static uint64_t src_tag(int kind, int fd)
 {
 	return ((uint64_t)kind << 32) | (uint32_t)fd;
+}
+
+static uint64_t curl_tag(const struct http_shard *sh, int fd)
+{
+	return ((uint64_t)sh->index << 40) | src_tag(SRC_CURL, fd);
 }
 
 static uint32_t epoll_bits(int watch_events)
@@ -332,7 +360,6 @@ struct http_engine *http_engine_new(char *err, size_t errlen)
 		return NULL;
 	}
 	e->wakeup_fd = -1;
-	e->timer_at = -1;
 	e->idle_at = -1;
 	/* The one wait of the engine: curl's sockets, the wakeup fd and watches join it. */
 	e->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -343,7 +370,7 @@ struct http_engine *http_engine_new(char *err, size_t errlen)
 		free(e);
 		return NULL;
 	}
-	return e; /* no curl yet: engine_multi makes the CURLM on the first transfer */
+	return e; /* no curl yet: engine_shard makes the first CURLM with the first transfer */
 }
 
 /*
@@ -355,9 +382,11 @@ struct http_engine *http_engine_new(char *err, size_t errlen)
  */
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
-	struct http_engine *e = userp;
+	struct http_shard *sh = userp;
+	struct http_engine *e;
 	struct epoll_event ev;
 	struct http_transfer *t = NULL;
+	e = sh->engine;
 	if (what == CURL_POLL_REMOVE) {
 		if (socketp)
 			epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL); /* fails only if curl closed it first */
@@ -365,10 +394,10 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
 	}
 	memset(&ev, 0, sizeof ev);
 	ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-	ev.data.u64 = src_tag(SRC_CURL, s);
+	ev.data.u64 = curl_tag(sh, s);
 	if (epoll_ctl(e->epfd, socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev) == 0) {
 		if (socketp == NULL)
-			curl_dl.multi_assign(e->multi, s, e);
+			curl_dl.multi_assign(sh->multi, s, sh);
 		return 0;
 	}
 	curl_dl.easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&t);
@@ -387,9 +416,9 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
 /* CURLMOPT_TIMERFUNCTION: the one curl deadline; http_poll acts on it (never from here). */
 static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 {
-	struct http_engine *e = userp;
+	struct http_shard *sh = userp;
 	(void)multi;
-	e->timer_at = timeout_ms < 0 ? -1 : now_seconds() + (double)timeout_ms / 1000.0;
+	sh->timer_at = timeout_ms < 0 ? -1 : now_seconds() + (double)timeout_ms / 1000.0;
 	return 0;
 }
 
@@ -411,55 +440,101 @@ static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_
 	}
 	if (s < 0)
 		return CURL_SOCKET_BAD;
-	if (t->engine)
-		t->engine->sockets++;
+	if (t->shard)
+		t->shard->sockets++;
 	return s;
 }
 
-/* CURLOPT_CLOSESOCKETFUNCTION: close one of on_open_socket's sockets (the engine counts them). */
+/* CURLOPT_CLOSESOCKETFUNCTION: close one of on_open_socket's sockets (each shard counts its own). */
 static int on_close_socket(void *ud, curl_socket_t s)
 {
-	struct http_engine *e = ud;
-	if (e->sockets > 0)
-		e->sockets--;
+	struct http_shard *sh = ud;
+	if (sh->sockets > 0)
+		sh->sockets--;
 	return close(s);
 }
 
 /*
- * The engine's CURLM, made on first need: loads libcurl (curl_dl_load runs
- * curl_global_init once per process) then curl_multi_init, driven through
- * the socket interface (on_socket, on_timer). 0, or -1 with a message in
- * err, e.g. "cannot load libcurl.so.4: ...".
+ * The shard a new transfer joins: the first with room, else a new one. The
+ * first loads libcurl (curl_dl_load runs curl_global_init once per
+ * process). Each is a CURLM driven through the socket interface (on_socket,
+ * on_timer). NULL with a message in err, e.g. "cannot load libcurl.so.4: ...".
  */
-static int engine_multi(struct http_engine *e, char *err, size_t errlen)
+static struct http_shard *engine_shard(struct http_engine *e, char *err, size_t errlen)
 {
-	if (e->multi)
-		return 0;
-	if (curl_dl_load(err, errlen) != 0)
-		return -1;
-	e->multi = curl_dl.multi_init();
-	if (e->multi == NULL) {
-		snprintf(err, errlen, "curl_multi_init failed");
-		return -1;
+	struct http_shard *sh;
+	unsigned i, slot = e->nshards;
+	for (i = 0; i < e->nshards; i++) {
+		if (e->shards[i] == NULL) {
+			if (slot == e->nshards)
+				slot = i;
+		} else if (e->shards[i]->live < HTTP_SHARD_TRANSFERS) {
+			return e->shards[i];
+		}
 	}
-	curl_dl.multi_setopt(e->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+	if (e->nshards == 0 && curl_dl_load(err, errlen) != 0)
+		return NULL;
+	if (slot == e->nshards) {
+		struct http_shard **grown = realloc(e->shards, (e->nshards + 1) * sizeof *grown);
+		if (grown == NULL)
+			goto nomem;
+		e->shards = grown;
+		e->shards[e->nshards++] = NULL;
+	}
+	sh = calloc(1, sizeof *sh);
+	if (sh == NULL)
+		goto nomem;
+	sh->multi = curl_dl.multi_init();
+	if (sh->multi == NULL) {
+		free(sh);
+		snprintf(err, errlen, "curl_multi_init failed");
+		return NULL;
+	}
+	sh->engine = e;
+	sh->index = slot;
+	sh->timer_at = -1;
+	curl_dl.multi_setopt(sh->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
 	/* HTTP/2: as many streams on a connection as the server allows (its SETTINGS
 	 * still bound it). At libcurl's default of 100, each concurrent request to a
 	 * host past the 100th opened a TLS connection of its own (spec/http2_spec.lua). */
-	curl_dl.multi_setopt(e->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
-	curl_dl.multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-	curl_dl.multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
-	curl_dl.multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-	curl_dl.multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
-	return 0;
+	curl_dl.multi_setopt(sh->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
+	curl_dl.multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_dl.multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+	curl_dl.multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	curl_dl.multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+	e->shards[slot] = sh;
+	return sh;
+nomem:
+	snprintf(err, errlen, "out of memory");
+	return NULL;
+}
+
+/* Close a shard's multi handle (its idle connections with it) and free it. */
+static void shard_free(struct http_engine *e, struct http_shard *sh)
+{
+	curl_dl.multi_cleanup(sh->multi); /* may call on_socket for cached connections: epfd still open */
+	e->shards[sh->index] = NULL;
+	free(sh);
+}
+
+/* Shards past 0 left without transfers (outside any curl call): their idle connections go too. */
+static void free_empty_shards(struct http_engine *e)
+{
+	unsigned i;
+	if (!e->shard_emptied)
+		return;
+	e->shard_emptied = 0;
+	for (i = 1; i < e->nshards; i++)
+		if (e->shards[i] && e->shards[i]->live == 0)
+			shard_free(e, e->shards[i]);
 }
 
 /* Release a transfer's curl state (not its result or buffers). */
 static void release_curl(struct http_transfer *t)
 {
 	if (t->easy) {
-		if (t->engine && t->state == HTTP_RUNNING)
-			curl_dl.multi_remove_handle(t->engine->multi, t->easy);
+		if (t->shard && t->state == HTTP_RUNNING)
+			curl_dl.multi_remove_handle(t->shard->multi, t->easy);
 		curl_dl.easy_cleanup(t->easy);
 		t->easy = NULL;
 	}
@@ -470,11 +545,17 @@ static void release_curl(struct http_transfer *t)
 	t->body = NULL;
 	if (t->state == HTTP_RUNNING && t->engine)
 		t->engine->live--;
+	if (t->state == HTTP_RUNNING && t->shard) {
+		if (--t->shard->live == 0 && t->shard->index > 0 && t->engine)
+			t->engine->shard_emptied = 1;
+	}
+	t->shard = NULL;
 }
 
 void http_engine_free(struct http_engine *e)
 {
 	struct http_transfer *t, *next;
+	unsigned i;
 	if (e == NULL)
 		return;
 	for (t = e->all; t; t = next) {
@@ -490,8 +571,10 @@ void http_engine_free(struct http_engine *e)
 		t->engine = NULL;
 		t->prev = t->next = NULL;
 	}
-	if (e->multi)
-		curl_dl.multi_cleanup(e->multi); /* may call on_socket for cached connections: epfd still open */
+	for (i = 0; i < e->nshards; i++)
+		if (e->shards[i])
+			shard_free(e, e->shards[i]);
+	free(e->shards);
 	close(e->epfd);
 	free(e->watches);
 	free(e);
@@ -598,8 +681,9 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
                                  char *err, size_t errlen)
 {
 	struct http_transfer *t;
+	struct http_shard *sh;
 	size_t i;
-	if (engine_multi(e, err, errlen) != 0)
+	if ((sh = engine_shard(e, err, errlen)) == NULL)
 		return NULL;
 	t = calloc(1, sizeof *t);
 	if (t == NULL) {
@@ -647,7 +731,7 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	curl_dl.easy_setopt(t->easy, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
 	curl_dl.easy_setopt(t->easy, CURLOPT_OPENSOCKETDATA, t);
 	curl_dl.easy_setopt(t->easy, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
-	curl_dl.easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, e);
+	curl_dl.easy_setopt(t->easy, CURLOPT_CLOSESOCKETDATA, sh);
 	curl_dl.easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L); /* never carry a key elsewhere */
 	curl_dl.easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -679,7 +763,7 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	 * over every connection to the host (O(n^2) over a fan-out of n).
 	 * Never over https, where one HTTP/2 connection carries many transfers.
 	 */
-	if (!http_url_is_tls(req->url) && e->live >= e->sockets)
+	if (!http_url_is_tls(req->url) && sh->live >= sh->sockets)
 		curl_dl.easy_setopt(t->easy, CURLOPT_FRESH_CONNECT, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_dl.easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -689,13 +773,16 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 		curl_dl.easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
 	if (req->connect_timeout_ms > 0)
 		curl_dl.easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
-	if (curl_dl.multi_add_handle(e->multi, t->easy) != CURLM_OK) {
+	t->shard = sh; /* before the add: curl may open the socket in it */
+	if (curl_dl.multi_add_handle(sh->multi, t->easy) != CURLM_OK) {
+		t->shard = NULL;
 		snprintf(err, errlen, "curl_multi_add_handle failed");
 		goto fail;
 	}
 	t->state = HTTP_RUNNING;
 	t->started = t->last_rx = now_seconds();
 	e->live++;
+	sh->live++;
 	t->next = e->all;
 	if (e->all)
 		e->all->prev = t;
@@ -780,13 +867,19 @@ static void drain_finished(struct http_engine *e)
 {
 	CURLMsg *m;
 	int left;
-	while ((m = curl_dl.multi_info_read(e->multi, &left)) != NULL) {
-		struct http_transfer *t = NULL;
-		if (m->msg != CURLMSG_DONE)
+	unsigned i;
+	for (i = 0; i < e->nshards; i++) {
+		struct http_shard *sh = e->shards[i];
+		if (sh == NULL)
 			continue;
-		curl_dl.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-		if (t)
-			finish(t, m->data.result, HTTP_OK, NULL);
+		while ((m = curl_dl.multi_info_read(sh->multi, &left)) != NULL) {
+			struct http_transfer *t = NULL;
+			if (m->msg != CURLMSG_DONE)
+				continue;
+			curl_dl.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+			if (t)
+				finish(t, m->data.result, HTTP_OK, NULL);
+		}
 	}
 }
 
@@ -835,33 +928,50 @@ static void check_idle(struct http_engine *e)
 	e->idle_at = next;
 }
 
-/* curl's timer, when due (or kicked after a resume): one socket_action(CURL_SOCKET_TIMEOUT). */
+/* Each shard's curl timer, when due (or kicked after a resume): one socket_action(CURL_SOCKET_TIMEOUT). */
 static CURLMcode run_timer(struct http_engine *e)
 {
 	int running;
-	int due = e->timer_at >= 0 && now_seconds() >= e->timer_at;
-	if (e->multi == NULL || (!due && !e->kick))
-		return CURLM_OK;
-	if (due)
-		e->timer_at = -1; /* one-shot, as curl expects: on_timer sets the next one */
+	unsigned i;
+	double now = now_seconds();
 	e->kick = 0;
-	return curl_dl.multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	for (i = 0; i < e->nshards; i++) {
+		struct http_shard *sh = e->shards[i];
+		int due;
+		CURLMcode mc;
+		if (sh == NULL)
+			continue;
+		due = sh->timer_at >= 0 && now >= sh->timer_at;
+		if (!due && !sh->kick)
+			continue;
+		if (due)
+			sh->timer_at = -1; /* one-shot, as curl expects: on_timer sets the next one */
+		sh->kick = 0;
+		mc = curl_dl.multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		if (mc != CURLM_OK)
+			return mc;
+	}
+	return CURLM_OK;
 }
 
 /* One ready epoll entry: a curl socket costs one socket_action; a watch runs its callback. */
 static CURLMcode dispatch(struct http_engine *e, const struct epoll_event *ev)
 {
 	int fd = (int)(uint32_t)ev->data.u64;
-	int kind = (int)(ev->data.u64 >> 32);
+	int kind = (int)((ev->data.u64 >> 32) & 0xff);
 	if (kind == SRC_CURL) {
+		unsigned shard = (unsigned)(ev->data.u64 >> 40);
 		int running, mask = 0;
+		/* A shard freed since this entry was read took its sockets with it. */
+		if (shard >= e->nshards || e->shards[shard] == NULL)
+			return CURLM_OK;
 		if (ev->events & (EPOLLIN | EPOLLHUP))
 			mask |= CURL_CSELECT_IN;
 		if (ev->events & EPOLLOUT)
 			mask |= CURL_CSELECT_OUT;
 		if (ev->events & EPOLLERR)
 			mask |= CURL_CSELECT_ERR;
-		return curl_dl.multi_socket_action(e->multi, fd, mask, &running);
+		return curl_dl.multi_socket_action(e->shards[shard]->multi, fd, mask, &running);
 	}
 	if (kind == SRC_WATCH && fd < e->nwatches && e->watches[fd].events != 0) {
 		/* Looked up now: an earlier callback in this batch may have removed it. */
@@ -891,8 +1001,8 @@ static CURLMcode run_due(struct http_engine *e)
 {
 	CURLMcode mc = run_timer(e);
 	finish_sock_failures(e);
-	if (e->multi)
-		drain_finished(e);
+	drain_finished(e);
+	free_empty_shards(e);
 	check_idle(e);
 	return mc;
 }
@@ -945,10 +1055,18 @@ long http_next_timeout(struct http_engine *e)
 {
 	double now;
 	long ms, idle;
+	unsigned i;
 	if (e->ready_head || e->kick || e->sock_failures)
 		return 0;
 	now = now_seconds();
-	ms = ms_until(e->timer_at, now);
+	ms = -1;
+	for (i = 0; i < e->nshards; i++) {
+		long at;
+		if (e->shards[i] == NULL || (at = ms_until(e->shards[i]->timer_at, now)) < 0)
+			continue;
+		if (ms < 0 || at < ms)
+			ms = at;
+	}
 	idle = ms_until(e->idle_at, now);
 	if (idle >= 0 && (ms < 0 || idle < ms))
 		ms = idle;
@@ -1005,6 +1123,8 @@ void http_events_consumed(struct http_transfer *t)
 			idle_note(t->engine, t);
 			/* curl resumes it from its timer (easy_pause sets it); the next poll runs it at once. */
 			t->engine->kick = 1;
+			if (t->shard)
+				t->shard->kick = 1;
 		}
 		/* May deliver the held data right here, through on_body. */
 		curl_dl.easy_pause(t->easy, CURLPAUSE_CONT);
