@@ -97,6 +97,19 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+# With two cores or more, the servers run on core 0 and every contender on core 1 (BENCH_PIN=0: no
+# pinning). Unpinned, the scheduler sometimes put a contender beside the server on one core and
+# the same 10,000-stream run cost 4.4 or 6.0 CPU-s; pinned, runs agree within a few percent.
+PIN = (os.cpu_count() or 1) >= 2 and os.environ.get("BENCH_PIN", "1") != "0"
+
+
+def pin_to(core):
+    """A preexec_fn putting the child (and what it execs and forks) on one core, or None."""
+    if not PIN:
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
 class Server:
     """The test server, its control API, and its CPU time."""
 
@@ -104,7 +117,7 @@ class Server:
         port_file = os.path.join(tmp, "port")
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "scripts/testserver.py"), "--port-file", port_file,
-             "--parent-pid", str(os.getpid()), "--max-lifetime", "3600"])
+             "--parent-pid", str(os.getpid()), "--max-lifetime", "3600"], preexec_fn=pin_to(0))
         for _ in range(200):
             if os.path.exists(port_file):
                 break
@@ -145,7 +158,8 @@ def measure(cmd, tmp, env=None, repeat=1):
     with wall and cpu summed over the repeats."""
     out_path, err_path, res_path = (os.path.join(tmp, x) for x in ("out", "err", "res"))
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        subprocess.run([METER, res_path, str(repeat)] + cmd, stdout=out, stderr=err, cwd=ROOT, env=env)
+        subprocess.run([METER, res_path, str(repeat)] + cmd, stdout=out, stderr=err, cwd=ROOT, env=env,
+                       preexec_fn=pin_to(1))
     with open(res_path) as f:
         wall, user, sys_, rss, status = f.read().split()
     with open(out_path, "rb") as f:
@@ -217,7 +231,7 @@ class ScaleServer(Server):
         port_file = os.path.join(tmp, "scale-port")
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "scripts/bench/scale_server.py"), "--port-file", port_file,
-             "--parent-pid", str(os.getpid())])
+             "--parent-pid", str(os.getpid())], preexec_fn=pin_to(0))
         for _ in range(200):
             if os.path.exists(port_file):
                 break
@@ -867,7 +881,7 @@ def main():
            ""] + machine() + [
            "- method: every contender is a separate process, measured by `scripts/bench/measure.c` (fork, exec, waitpid, getrusage(RUSAGE_CHILDREN)): CPU is user+sys "
            "of that process and the children it waited for (the curl that plain Lua spawns); peak RSS is "
-           "ru_maxrss. Medians of %d run(s); contenders alternate within each run. Every result is checked "
+           "ru_maxrss. " + ("Servers run on core 0, contenders on core 1 (pinned). " if PIN else "") + "Medians of %d run(s); contenders alternate within each run. Every result is checked "
            "(chunk count, content bytes, request count seen by the server); a failed check marks the row "
            "FAILED. The local server is `scripts/testserver.py` serving pre-rendered streams; its own CPU "
            "time per contender run is the \"server CPU s\" column (%.1f s over the whole bench); \"conns\" "
