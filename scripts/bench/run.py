@@ -29,6 +29,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scale_profile import scale_profile  # noqa: E402 (beside this file)
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BENCH = os.path.join(ROOT, "bench")
 HOST = os.environ.get("BENCH_HOST") or os.path.join(ROOT, "luachat")  # BENCH_HOST: another build's host
@@ -867,6 +870,12 @@ def main():
         prof = None
         if PROFILE == "1" or ((missed or not QUICK) and PROFILE != "0"):
             prof = profile(tmp, srv)
+        sprof = None
+        if SCALE_SERVERS and (PROFILE == "1" or (not QUICK and PROFILE != "0")):
+            n, chunks = S["scale"][-1]
+            log("== profile: %d streams (luachat.core alone, perf, massif at %d)" % (n, n // 5))
+            sprof = scale_profile({"srv": SCALE_SERVERS[0], "tmp": tmp, "host": HOST, "root": ROOT,
+                                   "measure": measure, "pin": pin_to(1), "results": b.results}, n, chunks)
         server_total = srv.stats()["cpu_seconds"]
     finally:
         srv.stop()
@@ -894,6 +903,8 @@ def main():
     if scale:
         doc += ["## Scale (issue 16)", "", "The same chunks split as N concurrent streams (medians; CPU is "
                 "user+sys of the whole process; set-up: the same N streams of one chunk each).", ""] + scale + [""]
+        if sprof:
+            doc += ["### Where the time and memory go at the largest row", ""] + sprof + [""]
     doc += ["## Results", ""]
     for wl, rows in b.results:
         doc += table(wl, rows)
