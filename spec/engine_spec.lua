@@ -169,12 +169,14 @@ describe("engine: file descriptors", function()
       assert.is_not_nil(ok, out)
       assert.equal(tostring(n), ok, out)
       assert.equal("0", live, out)
-      -- Only the first handle's idle connections stay open (at most its 512 transfers').
-      assert.is_true(tonumber(sockets) <= 512, out)
+      -- Only the first handle's idle connections stay open: about its 512 transfers' (a few
+      -- more when a connection opened while another was being handed back). Kept, the second
+      -- handle's made it 753 and 950.
+      assert.is_true(tonumber(sockets) <= 600, out)
     end
     local after_ok, after_sockets = out:match("after ok=(%a+) sockets=(%d+)\n")
     assert.equal("true", after_ok, out)
-    assert.is_true(tonumber(after_sockets) <= 512, out)
+    assert.is_true(tonumber(after_sockets) <= 600, out)
     assert.equal(2 * n + 1, #srv:requests())
   end)
 
