@@ -307,6 +307,18 @@ describe("luachat.batch", function()
     assert.equal(401, by.r1.response.status_code)
   end)
 
+  it("a credential in a line's own query (?key=...) is redacted from the body written, like the client's key", function()
+    proc.write_file(dir .. "/in.jsonl", '{"custom_id":"k1","url":"/v1/chat/completions?key=LINE-SECRET-456","body":{"model":"m"}}\n'
+      .. '{"custom_id":"k2","url":"/v1/chat/completions?note=PLAIN-VALUE-789","body":{"model":"m"}}\n')
+    srv:default { status = 400, json = { error = { message = "bad request {{query}}" } } }
+    local s = assert(batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" })
+    assert.equal(2, s.failed)
+    assert.not_matches("LINE-SECRET-456", proc.read_file(dir .. "/out.jsonl"), 1, true)
+    local by = results(dir .. "/out.jsonl")
+    assert.equal("bad request key=[REDACTED]", by.k1.response.body.error.message)
+    assert.equal("bad request note=PLAIN-VALUE-789", by.k2.response.body.error.message) -- not a secret's name
+  end)
+
   it("shards cover the input exactly once, stable for the file", function()
     write_input(dir .. "/in.jsonl", 30)
     local all, sizes = {}, {}

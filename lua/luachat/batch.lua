@@ -752,7 +752,19 @@ function M.run_checked(o, client, output, done, src)
 
   local function finish(req, r, doc, err)
     seq = seq + 1
-    local line = M.output_line(string.format("batch_req_%s%07d", run_id, seq), req.custom_id, r, doc, err, redact_body)
+    local redactor = redact_body
+    if req.query ~= "" then
+      -- A line's own query may carry a credential (?key=...): out of its result too.
+      local own = redact.secrets { url = "?" .. req.query }
+      if own[1] then
+        redactor = function(text) return redact.text(redact_body(text), own) end
+        if err then
+          if type(err.message) == "string" then err.message = redact.text(err.message, own) end
+          if type(err.body) == "string" then err.body = redact.text(err.body, own) end
+        end
+      end
+    end
+    local line = M.output_line(string.format("batch_req_%s%07d", run_id, seq), req.custom_id, r, doc, err, redactor)
     local ok_w, werr = out:write(line, "\n")
     if ok_w then ok_w, werr = out:flush() end
     if not ok_w then
