@@ -8,6 +8,7 @@
 set -u
 build=${1:-build}
 host=${2:-./luachat}
+case $host in */*) ;; *) host=./$host ;; esac # make's HOST=luachat: the file here, not one on PATH
 vg="valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite --track-fds=no"
 status=0
 tmp=$(mktemp -d) || exit 1

@@ -73,6 +73,19 @@ describe("client", function()
       assert.equal("api-version=2024-10-21", r.query)
     end)
 
+    it("a query in the path joins the client's (one '?', the path's value wins a shared name)", function()
+      srv:default { json = { object = "list", data = {} } }
+      local c = client { query = { ["api-version"] = "2024-10-21" } }
+      assert(c:get("models?limit=2"))
+      assert(c:post("chat/completions?foo=1&api-version=2025-01-01", { model = "m", messages = {} }))
+      local b = luachat.client { base_url = srv.base_url .. "?api-version=2024-02-01", api_key = "k" }
+      assert(b:get("/models?limit=3#frag"))
+      local reqs = srv:requests()
+      assert.same({ "/v1/models", "api-version=2024-10-21&limit=2" }, { reqs[1].path, reqs[1].query })
+      assert.same({ "/v1/chat/completions", "foo=1&api-version=2025-01-01" }, { reqs[2].path, reqs[2].query })
+      assert.same({ "/v1/models", "api-version=2024-02-01&limit=3" }, { reqs[3].path, reqs[3].query })
+    end)
+
     it("get and post reach any endpoint", function()
       srv:script { { json = { object = "list", data = { { id = "m1" } } } }, { json = { data = { { embedding = { 0.5 } } } } } }
       local c = client()

@@ -123,15 +123,39 @@ local function query_string(...)
   return #parts > 0 and ("?" .. table.concat(parts, "&")) or ""
 end
 
+-- The name of one "name=value" query parameter, decoded, to compare names.
+local function param_name(part)
+  return (part:match("^[^=]*"):gsub("%+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- url (a request URL, maybe with a query) with `query` ("a=1&b=2", as sent)
+-- added: its parameters after the URL's own, a name in both sent once, as
+-- `query` has it.
+function M.with_query(url, query)
+  if query == nil or query == "" then return url end
+  local base, q = url:match("^([^?]*)%??(.*)$")
+  local mine = {}
+  for part in query:gmatch("[^&]+") do mine[param_name(part)] = true end
+  local parts = {}
+  for part in q:gmatch("[^&]+") do
+    if not mine[param_name(part)] then parts[#parts + 1] = part end
+  end
+  parts[#parts + 1] = query
+  return base .. "?" .. table.concat(parts, "&")
+end
+
 -- The URL of path under the client's base_url. base_url may carry a query
 -- (Azure's "...?api-version=..."): the path goes before it, and it comes first
--- in the query sent; a fragment is dropped.
+-- in the query sent, then the client's and the call's `query`; a query in the
+-- path itself ("models?limit=2") comes last, and a name it gives is sent once,
+-- with its value. A fragment is dropped.
 function M.url(client, path, query)
-  path = tostring(path):gsub("^/+", "")
+  local own
+  path, own = tostring(path):gsub("^/+", ""):match("^([^?#]*)%??([^#]*)")
   local base, bq = client.base_url:match("^([^?#]*)%??([^#]*)")
   local qs = query_string(client.query, query)
   if bq ~= "" then qs = "?" .. bq .. (qs ~= "" and "&" .. qs:sub(2) or "") end
-  return base:gsub("/+$", "") .. "/" .. path .. qs
+  return M.with_query(base:gsub("/+$", "") .. "/" .. path .. qs, own)
 end
 
 -- A new Idempotency-Key: "luachat-" and 32 hex digits (128 random bits), the
