@@ -167,6 +167,21 @@ describe("luachat batch", function()
     assert.matches("20 requests: 20 ok, 0 failed", err, 1, true)
     _, n = results(dir .. "/o4.jsonl")
     assert.equal(20, n)
+    -- "-" is standard input, copied as /dev/stdin is (and named so); an existing results
+    -- file is refused in the command line's words
+    _, err, code = proc.run(string.format("cat %s | %s%s batch - -o %s --base-url %s",
+      q(dir .. "/in.jsonl"), env, q(HOST), q(dir .. "/o5.jsonl"), q(srv.base_url)))
+    assert.equal(0, code, err)
+    _, n = results(dir .. "/o5.jsonl")
+    assert.equal(20, n)
+    _, err, code = proc.run(string.format("%s%s batch - -o %s --base-url %s <%s", env, q(HOST), q(dir .. "/o5.jsonl"),
+      q(srv.base_url), q(dir .. "/in.jsonl")))
+    assert.same({ 2, "luachat: batch: " .. dir .. "/o5.jsonl already has results: pass --resume to continue it, or remove it\n" },
+      { code, err })
+    _, err, code = proc.run(string.format("printf '{}\\n' | %s%s batch - -o %s --base-url %s", env, q(HOST),
+      q(dir .. "/o6.jsonl"), q(srv.base_url)))
+    assert.equal(2, code, err)
+    assert.matches("luachat: batch: standard input: 1 problem in the input, nothing was sent:\n  line 1: no custom_id", err, 1, true)
     -- a bad piped input is refused as a file would be, naming the input
     _, err, code = proc.run(string.format("printf '{}\\n' | %s%s batch /dev/stdin -o %s --base-url %s", env, q(HOST),
       q(dir .. "/o3.jsonl"), q(srv.base_url)))
@@ -229,7 +244,7 @@ describe("luachat batch", function()
     srv:reset()
     _, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl") .. " --resume")
     assert.equal(2, code, err)
-    assert.matches("out.jsonl: 1 line is not a batch result, nothing was sent (fix or remove them, then --resume):\n"
+    assert.matches("out.jsonl: 1 line is not a batch result, nothing was sent (fix or remove them, then run again with --resume):\n"
       .. "  line 2: invalid JSON", err, 1, true)
     assert.equal(0, #srv:requests())
   end)
@@ -247,7 +262,18 @@ describe("luachat batch", function()
         "luachat: batch: cannot write the results to " .. dir .. ": Is a directory\n" },
       { q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/in.jsonl") .. " --remote --resume",
         "luachat: batch: " .. dir .. "/in.jsonl is the requests file: give another results file (-o)\n" },
+      -- a missing directory: refused before the input is read (bad.jsonl's problem is not reported)
+      { q(dir .. "/bad.jsonl") .. " -o " .. q(dir .. "/nodir/x.jsonl"),
+        "luachat: batch: cannot write the results to " .. dir .. "/nodir/x.jsonl: No such file or directory\n" },
+      { q(dir .. "/bad.jsonl") .. " -o " .. q(dir .. "/nodir/x.jsonl") .. " --remote",
+        "luachat: batch: cannot write the results to " .. dir .. "/nodir/x.jsonl: No such file or directory\n" },
+      { q(dir .. "/bad.jsonl") .. " -o " .. q(dir .. "/in.jsonl/x.jsonl") .. " --resume",
+        "luachat: batch: cannot write the results to " .. dir .. "/in.jsonl/x.jsonl: Not a directory\n" },
+      { q(dir .. "/in.jsonl") .. " -o -",
+        "luachat batch: -o -: the results cannot go to standard output (--resume reads them back): give a file\n"
+        .. "usage: luachat batch REQUESTS.jsonl -o RESULTS.jsonl [options]  (try 'luachat batch --help')\n" },
     }
+    proc.write_file(dir .. "/bad.jsonl", "not json\n")
     for _, c in ipairs(cases) do
       local out, err, code = batch(c[1])
       assert.same({ "", c[2], 2 }, { out, err, code })
@@ -301,7 +327,7 @@ describe("luachat batch", function()
     assert.equal(0, code)
     assert.matches("usage: luachat batch REQUESTS.jsonl -o RESULTS.jsonl", out, 1, true)
     for _, opt in ipairs { "--concurrency", "--rpm", "--tpm", "--resume", "--shard K/N", "--shards N",
-      "--remote", "--poll-interval", "--max-retries", "--remote-status", "--quiet" } do
+      "--remote", "--poll-interval", "--max-retries", "--remote-status", "--quiet", "REQUESTS.jsonl is -, " } do
       assert.matches(opt, out, 1, true)
     end
     out = proc.run(q(HOST) .. " --help")
@@ -362,6 +388,21 @@ describe("luachat batch", function()
       local id = reqs[i].body:match('"q(%d+)%."')
       assert.is_nil(before["r" .. id], "r" .. id .. " sent again")
     end
+  end)
+
+  it("Ctrl-C before anything completed (the input still being copied): exit 130, says nothing completed", function()
+    write_input(dir .. "/in.jsonl", 3)
+    local out, spid = dir .. "/out.jsonl", dir .. "/spid"
+    -- the writer sends the input and keeps the pipe open; once luachat holds its copy (an open
+    -- file with no name), Ctrl-C goes to both, as a terminal sends it to the whole pipeline
+    local _, err, code = proc.run(string.format("(cat %s; sh -c 'echo $$ >%s; exec sleep 60') | %s%s batch - -o %s --base-url %s & "
+      .. "pid=$!; until [ -s %s ] && ls -l /proc/$pid/fd 2>/dev/null | grep -q deleted || ! kill -0 $pid 2>/dev/null; do sleep 0.02; done; "
+      .. "kill -INT $(cat %s) $pid; wait $pid",
+      q(dir .. "/in.jsonl"), q(spid), env, q(HOST), q(out), q(srv.base_url), q(spid), q(spid)))
+    assert.equal(130, code, err)
+    assert.equal("luachat: batch: interrupted before any request completed; nothing was written\n", err)
+    assert.is_nil(io.open(out), "the results file was made")
+    assert.equal(0, #srv:requests())
   end)
 
   it("--shards takes K from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID; the shards cover the input once", function()

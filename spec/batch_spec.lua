@@ -170,7 +170,8 @@ describe("luachat.batch", function()
     local s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" }
     assert.is_nil(s)
     assert.equal("usage", err.kind)
-    assert.matches("--resume", err.message, 1, true)
+    -- the Lua API's words, not the command line's
+    assert.equal(dir .. "/out.jsonl already has results: pass resume = true to continue it, or remove it", err.message)
     assert.equal(0, #srv:requests())
   end)
 
@@ -276,6 +277,22 @@ describe("luachat.batch", function()
       assert.equal("usage", err.kind)
       assert.equal("cannot write the results to " .. dir .. ": Is a directory", err.message)
     end
+    -- an output whose directory is missing (or is a file) is refused before the input is read
+    -- (its problems are not reported), and a new output in a writable directory is not left behind
+    proc.write_file(dir .. "/bad.jsonl", "not json\n")
+    s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/nodir/out.jsonl" }
+    assert.same({ "usage", "cannot write the results to " .. dir .. "/nodir/out.jsonl: No such file or directory" },
+      { err.kind, err.message })
+    s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/in.jsonl/out.jsonl" }
+    assert.same({ "usage", "cannot write the results to " .. dir .. "/in.jsonl/out.jsonl: Not a directory" },
+      { err.kind, err.message })
+    s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/new.jsonl" }
+    assert.equal("input", err.kind)
+    assert.is_nil(io.open(dir .. "/new.jsonl"), "the check left the output behind")
+    -- "-" is standard input, not a file; as the output it is refused (the results are a file: resume reads them)
+    s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = "-" }
+    assert.equal("usage", err.kind)
+    assert.matches("results cannot go to standard output", err.message, 1, true)
     assert.equal(0, #srv:requests())
   end)
 
@@ -470,7 +487,13 @@ describe("luachat.batch", function()
     proc.write_file(dir .. "/in3.jsonl", '{"custom_id":"a","url":"/v1/chat/completions?x=1","body":{}}\n'
       .. '{"custom_id":"b","url":"v1/chat/completions?x=1","body":{}}\n'
       .. '{"custom_id":"c","url":"?x=1","body":{}}\n'
-      .. '{"custom_id":"d","url":"/v1/chat/completions?x=a b","body":{}}\n')
+      .. '{"custom_id":"d","url":"/v1/chat/completions?x=a b","body":{}}\n'
+      .. '{"custom_id":"e","url":"/../../etc","body":{}}\n'
+      .. '{"custom_id":"f","url":"/v1/../x?y=1","body":{}}\n'
+      .. '{"custom_id":"g","url":"/v1/./chat/completions","body":{}}\n'
+      .. '{"custom_id":"h","url":"/v1/%2E%2e/x","body":{}}\n'
+      .. '{"custom_id":"i","url":"/v1/..","body":{}}\n'
+      .. '{"custom_id":"j","url":"/v1/a..b/.x/x.?k=../..","body":{}}\n')
     srv:reset()
     local s3, err = batch.run { client = client, input = dir .. "/in3.jsonl", output = dir .. "/out3.jsonl" }
     assert.is_nil(s3)
@@ -478,6 +501,11 @@ describe("luachat.batch", function()
       "line 2: url must be a path such as \"/v1/chat/completions\" (custom_id 'b')",
       "line 3: url must be a path such as \"/v1/chat/completions\" (custom_id 'c')",
       "line 4: url must be a path such as \"/v1/chat/completions\" without spaces or control characters (custom_id 'd')",
+      "line 5: url must be a path without '.' or '..' segments (custom_id 'e')",
+      "line 6: url must be a path without '.' or '..' segments (custom_id 'f')",
+      "line 7: url must be a path without '.' or '..' segments (custom_id 'g')",
+      "line 8: url must be a path without '.' or '..' segments (custom_id 'h')",
+      "line 9: url must be a path without '.' or '..' segments (custom_id 'i')",
     }, err.problems)
     assert.equal(0, #srv:requests())
   end)

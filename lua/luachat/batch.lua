@@ -146,6 +146,12 @@ local function parse_line(text)
     return nil, "url must be a path such as \"/v1/chat/completions\" without spaces or control characters (custom_id '"
       .. id .. "')"
   end
+  -- "/.." and "/." (also as %2E) would leave the base URL's path, or be resolved by some
+  -- and not by others: refused, as curl and servers would each read them their own way
+  local dotted = "/" .. path:gsub("%%2[Ee]", ".") .. "/"
+  if dotted:find("/%.%.?/") then
+    return nil, "url must be a path without '.' or '..' segments (custom_id '" .. id .. "')"
+  end
   return { custom_id = id, method = method, url = url, path = path, query = query, body = body }
 end
 M.parse_line = parse_line
@@ -223,33 +229,40 @@ end
 -- no copy is left behind, even by kill -9. Every later read goes through
 -- that one handle. -> src | nil, err (kind "input").
 function M.open_input(path)
-  local f, oerr = open_readable(path)
-  if not f then return nil, input_error("cannot read the input: " .. oerr) end
-  if f:seek("cur") then -- a regular file: read it where it is
+  local f, oerr
+  if path == "-" then -- standard input (as `luachat -` reads a script): always copied, its name is "-"
+    f, path = io.stdin, "standard input"
+  else
+    f, oerr = open_readable(path)
+    if not f then return nil, input_error("cannot read the input: " .. oerr) end
+  end
+  if f ~= io.stdin and f:seek("cur") then -- a regular file: read it where it is
     f:close()
     return M.file_source(path)
   end
   local dst, derr = io.tmpfile()
   if not dst then
-    f:close()
+    if f ~= io.stdin then f:close() end
     return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(derr))
   end
   while true do
     local chunk, rerr = f:read(1 << 16)
     if not chunk then
       if rerr then
-        f:close(); dst:close()
+        if f ~= io.stdin then f:close() end
+        dst:close()
         return nil, input_error("cannot read the input: " .. path .. ": " .. tostring(rerr))
       end
       break
     end
     local ok, werr = dst:write(chunk)
     if not ok then
-      f:close(); dst:close()
+      if f ~= io.stdin then f:close() end
+      dst:close()
       return nil, input_error("cannot copy the input (not a regular file) to a temporary file: " .. tostring(werr))
     end
   end
-  f:close()
+  if f ~= io.stdin then f:close() end
   local ok, ferr = dst:flush()
   if not ok then
     dst:close()
@@ -353,7 +366,7 @@ local function not_results_error(path, problems, nproblems, request_seen)
   end
   local headline = string.format("%s: %d line%s %s not a batch result, nothing was sent%s", path, nproblems,
     nproblems == 1 and "" or "s", nproblems == 1 and "is" or "are",
-    request_seen and " (is it the requests file?)" or " (fix or remove them, then --resume)")
+    request_seen and " (is it the requests file?)" or " (fix or remove them, then run again with resume = true)")
   return input_error(headline .. ": " .. problems[1], problems, headline)
 end
 
@@ -434,14 +447,24 @@ local function first_line_kind(path)
 end
 
 -- Can the results be written to path? A directory, or a file that cannot be
--- opened to append, is refused (kind "usage": nothing was sent).
+-- opened to append, is refused (kind "usage": nothing was sent). A file that
+-- does not exist yet is created to see that its directory exists and is
+-- writable, then removed (the run makes it again after the input's check).
 local function check_output_path(path)
   local f, oerr = open_readable(path)
   if f then
     f:close()
     return true
   end
-  if tostring(oerr):find("No such file", 1, true) then return true end -- the run creates it
+  if tostring(oerr):find("No such file", 1, true) then
+    local made, merr = io.open(path, "ab")
+    if made then
+      made:close()
+      os.remove(path)
+      return true
+    end
+    oerr = merr
+  end
   return nil, core.error { kind = "usage", message = "cannot write the results to " .. tostring(oerr) }
 end
 
@@ -658,6 +681,10 @@ end
 -- new (or empty), so no id is written twice; with resume, only result lines.
 -- -> done (an idset, or nil) | nil, err.
 local function check_output(o, output)
+  if output == "-" then
+    return nil, core.error { kind = "usage", message =
+      "the results cannot go to standard output (resume = true reads them back): give a file as the output" }
+  end
   if o.input and same_name(output, o.input) then
     return nil, core.error { kind = "usage", message = output .. " is the requests file: give another results file (-o)" }
   end
@@ -674,7 +701,7 @@ local function check_output(o, output)
     end
     if size > 0 and not o.resume then
       return nil, core.error { kind = "usage",
-        message = output .. " already has results: pass --resume (resume = true) to continue it, or remove it" }
+        message = output .. " already has results: pass resume = true to continue it, or remove it" }
     end
     if o.resume then
       local d, serr = M.scan_output(output)
@@ -690,6 +717,9 @@ M.check_output = check_output
 function M.run(o)
   check_opts(o)
   local client = o.client or require("luachat").client()
+  if o.output == nil and o.input == "-" then
+    return nil, core.error { kind = "usage", message = "the input is standard input: give the output's name (output = ...)" }
+  end
   local output = o.output or (o.input:gsub("%.jsonl$", "") .. ".results.jsonl")
   local done, cerr = check_output(o, output)
   if done == nil then return nil, cerr end
@@ -875,7 +905,7 @@ function M.run_checked(o, client, output, done, src)
   if answered < summary.total then
     -- the input changed (or could not be read) between the check and the send pass
     return nil, input_error(string.format("%s: %d of %d requests were not sent: the input changed or could not be read "
-      .. "while it was being sent (--resume sends the rest)", o.input, summary.total - answered, summary.total))
+      .. "while it was being sent (resume = true sends the rest)", o.input, summary.total - answered, summary.total))
   end
   return summary
 end

@@ -28,11 +28,13 @@ base URL's) and writes one line per request to RESULTS in the OpenAI Batch
 output format, in completion order, each line flushed as it comes.
 The input is checked before anything is sent (exit 2 naming the lines); a pipe
 (/dev/stdin, <(...)) is copied to a temporary file first (one with no name, in
-/tmp: nothing is left behind, even by kill -9).
+/tmp: nothing is left behind, even by kill -9). REQUESTS.jsonl is -, standard
+input, the same way: cat requests.jsonl | luachat batch - -o results.jsonl.
 
 Options:
-  -o, --output FILE      the results (required, not the input); {shard} in the
-                         name becomes K
+  -o, --output FILE      the results (required, not the input, not -: --resume
+                         reads them back); its directory must exist; {shard}
+                         in the name becomes K
   --concurrency N        requests in flight at once (64)
   --rpm N                at most N requests a minute (requests evenly spaced)
   --tpm N                at most N tokens a minute (estimated from each body,
@@ -119,6 +121,9 @@ function M.parse(args, env)
     return nil, "give the requests file: luachat batch REQUESTS.jsonl -o RESULTS.jsonl"
   end
   if not o.output then return nil, "give the results file: -o RESULTS.jsonl" end
+  if o.output == "-" then
+    return nil, "-o -: the results cannot go to standard output (--resume reads them back): give a file"
+  end
   if o.shard and o.shards then return nil, "--shard and --shards cannot be used together" end
   if o.shard then
     local k, n = batch.parse_shard(o.shard)
@@ -201,18 +206,23 @@ local function summary_line(s, quiet)
     secs > 0 and done > 0 and string.format(" (%.0f req/s)", done / secs) or "", s.output))
 end
 
+-- The library's words for its resume option, in the command line's.
+local function cli_words(s)
+  return (tostring(s):gsub("resume = true", "--resume"))
+end
+
 -- The message of a run's error, problems listed one a line. File problems
 -- (input, usage: nothing was sent) exit 2 and a file that cannot be written
 -- exits 1, each as "luachat: batch: ..."; the provider's errors (--remote)
 -- name the profile. o: the options (a --remote 404 names the batch id).
 local function report_error(err, s, o)
   if type(err) == "table" and err.kind == "input" and type(err.problems) == "table" then
-    io.stderr:write("luachat: batch: ", term.one_line(err.headline or err.message, 400), ":\n")
+    io.stderr:write("luachat: batch: ", term.one_line(cli_words(err.headline or err.message), 400), ":\n")
     for _, p in ipairs(err.problems) do io.stderr:write("  ", term.one_line(p, 400), "\n") end
     return EXIT.usage
   end
   if type(err) == "table" and (err.kind == "usage" or err.kind == "input" or err.kind == "environment") then
-    io.stderr:write("luachat: batch: ", term.one_line(err.message, 400), "\n")
+    io.stderr:write("luachat: batch: ", term.one_line(cli_words(err.message), 400), "\n")
     return err.kind == "environment" and EXIT.error or EXIT.usage
   end
   if type(err) == "table" and tonumber(err.status) == 404 and o and (o.remote or o.remote_status) then
@@ -297,6 +307,15 @@ function M.main(args)
     if o.remote or o.remote_status then
       io.stderr:write(bol, "luachat: batch: interrupted", o.remote_status and string.format(
         "; the batch goes on: luachat batch --remote-status %s -o %s", o.remote_status, o.output) or "", "\n")
+      return EXIT.interrupted
+    end
+    -- nothing completed (Ctrl-C while the input was copied or checked, or before a first
+    -- answer): the results file is missing or empty, and there is nothing to resume
+    local f = io.open(o.output, "rb")
+    local size = f and f:seek("end") or 0
+    if f then f:close() end
+    if size == 0 then
+      io.stderr:write(bol, "luachat: batch: interrupted before any request completed; nothing was written\n")
       return EXIT.interrupted
     end
     io.stderr:write(bol, "luachat: batch: interrupted; what completed is in ", o.output, " (--resume continues)\n")

@@ -153,7 +153,7 @@ function M.run_checked(o, src)
     if not f then return nil, core.error { kind = "input", message = "cannot read the input: " .. tostring(ferr) } end
     local data = f:read("a")
     src:release(f)
-    local name = o.input:match("([^/]*)$")
+    local name = o.input == "-" and "stdin.jsonl" or o.input:match("([^/]*)$")
     local body, ctype = M.multipart { { "purpose", "batch" }, { "file", data, name, "application/jsonl" } }
     data = nil
     local r, uerr = raw(client, "POST", "files", body, ctype, max_retries)
