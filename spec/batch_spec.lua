@@ -289,6 +289,15 @@ describe("luachat.batch", function()
     s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/new.jsonl" }
     assert.equal("input", err.kind)
     assert.is_nil(io.open(dir .. "/new.jsonl"), "the check left the output behind")
+    -- the check's own file (made and removed in that directory) is gone, and an output that
+    -- is a symlink to a missing file is left as it is
+    assert(os.execute("ln -s " .. dir .. "/target.jsonl " .. dir .. "/link.jsonl"))
+    s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/link.jsonl" }
+    assert.equal("input", err.kind)
+    assert.is_true(os.execute("test -L " .. dir .. "/link.jsonl"), "the symlink was removed")
+    local ls = io.popen("ls -A " .. dir)
+    assert.equal("bad.jsonl\nin.jsonl\nlink.jsonl\n", ls:read("a"))
+    ls:close()
     -- "-" is standard input, not a file; as the output it is refused (the results are a file: resume reads them)
     s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = "-" }
     assert.equal("usage", err.kind)

@@ -446,10 +446,17 @@ local function first_line_kind(path)
   return nil
 end
 
+local function random_hex(n)
+  local t = {}
+  for i = 1, n do t[i] = string.format("%02x", math.random(0, 255)) end
+  return table.concat(t)
+end
+
 -- Can the results be written to path? A directory, or a file that cannot be
--- opened to append, is refused (kind "usage": nothing was sent). A file that
--- does not exist yet is created to see that its directory exists and is
--- writable, then removed (the run makes it again after the input's check).
+-- opened to append, is refused (kind "usage": nothing was sent). For a file
+-- that does not exist yet, its directory must exist and be writable: a file
+-- of another name is made there and removed at once (never the output's own
+-- name, which may be a symlink to a missing file).
 local function check_output_path(path)
   local f, oerr = open_readable(path)
   if f then
@@ -457,13 +464,15 @@ local function check_output_path(path)
     return true
   end
   if tostring(oerr):find("No such file", 1, true) then
-    local made, merr = io.open(path, "ab")
+    local dir = path:match("^(.*)/[^/]*$") or "."
+    local probe = (dir == "" and "" or dir) .. "/.luachat-batch-probe-" .. random_hex(8)
+    local made, merr = io.open(probe, "wb")
     if made then
       made:close()
-      os.remove(path)
+      os.remove(probe)
       return true
     end
-    oerr = merr
+    oerr = path .. ": " .. tostring(merr):sub(#probe + 3) -- the system's words, for the output's name
   end
   return nil, core.error { kind = "usage", message = "cannot write the results to " .. tostring(oerr) }
 end
@@ -500,12 +509,6 @@ function M.truncate(path, size)
   local rok, rerr = os.rename(tmp, path)
   if not rok then return nil, core.error { kind = "environment", message = tostring(rerr) } end
   return true
-end
-
-local function random_hex(n)
-  local t = {}
-  for i = 1, n do t[i] = string.format("%02x", math.random(0, 255)) end
-  return table.concat(t)
 end
 
 -- A response body as JSON text on one line: the server's own text when it is
