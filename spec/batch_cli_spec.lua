@@ -395,9 +395,10 @@ describe("luachat batch", function()
     local out, spid = dir .. "/out.jsonl", dir .. "/spid"
     -- the writer sends the input and keeps the pipe open; once luachat holds its copy (an open
     -- file with no name), Ctrl-C goes to both, as a terminal sends it to the whole pipeline
+    -- (luachat first: the end of its input comes after the signal)
     local _, err, code = proc.run(string.format("(cat %s; sh -c 'echo $$ >%s; exec sleep 60') | %s%s batch - -o %s --base-url %s & "
       .. "pid=$!; until [ -s %s ] && ls -l /proc/$pid/fd 2>/dev/null | grep -q deleted || ! kill -0 $pid 2>/dev/null; do sleep 0.02; done; "
-      .. "kill -INT $(cat %s) $pid; wait $pid",
+      .. "kill -INT $pid $(cat %s); wait $pid",
       q(dir .. "/in.jsonl"), q(spid), env, q(HOST), q(out), q(srv.base_url), q(spid), q(spid)))
     assert.equal(130, code, err)
     assert.equal("luachat: batch: interrupted before any request completed; nothing was written\n", err)
