@@ -87,25 +87,9 @@ function M.resolve_path(base_url, url)
   return (path:gsub("^/+", ""))
 end
 
--- The name of one "name=value" query parameter, decoded, to compare names.
-local function param_name(part)
-  return (part:match("^[^=]*"):gsub("%+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
 -- url (a request URL, maybe with a query) with the line's query added:
 -- parameters after the URL's own, a name in both sent once, as the line has it.
-function M.with_query(url, query)
-  if query == "" then return url end
-  local base, q = url:match("^([^?]*)%??(.*)$")
-  local mine = {}
-  for part in query:gmatch("[^&]+") do mine[param_name(part)] = true end
-  local parts = {}
-  for part in q:gmatch("[^&]+") do
-    if not mine[param_name(part)] then parts[#parts + 1] = part end
-  end
-  parts[#parts + 1] = query
-  return base .. "?" .. table.concat(parts, "&")
-end
+M.with_query = request.with_query
 
 ---------------------------------------------------------------------------
 -- Reading the input.
