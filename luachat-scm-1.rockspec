@@ -64,6 +64,7 @@ build = {
     ["luachat.batch_idset"] = "lua/luachat/batch_idset.lua",
     ["luachat.batch_remote"] = "lua/luachat/batch_remote.lua",
     ["luachat.cassette"] = "lua/luachat/cassette.lua",
+    ["luachat.cassette_options"] = "lua/luachat/cassette_options.lua",
     ["luachat.chat_stream"] = "lua/luachat/chat_stream.lua",
     ["luachat.cli"] = "lua/luachat/cli.lua",
     ["luachat.cli_chat"] = "lua/luachat/cli_chat.lua",

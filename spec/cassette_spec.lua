@@ -476,3 +476,26 @@ describe("cassettes", function()
     end)
   end)
 end)
+
+-- Start-up compiles what a script uses: a client without a cassette never loads
+-- luachat.cassette, and no module loads luachat.schema before a schema is sent.
+describe("cassettes: loaded on demand", function()
+  local probe = "local l = require 'luachat'; l.client { api_key = 'k', base_url = 'http://127.0.0.1:9/v1' }; "
+    .. "io.write(tostring(package.loaded['luachat.cassette'] ~= nil), ' ', tostring(package.loaded['luachat.schema'] ~= nil))"
+  local function run(env)
+    local p = io.popen(string.format("env -u LUACHAT_CASSETTE %s %s -e %s 2>&1", env, HOST, shell_quote(probe)))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+
+  it("a client without one loads neither luachat.cassette nor luachat.schema", function()
+    assert.equal("false false", run(""))
+  end)
+
+  it("LUACHAT_CASSETTE loads it", function()
+    local dir = proc.tmpdir()
+    assert.equal("true false", run("LUACHAT_CASSETTE=" .. shell_quote(dir .. "/c.jsonl")))
+    os.execute("rm -rf " .. shell_quote(dir))
+  end)
+end)

@@ -22,18 +22,11 @@ local options = require "luachat.options"
 
 local M = {}
 
-M.MODES = { record = true, replay = true, auto = true }
-M.TIMINGS = { instant = true, recorded = true }
-
--- The client options (luachat.options rules) and their environment variables.
-M.OPTIONS = {
-  cassette = options.either(options.text, options.rule("false", function(v) return v == false end),
-    "a path (or false for none)"),
-  cassette_mode = options.enum("record, replay or auto", M.MODES),
-  cassette_timing = options.enum("instant or recorded", M.TIMINGS),
-}
-M.ENV = { cassette = "LUACHAT_CASSETTE", cassette_mode = "LUACHAT_CASSETTE_MODE",
-  cassette_timing = "LUACHAT_CASSETTE_TIMING" }
+-- The options, their rules and variables: luachat.cassette_options (the client checks them
+-- without loading this module).
+local cassette_options = require "luachat.cassette_options"
+M.MODES, M.TIMINGS = cassette_options.MODES, cassette_options.TIMINGS
+M.OPTIONS, M.ENV = cassette_options.OPTIONS, cassette_options.ENV
 
 -- The cassette variables' values: value | nil (unset) | nil, problem, where
 -- problem names the variable and what it may be, worded for a command-line

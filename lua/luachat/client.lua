@@ -14,7 +14,7 @@ local options = require "luachat.options"
 local redact = require "luachat.redact"
 local request = require "luachat.request"
 local util = require "luachat.util"
-local cassette = require "luachat.cassette"
+local cassette_options = require "luachat.cassette_options"
 
 local M = {}
 
@@ -49,8 +49,8 @@ local CLIENT_OPTIONS = {
   max_body = options.integer(1), max_event = options.integer(1),
   max_connections = options.integer(1), -- per host, for this client (luachat.limits)
   -- record/replay (luachat.cassette)
-  cassette = cassette.OPTIONS.cassette, cassette_mode = cassette.OPTIONS.cassette_mode,
-  cassette_timing = cassette.OPTIONS.cassette_timing,
+  cassette = cassette_options.OPTIONS.cassette, cassette_mode = cassette_options.OPTIONS.cassette_mode,
+  cassette_timing = cassette_options.OPTIONS.cassette_timing,
 }
 
 -- Check a call's options; raises at the caller of the method calling this.
@@ -100,7 +100,9 @@ function M.new(opts)
   else
     request.set_key(c, opts.api_key or getenv("OPENAI_API_KEY"), opts.api_key == nil)
   end
-  c.cassette = cassette.for_client(c, opts, 2) -- LUACHAT_CASSETTE or cassette = path: record/replay
+  if cassette_options.wanted(opts) then -- LUACHAT_CASSETTE or cassette = path: record/replay
+    c.cassette = require("luachat.cassette").for_client(c, opts, 2)
+  end
   return c
 end
 

@@ -419,8 +419,11 @@ local function mark_empty(t)
   if type(t) == "table" and next(t) == nil and getmetatable(t) == nil then json_array(t) end
 end
 
--- JSON Schemas (tool parameters, response_format's) at any depth: luachat.schema.normalize (H6).
-local normalize_schema = require("luachat.schema").normalize
+-- JSON Schemas (tool parameters, response_format's) at any depth: luachat.schema.normalize (H6),
+-- loaded with the first request that has one (start-up compiles less).
+local function normalize_schema(t)
+  return require("luachat.schema").normalize(t)
+end
 
 -- Fields the chat-completions schema defines as arrays: an empty Lua table there means `[]`.
 function M.mark_array_fields(req)
