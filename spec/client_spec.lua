@@ -86,6 +86,21 @@ describe("client", function()
       assert.same({ "/v1/models", "api-version=2024-02-01&limit=3" }, { reqs[3].path, reqs[3].query })
     end)
 
+    it("a credential in the path's own query (?api_key=) is redacted from the error, as the client's are", function()
+      srv:script { { status = 400, json = { error = { message = "bad {{query}}" } } },
+        { status = 200, body = "not json {{query}}", headers = { ["content-type"] = "text/plain" } } }
+      local c = client()
+      local res, err = c:get("models?api_key=PATH-SECRET-1")
+      assert.is_nil(res)
+      assert.equal("api", err.kind)
+      assert.not_matches("PATH-SECRET-1", err.message .. tostring(err.body), 1, true)
+      assert.matches("bad api_key=[REDACTED]", err.message, 1, true)
+      res, err = c:get("models?token=PATH-SECRET-2")
+      assert.is_nil(res)
+      assert.equal("deserialise", err.kind)
+      assert.not_matches("PATH-SECRET-2", err.message .. tostring(err.body), 1, true)
+    end)
+
     it("get and post reach any endpoint", function()
       srv:script { { json = { object = "list", data = { { id = "m1" } } } }, { json = { data = { { embedding = { 0.5 } } } } } }
       local c = client()

@@ -153,17 +153,17 @@ function Client:request(method, path, body_value, opts)
     local r = request.wait_result(t)
     log.debug("%s -> %s in %.3fs%s%s", what, r.failure or r.status, r.seconds,
       r.request_id and (" (request " .. r.request_id .. ")") or "", attempt > 0 and (" [attempt " .. attempt + 1 .. "]") or "")
-    local err = request.error_for(self, r, what, opts)
+    local err = request.error_for(self, r, what, opts, spec.url) -- a path's own query (?key=) too
     if err then return nil, r, err end
     if r.body == "" and method == "HEAD" then return {}, r end
     local doc, derr = json.decode(r.body)
     if doc == nil then
       return nil, r, core.error {
         kind = "deserialise",
-        message = util.one_line(self:redact(string.format("%s: response is not valid JSON (%s, content-type %s)",
-          what, derr, r.content_type or "none"), opts)),
+        message = util.one_line(request.redact(self, string.format("%s: response is not valid JSON (%s, content-type %s)",
+          what, derr, r.content_type or "none"), opts, false, spec.url)),
         status = r.status, request_id = r.request_id,
-        body = self:redact(r.body, opts):sub(1, 65536), -- redact, then cut
+        body = request.redact(self, r.body, opts, false, spec.url):sub(1, 65536), -- redact, then cut
       }
     end
     return doc, r

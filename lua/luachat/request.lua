@@ -85,18 +85,19 @@ M.header_table = options.rule("a table of header names to values", function(h)
 end)
 
 -- What luachat.redact needs to know of the credentials a call sends: the
--- client's and the call's own (opts.headers, opts.query). Built per use, never kept.
-local function credentials(client, opts)
-  return { key = secrets[client], url = client.base_url,
+-- client's and the call's own (opts.headers, opts.query; url: the request's
+-- URL when its path carried a query of its own). Built per use, never kept.
+local function credentials(client, opts, url)
+  return { key = secrets[client], url = url or client.base_url,
     headers = { client.headers or {}, opts and opts.headers or {} },
     query = { client.query or {}, opts and opts.query or {} } }
 end
 
--- s with every credential the client (and a call with these opts) sends
--- replaced by "[REDACTED]"; cut = true: s was already cut at its end.
-function M.redact(client, s, opts, cut)
+-- s with every credential the client (and a call with these opts, to this
+-- url) sends replaced by "[REDACTED]"; cut = true: s was already cut at its end.
+function M.redact(client, s, opts, cut, url)
   if type(s) ~= "string" then return s end
-  return redact.text(s, M.secrets(client, opts), cut)
+  return redact.text(s, redact.secrets(credentials(client, opts, url)), cut)
 end
 
 -- The list luachat.redact.text takes for those credentials, for a caller that
@@ -268,10 +269,10 @@ M.server_message = server_message
 -- The body is redacted before anything is cut from it; a body already cut (a
 -- kept error body C stopped at 64 KiB: fewer bytes kept than received; or a
 -- failed transfer's partial body) is redacted as cut text.
-function M.error_for(client, r, what, opts)
+function M.error_for(client, r, what, opts, url)
   local body = r.body
   if type(body) == "string" and body ~= "" then
-    body = M.redact(client, body, opts, r.failure ~= nil or (tonumber(r.bytes) or 0) > #body)
+    body = M.redact(client, body, opts, r.failure ~= nil or (tonumber(r.bytes) or 0) > #body, url)
   end
   local f = r.failure
   if f then
@@ -283,7 +284,7 @@ function M.error_for(client, r, what, opts)
     end
     return core.error {
       kind = kind,
-      message = one_line(M.redact(client, what .. ": " .. msg, opts)),
+      message = one_line(M.redact(client, what .. ": " .. msg, opts, false, url)),
       status = r.status ~= 0 and r.status or nil,
       request_id = r.request_id,
       body = body ~= "" and body or nil,
@@ -301,13 +302,13 @@ function M.error_for(client, r, what, opts)
       .. "use the final URL as the base URL)", what, status, r.location or "(no Location header)")
   end
   if status == 401 and not secrets[client] and key_from_env[client]
-      and not redact.has_credential(credentials(client, opts)) then
+      and not redact.has_credential(credentials(client, opts, url)) then
     msg = msg .. " (no API key: set OPENAI_API_KEY)"
   end
   local retryable = status == 408 or status == 409 or status == 429 or status >= 500
   return core.error {
     kind = kind,
-    message = one_line(M.redact(client, msg, opts)),
+    message = one_line(M.redact(client, msg, opts, false, url)),
     status = status,
     request_id = r.request_id,
     body = body,
