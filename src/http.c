@@ -108,7 +108,6 @@ struct http_engine {
 	struct http_transfer *ready_head, *ready_tail;
 	size_t live;
 	int kick;                         /* some shard was kicked (see http_shard) */
-	int shard_emptied;                /* a shard past 0 ran out of transfers: free it in run_due */
 	double idle_at;                   /* no idle deadline is earlier than this, < 0 none */
 	size_t sock_failures;             /* transfers on_socket failed, to finish in the drain loop */
 	struct http_watch_slot *watches;  /* http_watch's descriptors, indexed by fd */
@@ -517,13 +516,17 @@ static void shard_free(struct http_engine *e, struct http_shard *sh)
 	free(sh);
 }
 
-/* Shards past 0 left without transfers (outside any curl call): their idle connections go too. */
+/*
+ * Shards past 0 without transfers, once fewer than half a shard's run (the
+ * fan-out is over; a load hovering near 512 keeps its spare instead of
+ * remaking it, and its connections, for every transfer past 512), are freed
+ * with their idle connections. Outside any curl call (run_due).
+ */
 static void free_empty_shards(struct http_engine *e)
 {
 	unsigned i;
-	if (!e->shard_emptied)
+	if (e->nshards < 2 || e->live >= HTTP_SHARD_TRANSFERS / 2)
 		return;
-	e->shard_emptied = 0;
 	for (i = 1; i < e->nshards; i++)
 		if (e->shards[i] && e->shards[i]->live == 0)
 			shard_free(e, e->shards[i]);
@@ -545,10 +548,8 @@ static void release_curl(struct http_transfer *t)
 	t->body = NULL;
 	if (t->state == HTTP_RUNNING && t->engine)
 		t->engine->live--;
-	if (t->state == HTTP_RUNNING && t->shard) {
-		if (--t->shard->live == 0 && t->shard->index > 0 && t->engine)
-			t->engine->shard_emptied = 1;
-	}
+	if (t->state == HTTP_RUNNING && t->shard)
+		t->shard->live--;
 	t->shard = NULL;
 }
 
@@ -934,6 +935,7 @@ static CURLMcode run_timer(struct http_engine *e)
 	int running;
 	unsigned i;
 	double now = now_seconds();
+	CURLMcode first = CURLM_OK;
 	e->kick = 0;
 	for (i = 0; i < e->nshards; i++) {
 		struct http_shard *sh = e->shards[i];
@@ -948,10 +950,10 @@ static CURLMcode run_timer(struct http_engine *e)
 			sh->timer_at = -1; /* one-shot, as curl expects: on_timer sets the next one */
 		sh->kick = 0;
 		mc = curl_dl.multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-		if (mc != CURLM_OK)
-			return mc;
+		if (mc != CURLM_OK && first == CURLM_OK)
+			first = mc; /* the other shards still run their timers */
 	}
-	return CURLM_OK;
+	return first;
 }
 
 /* One ready epoll entry: a curl socket costs one socket_action; a watch runs its callback. */
