@@ -502,7 +502,10 @@ describe("luachat.batch", function()
       .. '{"custom_id":"g","url":"/v1/./chat/completions","body":{}}\n'
       .. '{"custom_id":"h","url":"/v1/%2E%2e/x","body":{}}\n'
       .. '{"custom_id":"i","url":"/v1/..","body":{}}\n'
-      .. '{"custom_id":"j","url":"/v1/a..b/.x/x.?k=../..","body":{}}\n')
+      .. '{"custom_id":"j","url":"/v1/a..b/.x/x.?k=../..","body":{}}\n'
+      .. '{"custom_id":"k","url":"/v1/..%2Fx","body":{}}\n'
+      .. '{"custom_id":"l","url":"/v1/..\\\\x","body":{}}\n'
+      .. '{"custom_id":"m","url":"/v1/%2e%2e%5cx","body":{}}\n')
     srv:reset()
     local s3, err = batch.run { client = client, input = dir .. "/in3.jsonl", output = dir .. "/out3.jsonl" }
     assert.is_nil(s3)
@@ -515,6 +518,9 @@ describe("luachat.batch", function()
       "line 7: url must be a path without '.' or '..' segments (custom_id 'g')",
       "line 8: url must be a path without '.' or '..' segments (custom_id 'h')",
       "line 9: url must be a path without '.' or '..' segments (custom_id 'i')",
+      "line 11: url must be a path without '.' or '..' segments (custom_id 'k')",
+      "line 12: url must be a path without '.' or '..' segments (custom_id 'l')",
+      "line 13: url must be a path without '.' or '..' segments (custom_id 'm')",
     }, err.problems)
     assert.equal(0, #srv:requests())
   end)

@@ -132,7 +132,8 @@ local function parse_line(text)
   end
   -- "/.." and "/." (also as %2E) would leave the base URL's path, or be resolved by some
   -- and not by others: refused, as curl and servers would each read them their own way
-  local dotted = "/" .. path:gsub("%%2[Ee]", ".") .. "/"
+  -- A server may also decode %2F or %5C, or take "\" for "/" (IIS, in front of Azure).
+  local dotted = "/" .. path:gsub("%%2[Ee]", "."):gsub("%%2[Ff]", "/"):gsub("%%5[Cc]", "/"):gsub("\\", "/") .. "/"
   if dotted:find("/%.%.?/") then
     return nil, "url must be a path without '.' or '..' segments (custom_id '" .. id .. "')"
   end
