@@ -243,6 +243,13 @@ describe("redaction in client errors", function()
     assert.equal(400, err.status)
     assert.matches("api-version=v1", err.message, 1, true)
     assert_clean(err, QKEY, "at-QUERY-3838")
+    -- a stream's error: redacted from the client's and the call's query tables alone
+    srv:script { { status = 400, json = { error = { message = "query was {{query}}" } } } }
+    local _, serr = client { query = { key = QKEY } }:stream({ model = "m", messages = {} }, function() end,
+      { query = { access_token = "at-QUERY-3838" } })
+    assert.equal(400, serr.status)
+    assert.matches("query was", serr.message, 1, true)
+    assert_clean(serr, QKEY, "at-QUERY-3838")
   end)
 
   it("a query in base_url: the path goes before it, it is sent, and its secrets are redacted", function()
