@@ -23,6 +23,7 @@ local sched = require "luachat.sched"
 local client_mod = require "luachat.client"
 local request = require "luachat.request"
 local redact = require "luachat.redact"
+local util = require "luachat.util"
 local idset = require "luachat.batch_idset"
 local log = require "luachat.log"
 
@@ -431,12 +432,6 @@ local function first_line_kind(path)
   return nil
 end
 
-local function random_hex(n)
-  local t = {}
-  for i = 1, n do t[i] = string.format("%02x", math.random(0, 255)) end
-  return table.concat(t)
-end
-
 -- Can the results be written to path? A directory, or a file that cannot be
 -- opened to append, is refused (kind "usage": nothing was sent). For a file
 -- that does not exist yet, its directory must exist and be writable: a file
@@ -450,7 +445,7 @@ local function check_output_path(path)
   end
   if tostring(oerr):find("No such file", 1, true) then
     local dir = path:match("^(.*)/[^/]*$") or "."
-    local probe = (dir == "" and "" or dir) .. "/.luachat-batch-probe-" .. random_hex(8)
+    local probe = (dir == "" and "" or dir) .. "/.luachat-batch-probe-" .. util.random_hex(8)
     local made, merr = io.open(probe, "wb")
     if made then
       made:close()
@@ -742,7 +737,7 @@ function M.run_checked(o, client, output, done, src)
   local next_line = each_line(input)
 
   local limiter = M.limiter(o.rpm, o.tpm)
-  local run_id = random_hex(6)
+  local run_id = util.random_hex(6)
   local seq = 0
   local k, n = o.shard and o.shard[1], o.shard and o.shard[2]
   local model = o.model

@@ -162,9 +162,7 @@ end
 -- A new Idempotency-Key: "luachat-" and 32 hex digits (128 random bits), the
 -- same for every request that sends one.
 function M.idempotency_key()
-  local t = {}
-  for i = 1, 16 do t[i] = string.format("%02x", math.random(0, 255)) end
-  return "luachat-" .. table.concat(t)
+  return "luachat-" .. util.random_hex(16)
 end
 
 function M.header_lines(client, accept, has_body, idempotency_key, extra)

@@ -2,7 +2,8 @@
 --
 -- Owns: one_line (error messages and status lines on one line), cut (a
 -- string shortened on a UTF-8 character boundary), getenv (an environment
--- variable as luachat reads every one), add_usage (token counts summed).
+-- variable as luachat reads every one), add_usage (token counts summed),
+-- random_hex (n random bytes as hex: Idempotency-Keys, batch run ids).
 -- Never: requires another luachat module but luachat.options, or keeps state.
 -- Internal: not part of the public API (names may change).
 local options = require "luachat.options"
@@ -46,6 +47,13 @@ function M.add_usage(sum, u)
     sum[k] = (sum[k] or 0) + (type(v) == "number" and v or 0)
   end
   return sum
+end
+
+-- n random bytes (math.random) as 2n lowercase hex digits.
+function M.random_hex(n)
+  local t = {}
+  for i = 1, n do t[i] = string.format("%02x", math.random(0, 255)) end
+  return table.concat(t)
 end
 
 return M
