@@ -297,6 +297,14 @@ if not copied then
   cleanup()
   os.exit(2)
 end
+-- The MCP specs' npm peers (git-ignored, installed by make test): copied so
+-- the baseline does not run npm ci, which needs the registry or its cache.
+if sh("test -d spec/mcp/node_modules") and
+   not sh(string.format("cp -a spec/mcp/node_modules %s/spec/mcp/", q(base))) then
+  io.write("mutants: could not copy spec/mcp/node_modules to ", base, "\n")
+  cleanup()
+  os.exit(2)
+end
 
 local MAKE = "make --no-print-directory -j2 all"
 local function build(dir, log)
@@ -355,9 +363,35 @@ end
 
 -- Baseline: each spec the selected mutants name, run unmutated. A test that
 -- fails there proves nothing, so only new failures catch a mutant; a spec
--- that times out unmutated is not used at all.
+-- that times out unmutated is not used at all. A spec that fails is run once
+-- more: failing again, the tree is broken (BASELINE, the run fails); passing,
+-- the spec is flaky (FLAKY, printed with its failures, and again at the end).
+-- A flaky spec still judges mutants, as one that passed: a mutant it catches
+-- fails it every time, a flake seldom.
 local baseline = {} -- spec -> set of failing tests, or false when it timed out
-local baseline_bad = 0
+local baseline_bad, flaky = 0, 0
+local baseline_lines = {} -- the BASELINE and FLAKY lines, repeated at the end
+
+-- What a failing spec printed about its failures: busted's lines from the
+-- first "Failure →"/"Error →" on (or the log's tail if it names none), at most
+-- 40 lines, indented.
+local function log_excerpt(log)
+  local lines, from = {}, nil
+  for l in ((read_file(log) or "") .. "\n"):gmatch("([^\n]*)\n") do
+    lines[#lines + 1] = l
+    if not from and (l:find("^Failure →") or l:find("^Error →")) then from = #lines end
+  end
+  from = from or math.max(1, #lines - 40)
+  local out = {}
+  for i = from, math.min(#lines, from + 39) do out[#out + 1] = "  | " .. lines[i] end
+  return table.concat(out, "\n")
+end
+local function test_list(fails)
+  local list = {}
+  for id in pairs(fails) do list[#list + 1] = "\n    " .. id end
+  table.sort(list)
+  return table.concat(list)
+end
 local seen = {}
 for _, m in ipairs(selected) do
   for _, s in ipairs(m.spec_list) do
@@ -365,16 +399,28 @@ for _, m in ipairs(selected) do
       seen[s] = true
       if opts.baseline then
         local st, fails, log = run_spec(base, s)
-        baseline[s] = st ~= "timeout" and fails
         if st ~= "pass" then
-          baseline_bad = baseline_bad + 1
-          local list = {}
-          for id in pairs(fails) do list[#list + 1] = "\n    " .. id end
-          table.sort(list)
-          io.write(string.format("BASELINE  %s %s on the unmutated tree (log %s)%s\n", s,
-            st == "timeout" and "times out" or "fails", log, table.concat(list)))
+          local st2, fails2, log2 = run_spec(base, s)
+          local line
+          if st2 == "pass" then
+            flaky = flaky + 1
+            line = string.format("FLAKY  %s %s on the unmutated tree, then passed%s", s,
+              st == "timeout" and "timed out" or "failed", test_list(fails))
+            st, fails = "flaky", {}
+          else
+            baseline_bad = baseline_bad + 1
+            st = st2
+            for id in pairs(fails2) do fails[id] = true end
+            line = string.format("BASELINE  %s %s on the unmutated tree, twice%s", s,
+              st == "timeout" and "times out" or "fails", test_list(fails))
+          end
+          -- The log goes with the scratch directory: its failures are printed
+          -- here, and the line again at the end (CI may keep only the tail).
+          io.write(line, "\n", log_excerpt(log), "\n")
           io.flush()
+          baseline_lines[#baseline_lines + 1] = line
         end
+        baseline[s] = st ~= "timeout" and fails
       else
         baseline[s] = {}
       end
@@ -476,7 +522,9 @@ while nexti <= #selected or #running > 0 do
 end
 
 cleanup()
+for _, line in ipairs(baseline_lines) do io.write(line, "\n") end
 io.write(string.format("%d mutants, %d caught\n", #selected + malformed, caught))
-io.stderr:write(string.format("mutants: %.0f s%s\n", now() - t0,
-  #problems > 0 and string.format(", %d malformed entries", #problems) or ""))
+io.stderr:write(string.format("mutants: %.0f s%s%s\n", now() - t0,
+  #problems > 0 and string.format(", %d malformed entries", #problems) or "",
+  flaky > 0 and string.format(", %d flaky spec(s): see FLAKY above", flaky) or ""))
 os.exit((#missed == 0 and broken == 0 and #problems == 0 and baseline_bad == 0) and 0 or 1)

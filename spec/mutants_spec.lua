@@ -114,4 +114,63 @@ specs: spec/none_spec.lua build:spec/test_none
       assert.matches("\n1 mutants listed, 3 malformed entries\n$", out)
     end)
   end)
+  -- A tiny tree of its own: make all writes ./luachat (lua5.4), one Lua file
+  -- to mutate, and specs that pass, fail once, or always fail.
+  describe("the baseline", function()
+    local dir, mark
+    before_each(function()
+      dir = proc.tmpdir()
+      mark = dir .. ".mark"
+      os.remove(mark)
+      assert(os.execute(string.format("mkdir -p %s/scripts %s/src %s/spec && cp scripts/mutants.lua %s/scripts/",
+        q(dir), q(dir), q(dir), q(dir))))
+      proc.write_file(dir .. "/Makefile",
+        "all:\n\tprintf '#!/bin/sh\\nexec lua5.4 \"$$@\"\\n' >luachat && chmod +x luachat\n")
+      proc.write_file(dir .. "/src/thing.lua", "return { one = 1 }\n")
+      -- Fails the first time it runs (it leaves a mark beside the tree), then
+      -- checks thing.lua like a real spec.
+      proc.write_file(dir .. "/spec/flaky_spec.lua", string.format([[
+describe("flaky", function()
+  it("fails once", function()
+    local f = io.open(%q)
+    if not f then io.open(%q, "w"):close(); error("a flake") end
+    f:close()
+    assert.equal(1, dofile("src/thing.lua").one)
+  end)
+end)
+]], mark, mark))
+      proc.write_file(dir .. "/spec/broken_spec.lua",
+        'describe("broken", function() it("always fails", function() error("broken") end) end)\n')
+      assert(os.execute(string.format("cd %s && git init -q && git add -A", q(dir))))
+    end)
+    after_each(function()
+      os.execute("rm -rf " .. q(dir))
+      os.remove(mark)
+    end)
+
+    local function mutants(specs)
+      proc.write_file(dir .. "/src/mutants.txt",
+        "# one is two\nfile: src/thing.lua\nfind: one = 1\nreplace: one = 2\nspecs: " .. specs .. "\n")
+      return proc.run(string.format("cd %s && lua5.4 scripts/mutants.lua 2>&1", q(dir)))
+    end
+
+    it("runs a spec that failed once more: passing then, it is FLAKY and still judges mutants", function()
+      local out, _, code = mutants("spec/flaky_spec.lua")
+      assert.matches("FLAKY  spec/flaky_spec.lua failed on the unmutated tree, then passed\n    " ..
+        "spec/flaky_spec.lua @ 2 flaky fails once\n  | Error → spec/flaky_spec.lua @ 2", out, 1, true)
+      assert.matches("a flake", out, 1, true)
+      assert.matches("caught  one is two  (spec/flaky_spec.lua failed)", out, 1, true)
+      -- repeated before the summary, where CI's tail shows it
+      assert.matches("\nFLAKY  spec/flaky_spec.lua[^\n]*\n    [^\n]*\n1 mutants, 1 caught\n", out)
+      assert.equal(0, code, out)
+    end)
+
+    it("fails the run when a spec fails twice on the unmutated tree (BASELINE)", function()
+      local out, _, code = mutants("spec/broken_spec.lua")
+      assert.matches("BASELINE  spec/broken_spec.lua fails on the unmutated tree, twice\n    " ..
+        "spec/broken_spec.lua @ 1 broken always fails", out, 1, true)
+      assert.matches("MISSED  one is two", out, 1, true)
+      assert.equal(1, code, out)
+    end)
+  end)
 end)
