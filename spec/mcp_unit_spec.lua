@@ -200,27 +200,33 @@ describe("luachat.mcp_tools", function()
   end
 
   it("an agent's tools: a session stands for all its tools; a name two servers offer is an error naming both", function()
+    -- luachat.agent as require "luachat.agent" gives it, the instance whose expansion loads the
+    -- luachat.mcp_tools this file loaded (which makes its tools with that same instance): the host
+    -- preloads `luachat` before busted snapshots package.loaded, so with several files in one busted
+    -- process the table still holds the agent module an earlier file cached on it (agent_spec.lua),
+    -- whose Tool metatable the tools made here do not have (as in hostile_input_spec).
+    local agent_mod = require "luachat.agent"
     local c = luachat.client { base_url = "http://127.0.0.1:9/v1", api_key = "k" }
-    local weather = luachat.tool { name = "weather", handler = function() return "sun" end }
-    local a = luachat.agent { client = c, model = "m", tools = { session("fs", { "read", "list" }), weather } }
+    local weather = agent_mod.tool { name = "weather", handler = function() return "sun" end }
+    local a = agent_mod { client = c, model = "m", tools = { session("fs", { "read", "list" }), weather } }
     assert.same({ "read", "list", "weather" }, { a.tools[1].name, a.tools[2].name, a.tools[3].name })
     assert.equal("fs", a.tools[1].server)
-    local ok, err = pcall(luachat.agent, { client = c, model = "m",
+    local ok, err = pcall(agent_mod, { client = c, model = "m",
       tools = { session("web", { "search" }), session("docs", { "search" }) } })
     assert.is_false(ok)
     assert.equal("mcp", err.kind)
     assert.equal("two tools are named 'search': one from MCP server 'web', one from MCP server 'docs' "
       .. "(connect with prefix = true, or pass prefix = true to luachat.agent, to name them web__search and docs__search)",
       err.message)
-    local ok2, err2 = pcall(luachat.agent, { client = c, model = "m",
+    local ok2, err2 = pcall(agent_mod, { client = c, model = "m",
       tools = { weather, session("w", { "weather" }) } })
     assert.is_false(ok2)
     assert.matches("two tools are named 'weather': one from a Lua tool, one from MCP server 'w'", err2.message, 1, true)
-    local p = luachat.agent { client = c, model = "m", prefix = true,
+    local p = agent_mod { client = c, model = "m", prefix = true,
       tools = { session("web", { "search" }), session("docs", { "search" }) } }
     assert.same({ "web__search", "docs__search" }, { p.tools[1].name, p.tools[2].name })
     assert.equal("search", p.tools[2].mcp_name)
-    local q = luachat.agent { client = c, model = "m",
+    local q = agent_mod { client = c, model = "m",
       tools = { session("web", { "search" }, true), session("docs", { "search" }) } }
     assert.same({ "web__search", "search" }, { q.tools[1].name, q.tools[2].name })
   end)
