@@ -289,8 +289,8 @@ describe("luachat.batch", function()
     s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/new.jsonl" }
     assert.equal("input", err.kind)
     assert.is_nil(io.open(dir .. "/new.jsonl"), "the check left the output behind")
-    -- the check's own file (made and removed in that directory) is gone, and an output that
-    -- is a symlink to a missing file is left as it is
+    -- nothing is left in that directory, and an output that is a symlink to a missing file
+    -- is left as it is (the check makes neither the link's target nor removes the link)
     assert(os.execute("ln -s " .. dir .. "/target.jsonl " .. dir .. "/link.jsonl"))
     s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/link.jsonl" }
     assert.equal("input", err.kind)
@@ -303,6 +303,76 @@ describe("luachat.batch", function()
     assert.equal("usage", err.kind)
     assert.matches("results cannot go to standard output", err.message, 1, true)
     assert.equal(0, #srv:requests())
+  end)
+
+  it("the output check makes no file of another name: a symlink planted in the output's directory is not followed", function()
+    -- A probe file of luachat's own was made with io.open(name, "wb"): it followed a symlink
+    -- planted under that name and truncated (or made) the file the link names; its name came
+    -- from math.random, known to whoever knows the seed. Plant links under the names such a
+    -- probe would get after math.randomseed(7), and under the output's own name a link to a
+    -- missing file, then run (a bad input, then a good one) with that seed.
+    local util = require "luachat.util"
+    proc.write_file(dir .. "/victim", "precious\n")
+    math.randomseed(7)
+    local planted = {}
+    for i = 1, 3 do
+      planted[i] = dir .. "/.luachat-batch-probe-" .. util.random_hex(8)
+      assert(os.execute("ln -s " .. proc.shell_quote(dir .. "/victim") .. " " .. proc.shell_quote(planted[i])))
+    end
+    assert(os.execute("ln -s " .. proc.shell_quote(dir .. "/made") .. " "
+      .. proc.shell_quote(dir .. "/.luachat-batch-probe-" .. util.random_hex(8))))
+    proc.write_file(dir .. "/bad.jsonl", "not json\n")
+    write_input(dir .. "/in.jsonl", 2)
+    local function listing()
+      local ls = io.popen("ls -A " .. proc.shell_quote(dir))
+      local t = ls:read("a")
+      ls:close()
+      return t
+    end
+    local before = listing()
+    math.randomseed(7)
+    local s, err = batch.run { client = client, input = dir .. "/bad.jsonl", output = dir .. "/out.jsonl" }
+    assert.is_nil(s)
+    assert.equal("input", err.kind)
+    assert.equal("precious\n", proc.read_file(dir .. "/victim"), "a planted symlink was followed")
+    assert.equal(before, listing()) -- nothing made, nothing removed (the links are there)
+    math.randomseed(7)
+    s, err = batch.run { client = client, input = dir .. "/in.jsonl", output = dir .. "/out.jsonl" }
+    math.randomseed()
+    assert.is_table(s, tostring(err))
+    assert.equal(2, s.ok)
+    assert.equal("precious\n", proc.read_file(dir .. "/victim"), "a planted symlink was followed")
+    for _, name in ipairs(planted) do
+      assert.is_true(os.execute("test -L " .. proc.shell_quote(name)), "a planted symlink was removed")
+    end
+    assert.equal(2, #read_lines(dir .. "/out.jsonl"))
+    local ls = io.popen("ls -A " .. proc.shell_quote(dir) .. " | grep -v '^\\.luachat-batch-probe-'")
+    assert.equal("bad.jsonl\nin.jsonl\nout.jsonl\nvictim\n", ls:read("a")) -- "made" was not made
+    ls:close()
+  end)
+
+  it("a Ctrl-C raised while the output check has made the output leaves no file behind", function()
+    -- the check makes the output under its own name and removes it; the "interrupted" error
+    -- the count hook raises may come between the two: here it comes right after the open
+    proc.write_file(dir .. "/bad.jsonl", "not json\n")
+    local out = dir .. "/out.jsonl"
+    local real_open = io.open
+    local raised = false
+    io.open = function(name, mode)
+      local f, e = real_open(name, mode)
+      if name == out and mode == "ab" and not raised then
+        raised = true
+        if f then f:close() end
+        error("interrupted", 0)
+      end
+      return f, e
+    end
+    local ok, err = pcall(batch.run, { client = client, input = dir .. "/bad.jsonl", output = out })
+    io.open = real_open
+    assert.same({ false, "interrupted", true }, { ok, err, raised })
+    local ls = io.popen("ls -A " .. proc.shell_quote(dir))
+    assert.equal("bad.jsonl\n", ls:read("a"), "the output made by the check was left behind")
+    ls:close()
   end)
 
   it("an input that shrinks while it is sent fails the run: requests never sent are not a success", function()

@@ -433,10 +433,18 @@ local function first_line_kind(path)
 end
 
 -- Can the results be written to path? A directory, or a file that cannot be
--- opened to append, is refused (kind "usage": nothing was sent). For a file
--- that does not exist yet, its directory must exist and be writable: a file
--- of another name is made there and removed at once (never the output's own
--- name, which may be a symlink to a missing file).
+-- read, is refused (kind "usage": nothing was sent). A file that does not
+-- exist yet is made, under its own name and as the run makes it (io.open "ab":
+-- O_APPEND|O_CREAT, never a truncation), then removed at once: its directory
+-- must exist and let this user make that very file (permissions, a read-only
+-- file system). No file of another name is made: a probe name of luachat's
+-- own (what this replaces) could be guessed, and io.open, without O_EXCL or
+-- O_NOFOLLOW, would follow a symlink planted under it and make or truncate
+-- the file it names. Only a name that did not exist is removed:
+-- os.rename(path, path) does nothing and succeeds for any name that exists
+-- (POSIX), a symlink to a missing file included, and that one is left to the
+-- run, which writes through it (the check neither makes its target nor
+-- removes the link).
 local function check_output_path(path)
   local f, oerr = open_readable(path)
   if f then
@@ -444,15 +452,29 @@ local function check_output_path(path)
     return true
   end
   if tostring(oerr):find("No such file", 1, true) then
-    local dir = path:match("^(.*)/[^/]*$") or "."
-    local probe = (dir == "" and "" or dir) .. "/.luachat-batch-probe-" .. util.random_hex(8)
-    local made, merr = io.open(probe, "wb")
+    local there, rerr = os.rename(path, path)
+    if there then return true end -- a symlink to a missing file
+    -- rerr is ENOENT, or EROFS (a read-only file system: the file cannot be made,
+    -- unless the name is a symlink to elsewhere, whose target, made below, stays)
+    local absent = tostring(rerr):find("No such file", 1, true) ~= nil
+    -- The file made is removed however this ends (a Ctrl-C raised between the
+    -- open and the removal included), and only while it is empty.
+    local opening = false
+    local _ <close> = setmetatable({}, { __close = function()
+      if opening and absent then
+        local g = io.open(path, "rb")
+        local size = g and g:seek("end")
+        if g then g:close() end
+        if size == 0 then os.remove(path) end
+      end
+    end })
+    opening = true
+    local made, merr = io.open(path, "ab")
     if made then
       made:close()
-      os.remove(probe)
       return true
     end
-    oerr = path .. ": " .. tostring(merr):sub(#probe + 3) -- the system's words, for the output's name
+    oerr = merr -- the system's words, naming the output
   end
   return nil, core.error { kind = "usage", message = "cannot write the results to " .. tostring(oerr) }
 end
