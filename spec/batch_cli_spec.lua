@@ -196,11 +196,9 @@ describe("luachat batch", function()
     local held = completion(10)
     held.hold_until, held.hold_timeout = 2, 60
     srv:default(held)
-    local tmp = dir .. "/tmp"
-    assert(os.execute("mkdir " .. q(tmp)))
     local out, pidfile = dir .. "/out.jsonl", dir .. "/pid"
-    assert(os.execute(string.format("cat %s | %sTMPDIR=%s %s batch /dev/stdin -o %s --concurrency 1 --base-url %s "
-      .. ">/dev/null 2>&1 & echo $! >%s", q(dir .. "/in.jsonl"), env, q(tmp), q(HOST), q(out), q(srv.base_url), q(pidfile))))
+    assert(os.execute(string.format("cat %s | %s%s batch /dev/stdin -o %s --concurrency 1 --base-url %s "
+      .. ">/dev/null 2>&1 & echo $! >%s", q(dir .. "/in.jsonl"), env, q(HOST), q(out), q(srv.base_url), q(pidfile))))
     local pid = assert(tonumber(proc.read_file(pidfile)), "no pid")
     local function kill()
       os.execute("kill -9 " .. pid .. " 2>/dev/null")
@@ -221,8 +219,20 @@ describe("luachat batch", function()
     assert.matches(" %(deleted%)$", files[1]) -- unlinked from the start (or O_TMPFILE: never linked)
     assert.is_nil(io.open((files[1]:gsub(" %(deleted%)$", "")), "rb"), "the copy is still there: " .. files[1])
     assert.same({}, read_lines(out)) -- nothing was answered
-    local ls = io.popen("ls -A " .. q(tmp))
-    assert.equal("", ls:read("a"), "files left in TMPDIR")
+    -- nothing of the run's beside its results: no copy of the input, no file of the output check
+    -- (C's tmpfile() does not consult TMPDIR, so an empty TMPDIR would prove nothing)
+    local ls = io.popen("ls -A " .. q(dir))
+    assert.equal("in.jsonl\nout.jsonl\npid\n", ls:read("a"), "files left in the output's directory")
+    ls:close()
+    -- killed while it copies its input (the writer keeps the pipe open): the output check's file
+    -- is gone before the copy starts, and the copy has no name
+    local _, err, code = proc.run(string.format("(cat %s; sh -c 'echo $$ >%s; exec sleep 60') | %s%s batch - -o %s --base-url %s & "
+      .. "pid=$!; until [ -s %s ] && ls -l /proc/$pid/fd 2>/dev/null | grep -q deleted || ! kill -0 $pid 2>/dev/null; do sleep 0.02; done; "
+      .. "kill -9 $pid; kill $(cat %s); wait $pid",
+      q(dir .. "/in.jsonl"), q(dir .. "/spid"), env, q(HOST), q(dir .. "/new.jsonl"), q(srv.base_url), q(dir .. "/spid"), q(dir .. "/spid")))
+    assert.equal(128 + 9, code, err) -- killed, not ended
+    ls = io.popen("ls -A " .. q(dir))
+    assert.equal("in.jsonl\nout.jsonl\npid\nspid\n", ls:read("a"), "files left in the output's directory")
     ls:close()
   end)
 
@@ -278,6 +288,11 @@ describe("luachat batch", function()
       local out, err, code = batch(c[1])
       assert.same({ "", c[2], 2 }, { out, err, code })
     end
+    -- a directory no file can be made in (sysfs: not even by root), refused before the input is read
+    local out, err, code = batch(q(dir .. "/bad.jsonl") .. " -o /sys/luachat-batch.jsonl")
+    assert.same({ "", 2 }, { out, code }, err)
+    local why = err:match("^luachat: batch: cannot write the results to /sys/luachat%-batch%.jsonl: ([^\n]*)\n$")
+    assert.is_true(why == "Permission denied" or why == "Read-only file system", err)
     assert.equal(0, #srv:requests())
   end)
 
