@@ -286,6 +286,118 @@ describe("agent", function()
     assert.equal("environment", err.kind)
   end)
 
+  describe("output_retries (re-asking a final answer that fails output_schema)", function()
+    local PERSON = { type = "object", properties = { name = { type = "string" }, age = { type = "integer" } },
+      required = { "name", "age" }, additionalProperties = false }
+    local function reask(reason)
+      return "Your reply was not valid: " .. reason .. ". Answer again with only the JSON value, matching the JSON schema given."
+    end
+    local function agent_of(o)
+      o.client, o.model, o.output_schema = client, "m", PERSON
+      return luachat.agent(o)
+    end
+
+    it("re-asks once: the bad answer then a user message with the error go out, the 2nd answer is parsed", function()
+      srv:script { reply(nil, '{"name": "Ada"}'), reply(nil, '{"name": "Ada", "age": 36}') }
+      local result, err = agent_of({ output_retries = 1 }):run("Who?")
+      assert.is_nil(err)
+      assert.same({ name = "Ada", age = 36 }, result.parsed)
+      assert.equal(2, result.turns)
+      local reqs = srv:requests()
+      assert.equal(2, #reqs)
+      assert.same({ { role = "user", content = "Who?" } }, reqs[1].json.messages)
+      local sent = reqs[2].json.messages
+      assert.equal(3, #sent)
+      assert.same({ role = "user", content = "Who?" }, sent[1])
+      assert.same({ role = "assistant", content = '{"name": "Ada"}', refusal = json.null, annotations = {} }, sent[2])
+      assert.same({ role = "user", content = reask('$: missing required property "age"') }, sent[3])
+      assert.equal("json_schema", reqs[2].json.response_format.type)
+      assert.equal(4, #result.messages) -- the transcript keeps the re-ask and the good answer
+      assert.equal('{"name": "Ada", "age": 36}', result.messages[4].content)
+    end)
+
+    it("streaming re-asks the same way (on_text saw both answers)", function()
+      srv:script { streamed(nil, "not json"), streamed(nil, '{"name": "Ada", "age": 36}') }
+      local texts = {}
+      local result, err = agent_of({ output_retries = 1, stream = true,
+        on_text = function(t) texts[#texts + 1] = t end }):run("Who?")
+      assert.is_nil(err)
+      assert.same({ name = "Ada", age = 36 }, result.parsed)
+      assert.equal('not json{"name": "Ada", "age": 36}', table.concat(texts))
+      local sent = srv:requests()[2].json.messages
+      assert.equal(3, #sent)
+      assert.equal("not json", sent[2].content)
+      assert.equal("user", sent[3].role)
+      assert.matches("^Your reply was not valid: the output is not JSON: ", sent[3].content)
+    end)
+
+    it("after output_retries failed re-asks the last error is returned, with err.result", function()
+      srv:script { reply(nil, "{}"), reply(nil, '{"name": 1, "age": 2}'), reply(nil, '{"name": "A", "age": "x"}'),
+        reply(nil, '{"name": "A", "age": 1}') }
+      local result, err = agent_of({ output_retries = 2 }):run("Who?")
+      assert.is_nil(result)
+      assert.equal("invalid_output", err.kind)
+      assert.equal('the output does not match the schema: $.age: expected integer, got string (after 2 re-asks)', err.message)
+      assert.equal(2, err.retries)
+      assert.equal(3, #srv:requests())
+      assert.equal(3, err.result.turns)
+      assert.equal('{"name": "A", "age": "x"}', err.result.content)
+      assert.equal(6, #err.result.messages) -- user, then 3 answers with a re-ask after the first two
+      assert.same({ role = "user", content = reask('$.name: expected string, got integer') }, err.result.messages[5])
+    end)
+
+    it("default 0: no re-ask, the error as before", function()
+      srv:script { reply(nil, '{"name": "Ada"}'), reply(nil, '{"name": "Ada", "age": 36}') }
+      local result, err = agent_of({}):run("Who?")
+      assert.is_nil(result)
+      assert.equal('the output does not match the schema: $: missing required property "age"', err.message)
+      assert.equal(0, err.retries)
+      assert.equal(1, #srv:requests())
+      assert.equal(2, #err.result.messages)
+    end)
+
+    it("max_turns bounds the re-asks: with no turn left the answer's own error ends the run", function()
+      srv:script { reply(nil, "{}"), reply(nil, "{}"), reply(nil, "{}") }
+      local _, err = agent_of({ output_retries = 5, max_turns = 2 }):run("Who?")
+      assert.equal("invalid_output", err.kind)
+      assert.equal(1, err.retries)
+      assert.equal(2, #srv:requests())
+      assert.equal(2, err.result.turns)
+      srv:reset()
+      srv:script { reply({ call("c1", "get_weather", '{"city":"Oslo"}') }), reply(nil, "{}"), reply(nil, "{}") }
+      _, err = agent_of({ output_retries = 5, max_turns = 2, tools = { weather } }):run("Who?")
+      assert.equal("invalid_output", err.kind)
+      assert.equal(0, err.retries)
+      assert.equal(2, #srv:requests())
+    end)
+
+    it("a refusal, a reply cut at max_tokens or stopped by the content filter is not re-asked", function()
+      for _, r in ipairs { { reply(nil, nil), "refusal" }, { reply(nil, '{"name": "A', "length"), "invalid_output" },
+          { reply(nil, "", "content_filter"), "invalid_output" } } do
+        srv:reset()
+        if r[2] == "refusal" then r[1].json.choices[1].message.refusal = "No." end
+        srv:script { r[1], reply(nil, '{"name": "Ada", "age": 36}') }
+        local result, err = agent_of({ output_retries = 3 }):run("Who?")
+        assert.is_nil(result)
+        assert.equal(r[2], err.kind)
+        assert.equal(1, #srv:requests())
+      end
+    end)
+
+    it("the re-ask never carries the API key and is cut", function()
+      local long = "sk-agent" .. string.rep("é", 2000)
+      srv:script { reply(nil, json.encode { name = "A", age = 1, [long] = 1 }), reply(nil, '{"name": "A", "age": 1}') }
+      assert(agent_of({ output_retries = 1 }):run("Who?"))
+      local sent = srv:requests()[2].json.messages[3]
+      assert.equal("user", sent.role)
+      assert.matches('^Your reply was not valid: %$: unexpected property "%[REDACTED%]éé', sent.content)
+      assert.is_nil(sent.content:find("sk-agent", 1, true))
+      assert.matches("…%. Answer again with only the JSON value", sent.content)
+      assert.is_true(#sent.content <= #reask("") + 1000 + #"…")
+      assert.is_not_nil(utf8.len(sent.content)) -- cut on a character boundary
+    end)
+  end)
+
   it("rejects bad definitions with clear errors", function()
     assert.has_error(function() luachat.tool { name = "bad name", handler = print } end,
       "bad argument #1 to 'tool' (field 'name' must match ^[a-zA-Z0-9_-]{1,64}$)")

@@ -124,7 +124,7 @@ describe("agent (unit, fake client)", function()
         enc(t:definition()))
     end)
 
-    it("agent{} needs a client and a model; max_turns must be a positive integer", function()
+    it("agent{} needs a client and a model; max_turns must be a positive integer, output_retries 0 to 100", function()
       local c = fake_client {}
       assert.has_error(function() agent_mod { model = "m" } end,
         "bad argument #1 to 'agent' (field 'client' must be a luachat client)")
@@ -132,6 +132,12 @@ describe("agent (unit, fake client)", function()
         "bad argument #1 to 'agent' (field 'model' must be a non-empty string)")
       assert.has_error(function() agent_mod { client = c, model = "m", max_turns = 0 } end,
         "bad argument #1 to 'agent' (field 'max_turns' must be a positive integer)")
+      for _, bad in ipairs { { -1, "-1" }, { 1.5, "1.5" }, { 101, "101" }, { "2", "string" } } do
+        assert.has_error(function() agent_mod { client = c, model = "m", output_retries = bad[1] } end,
+          "bad argument #1 to 'agent' (field 'output_retries' must be an integer from 0 to 100, got " .. bad[2] .. ")")
+      end
+      assert.equal(2, agent_mod { client = c, model = "m", output_retries = 2.0 }.output_retries)
+      assert.equal(0, agent_mod { client = c, model = "m" }.output_retries)
       assert.has_error(function() agent_mod { client = c, model = "m", on_text = "x" } end,
         "bad argument #1 to 'agent' (field 'on_text' must be a function)")
       assert.has_error(function() agent_mod { client = c, model = "m", tools = { weather, weather } } end,

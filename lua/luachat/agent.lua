@@ -3,7 +3,8 @@
 -- Owns: tool definitions, the conversation transcript, the loop (post with
 -- tools, run each call, answer with `tool` messages, repeat until a reply
 -- has no calls), turning every model or tool mistake into a tool message the
--- model can act on, parallel calls as tasks, usage sums, save/load.
+-- model can act on, parallel calls as tasks, usage sums, save/load, and
+-- re-asking a final answer that fails output_schema (output_retries).
 -- Never: lets a handler, a callback or a model's output crash the run;
 -- re-serialises the model's tool calls (they are sent back as received).
 --
@@ -71,6 +72,7 @@ local AGENT_OPTIONS = {
   on_tool_call = options.with(options.func, { must = "must be a function" }),
   on_tool_result = options.with(options.func, { must = "must be a function" }),
   output_schema = options.with(options.table, { must = "must be a JSON Schema table" }),
+  output_retries = options.integer(0, 100), -- re-asks after a final answer fails output_schema
 }
 
 -- luachat.tool{name=, description=, parameters=, handler=, strict=} -> a tool.
@@ -132,6 +134,7 @@ function M.new(opts)
   end
   if self.system then self.messages[1] = { role = "system", content = self.system } end
   self.output_schema = opts.output_schema -- the final answer is read as JSON (result.parsed)
+  self.output_retries = math.tointeger(opts.output_retries or 0)
   return self
 end
 
@@ -352,6 +355,27 @@ local function has_conversation(messages)
   return false
 end
 
+-- The most bytes of a validation error the re-ask sends back to the model.
+M.MAX_REASK_REASON = 1000
+
+-- Should a final answer that failed output_schema be re-asked? Only an
+-- invalid_output the model can fix by answering again: not a refusal (the
+-- model chose not to answer), not a reply cut at max_tokens (finish_reason
+-- "length": the same limit cuts the next one; the error says to raise it), not
+-- one the provider's filter stopped ("content_filter").
+local function reaskable(perr, finish)
+  return perr.kind == "invalid_output" and finish ~= "length" and finish ~= "content_filter"
+end
+
+-- The user message re-asking the model: structured's wording with the error,
+-- every credential the client sends taken out (a model may echo one), on one
+-- line and cut to MAX_REASK_REASON bytes.
+function Agent:reask_message(perr)
+  local reason = tostring(perr.reason or perr.message)
+  if type(self.client.redact) == "function" then reason = self.client:redact(reason) end
+  return { role = "user", content = structured.reask_text(util.one_line(reason, M.MAX_REASK_REASON)) }
+end
+
 -- agent:run(text or list of messages) -> result | nil, err (err.result: the transcript so far).
 -- Without input it answers the transcript as it stands, which must then hold a message.
 function Agent:run(input)
@@ -369,7 +393,7 @@ function Agent:run(input)
     error("bad argument #1 to 'run' (string or list of messages expected, got " .. type(input) .. ")", 2)
   end
   self.run_usage = { prompt_tokens = 0, completion_tokens = 0, total_tokens = 0 }
-  local turns, last_finish = 0, nil
+  local turns, last_finish, reasks = 0, nil, 0
   while true do
     if turns >= self.max_turns then
       local err = error_of("max_turns", string.format("the model was still calling tools after %d turns", turns))
@@ -411,6 +435,18 @@ function Agent:run(input)
       if self.output_schema then
         local value, perr = structured.read(msg, self.output_schema, finish)
         if value == nil then
+          -- Re-ask (output_retries): the bad answer stays in the transcript, a user
+          -- message says what was wrong. A re-ask is a turn; with no turn left the
+          -- run ends with this error, not a max_turns one that would hide it.
+          if reaskable(perr, finish) and reasks < self.output_retries and turns < self.max_turns then
+            reasks = reasks + 1
+            self.messages[#self.messages + 1] = self:reask_message(perr)
+            goto continue
+          end
+          perr.retries = reasks
+          if reasks > 0 then
+            perr.message = string.format("%s (after %d re-ask%s)", perr.message, reasks, reasks == 1 and "" or "s")
+          end
           perr.result = result
           return nil, perr
         end
@@ -435,6 +471,7 @@ function Agent:run(input)
     for i, call in ipairs(calls) do
       self.messages[#self.messages + 1] = { role = "tool", tool_call_id = call.id, content = contents[i] }
     end
+    ::continue::
   end
 end
 
