@@ -172,6 +172,31 @@ describe("client:parse", function()
     assert.equal(2, #srv:requests())
   end)
 
+  it("a reply cut at max_tokens or stopped by a content filter is never re-asked", function()
+    for _, finish in ipairs { "length", "content_filter" } do
+      srv:reset()
+      srv:script { reply('{"name": "Ad', nil, finish), reply('{"name": "Ada", "age": 36}') }
+      local value, err = client:parse(request(), PERSON, { retries = 2 })
+      assert.is_nil(value, finish)
+      assert.equal("invalid_output", err.kind)
+      assert.equal(0, err.retries)
+      assert.equal(1, #srv:requests(), finish)
+    end
+  end)
+
+  it("the re-ask never carries the API key, and is cut on a character boundary", function()
+    local long = "sk-parse" .. string.rep("é", 2000)
+    srv:script { reply(json.encode { name = "A", age = 1, [long] = 1 }), reply('{"name": "A", "age": 1}') }
+    assert(client:parse(request(), PERSON, { retries = 1 }))
+    local sent = srv:requests()[2].json.messages[3]
+    assert.equal("user", sent.role)
+    assert.matches('^Your reply was not valid: %$: unexpected property "%[REDACTED%]éé', sent.content)
+    assert.is_nil(sent.content:find("sk-parse", 1, true))
+    assert.matches("…%. Answer again with only the JSON value", sent.content)
+    assert.is_true(#sent.content < 1200)
+    assert.is_not_nil(utf8.len(sent.content))
+  end)
+
   it("an API error is returned as is, with no response", function()
     srv:script { { status = 400, json = { error = { message = "bad schema" } } } }
     local value, err, res = client:parse(request(), PERSON, { retries = 2 })

@@ -355,27 +355,6 @@ local function has_conversation(messages)
   return false
 end
 
--- The most bytes of a validation error the re-ask sends back to the model.
-M.MAX_REASK_REASON = 1000
-
--- Should a final answer that failed output_schema be re-asked? Only an
--- invalid_output the model can fix by answering again: not a refusal (the
--- model chose not to answer), not a reply cut at max_tokens (finish_reason
--- "length": the same limit cuts the next one; the error says to raise it), not
--- one the provider's filter stopped ("content_filter").
-local function reaskable(perr, finish)
-  return perr.kind == "invalid_output" and finish ~= "length" and finish ~= "content_filter"
-end
-
--- The user message re-asking the model: structured's wording with the error,
--- every credential the client sends taken out (a model may echo one), on one
--- line and cut to MAX_REASK_REASON bytes.
-function Agent:reask_message(perr)
-  local reason = tostring(perr.reason or perr.message)
-  if type(self.client.redact) == "function" then reason = self.client:redact(reason) end
-  return { role = "user", content = structured.reask_text(util.one_line(reason, M.MAX_REASK_REASON)) }
-end
-
 -- agent:run(text or list of messages) -> result | nil, err (err.result: the transcript so far).
 -- Without input it answers the transcript as it stands, which must then hold a message.
 function Agent:run(input)
@@ -438,9 +417,9 @@ function Agent:run(input)
           -- Re-ask (output_retries): the bad answer stays in the transcript, a user
           -- message says what was wrong. A re-ask is a turn; with no turn left the
           -- run ends with this error, not a max_turns one that would hide it.
-          if reaskable(perr, finish) and reasks < self.output_retries and turns < self.max_turns then
+          if structured.reaskable(perr, finish) and reasks < self.output_retries and turns < self.max_turns then
             reasks = reasks + 1
-            self.messages[#self.messages + 1] = self:reask_message(perr)
+            self.messages[#self.messages + 1] = structured.reask_message(self.client, perr)
             goto continue
           end
           perr.retries = reasks

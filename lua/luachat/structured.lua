@@ -5,13 +5,16 @@
 --
 -- Owns: the response_format sent for a schema, reading one reply (refusal,
 -- not JSON, not matching: each an error naming why, with the JSON path), and
--- re-asking the model with the validation error (retries = N).
+-- re-asking the model with the validation error (retries = N here, the
+-- agent's output_retries): which failures are re-asked, and the message.
 -- Never: changes the caller's request table (a copy is sent), or retries a
--- refusal or an API error (client:chat has its own retries for those).
+-- refusal, a reply cut at max_tokens or stopped by a content filter, or an
+-- API error (client:chat has its own retries for those).
 local core = require "luachat.core"
 local json = require "luachat.json"
 local schema_mod = require "luachat.schema"
 local options = require "luachat.options"
+local util = require "luachat.util"
 
 local null = json.null
 
@@ -92,6 +95,27 @@ function M.reask_text(reason)
     .. ". Answer again with only the JSON value, matching the JSON schema given."
 end
 
+-- The most bytes of a validation error a re-ask sends back to the model.
+M.MAX_REASK_REASON = 1000
+
+-- Should an output that failed the schema be re-asked? Only an invalid_output
+-- the model can fix by answering again: not a refusal (the model chose not to
+-- answer), not a reply cut at max_tokens (finish_reason "length": the same
+-- limit cuts the next one; the error says to raise it), not one the
+-- provider's filter stopped ("content_filter").
+function M.reaskable(perr, finish)
+  return perr.kind == "invalid_output" and finish ~= "length" and finish ~= "content_filter"
+end
+
+-- The user message re-asking the model: reask_text around the error, every
+-- credential the client sends taken out (a model may echo one), on one line
+-- and cut to MAX_REASK_REASON bytes (a property name can be of any length).
+function M.reask_message(client, perr)
+  local reason = tostring(perr.reason or perr.message)
+  if type(client.redact) == "function" then reason = client:redact(reason) end
+  return { role = "user", content = M.reask_text(util.one_line(reason, M.MAX_REASK_REASON)) }
+end
+
 -- client:parse(request, schema [, opts [, call_opts]]) -> value, nil, res | nil, err, res.
 -- opts: name ("output"), strict (true), retries (0), description. call_opts: as client:chat's.
 function M.parse(client, req, schema, opts, call_opts)
@@ -120,7 +144,7 @@ function M.parse(client, req, schema, opts, call_opts)
     local value, perr = M.read(msg, schema, finish)
     if value ~= nil then return value, nil, res end
     perr.retries = attempt
-    if perr.kind ~= "invalid_output" or attempt >= retries then
+    if not M.reaskable(perr, finish) or attempt >= retries then
       if attempt > 0 then
         perr.message = string.format("%s (after %d re-ask%s)", perr.message, attempt, attempt == 1 and "" or "s")
       end
@@ -128,7 +152,7 @@ function M.parse(client, req, schema, opts, call_opts)
     end
     attempt = attempt + 1
     messages[#messages + 1] = { role = "assistant", content = type(msg) == "table" and msg.content or "" }
-    messages[#messages + 1] = { role = "user", content = M.reask_text(perr.reason) }
+    messages[#messages + 1] = M.reask_message(client, perr)
   end
 end
 
