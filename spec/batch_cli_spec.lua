@@ -79,6 +79,14 @@ describe("luachat batch", function()
     assert.same({ "", "", 0 }, { out, err, code })
   end)
 
+  it("one request: \"1 request\" in the summary, not \"1 requests\"", function()
+    write_input(dir .. "/in.jsonl", 1)
+    local out, err, code = batch(q(dir .. "/in.jsonl") .. " -o " .. q(dir .. "/out.jsonl"))
+    assert.equal(0, code)
+    assert.equal("", out)
+    assert.matches("^luachat: batch: 1 request: 1 ok, 0 failed, 0 skipped, 10 tokens in [%d.]+ s", err)
+  end)
+
   it("exits 1 when some failed, their lines written too", function()
     write_input(dir .. "/in.jsonl", 5)
     srv:control("/_control/rules", { rules = {
@@ -330,7 +338,7 @@ describe("luachat batch", function()
       q(dir .. "/out.jsonl"), q(srv.base_url))
     local out, _, code = proc.run("script -qec " .. q(cmd) .. " /dev/null")
     assert.equal(0, code)
-    assert.matches("\r\27%[K1/5 done, 1 ok, 0 failed, %d+ req/s, 10 tokens, ETA %d+s", out)
+    assert.matches("\r\27%[K1/5 done, 1 ok, 0 failed, [%d.]+ req/s, 10 tokens, ETA %d+s", out)
     assert.matches("\r\27%[Kluachat: batch: 5 requests: 5 ok", out)
     out, _, code = proc.run("script -qec " .. q(cmd:gsub("%-o (%S+)", "-o %1 --resume --quiet")) .. " /dev/null")
     assert.equal(0, code)
@@ -502,5 +510,31 @@ describe("luachat batch", function()
     assert.equal(2, code)
     assert.matches("duplicate custom_id 'a'", err, 1, true)
     assert.equal(0, #srv:requests())
+  end)
+end)
+
+describe("luachat batch: the summary and progress wording", function()
+  local batch_cli = require "luachat.batch_cli"
+  local function run(t) -- a finished run's summary
+    local s = { total = 1, ok = 1, failed = 0, skipped = 0, tokens = 10, seconds = 2.5, output = "out.jsonl" }
+    for k, v in pairs(t or {}) do s[k] = v end
+    return s
+  end
+
+  it("one request is \"1 request\"; a rate below 10 per second has one decimal (0.4, not 0)", function()
+    assert.equal("luachat: batch: 1 request: 1 ok, 0 failed, 0 skipped, 10 tokens in 2.5 s (0.4 req/s) -> out.jsonl",
+      batch_cli.summary_text(run()))
+    assert.equal("luachat: batch: 2 requests: 1 ok, 1 failed, 0 skipped, 10 tokens in 2.5 s (0.8 req/s) -> out.jsonl",
+      batch_cli.summary_text(run { total = 2, failed = 1 }))
+    assert.equal("luachat: batch: 0 requests: 0 ok, 0 failed, 0 skipped, 0 tokens in 0.0 s -> out.jsonl",
+      batch_cli.summary_text(run { total = 0, ok = 0, tokens = 0, seconds = 0 }))
+  end)
+
+  it("from 10 per second up the rate is a whole number", function()
+    assert.equal("9.9", batch_cli.rate_text(9.9))
+    assert.equal("10", batch_cli.rate_text(9.96)) -- not "10.0"
+    assert.equal("2322", batch_cli.rate_text(2322.4))
+    assert.matches("(40 req/s)", batch_cli.summary_text(run { total = 100, ok = 100 }), 1, true)
+    assert.matches(", 0.4 req/s, ", batch_cli.progress_text(run { total = 5, started = 0 }, 2.5), 1, true)
   end)
 end)

@@ -165,14 +165,20 @@ local function fmt_secs(s)
   return string.format("%ds", s)
 end
 
+-- A rate as the progress and summary lines show it: one decimal below 10
+-- (0.4, not 0), whole numbers from 10 up.
+function M.rate_text(rate)
+  return string.format(rate < 9.95 and "%.1f" or "%.0f", rate)
+end
+
 -- The progress line's text for a running summary.
 function M.progress_text(s, elapsed)
   local done = s.ok + s.failed
   local todo = s.total - s.skipped
   local rate = elapsed > 0 and done / elapsed or 0
   local eta = rate > 0 and (todo - done) / rate or math.huge
-  return string.format("%d/%d done, %d ok, %d failed%s, %.0f req/s, %d tokens, ETA %s", done + s.skipped, s.total,
-    s.ok, s.failed, s.skipped > 0 and (", " .. s.skipped .. " skipped") or "", rate, s.tokens, fmt_secs(eta))
+  return string.format("%d/%d done, %d ok, %d failed%s, %s req/s, %d tokens, ETA %s", done + s.skipped, s.total,
+    s.ok, s.failed, s.skipped > 0 and (", " .. s.skipped .. " skipped") or "", M.rate_text(rate), s.tokens, fmt_secs(eta))
 end
 
 -- A progress writer: redraws one stderr line at most 5 times a second.
@@ -197,13 +203,19 @@ local function progress(show)
   return update, clear
 end
 
-local function summary_line(s, quiet)
-  if quiet then return end
+-- The summary line's text for a finished run: "1 request" / "2 requests", the
+-- rate as M.rate_text shows it.
+function M.summary_text(s)
   local secs = s.seconds or 0
   local done = s.ok + s.failed
-  io.stderr:write(string.format("luachat: batch: %d requests: %d ok, %d failed, %d skipped, %d tokens in %.1f s%s -> %s\n",
-    s.total, s.ok, s.failed, s.skipped, s.tokens, secs,
-    secs > 0 and done > 0 and string.format(" (%.0f req/s)", done / secs) or "", s.output))
+  return string.format("luachat: batch: %d request%s: %d ok, %d failed, %d skipped, %d tokens in %.1f s%s -> %s",
+    s.total, s.total == 1 and "" or "s", s.ok, s.failed, s.skipped, s.tokens, secs,
+    secs > 0 and done > 0 and string.format(" (%s req/s)", M.rate_text(done / secs)) or "", s.output)
+end
+
+local function summary_line(s, quiet)
+  if quiet then return end
+  io.stderr:write(M.summary_text(s), "\n")
 end
 
 -- The library's words for its resume option, in the command line's.
