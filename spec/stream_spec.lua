@@ -261,6 +261,88 @@ describe("streaming", function()
       assert.equal("whole", final.choices[1].message.content)
     end)
 
+    -- The same server, every form a script may use: nothing of the answer is lost
+    -- (the callbacks, the text path and the iterators saw nothing before).
+    describe("a server that ignores stream=true: the whole completion is one chunk", function()
+      local WHOLE = { id = "x", object = "chat.completion", created = 1, model = "m", service_tier = "default",
+        choices = {
+          { index = 0, message = { role = "assistant", content = "whole" }, finish_reason = "stop", logprobs = luachat.json.null },
+          { index = 1, message = { role = "assistant", content = luachat.json.null,
+            tool_calls = { { id = "c1", type = "function", ["function"] = { name = "f", arguments = "{}" } } } },
+            finish_reason = "tool_calls" },
+        },
+        usage = { prompt_tokens = 3, completion_tokens = 2, total_tokens = 5 } }
+      before_each(function() srv:script { { json = WHOLE } } end)
+
+      local function check_chunk(ch)
+        assert.equal("chat.completion.chunk", ch.object)
+        assert.equal("x", ch.id)
+        assert.equal("default", ch.service_tier)
+        assert.same(WHOLE.usage, ch.usage)
+        assert.same({ role = "assistant", content = "whole" }, ch.choices[1].delta)
+        assert.equal("stop", ch.choices[1].finish_reason)
+        assert.is_nil(ch.choices[1].message)
+        assert.same({ { index = 0, id = "c1", type = "function", ["function"] = { name = "f", arguments = "{}" } } },
+          ch.choices[2].delta.tool_calls)
+      end
+
+      it("on_chunk and on_text get it; the final is the completion as sent", function()
+        local chunks, texts = {}, {}
+        local final, err = c:stream(req, {
+          on_chunk = function(ch) chunks[#chunks + 1] = ch end,
+          on_text = function(t, i) texts[#texts + 1] = { t, i } end,
+        })
+        assert.is_nil(err)
+        assert.equal(1, #chunks)
+        check_chunk(chunks[1])
+        assert.same({ { "whole", 0 } }, texts)
+        assert.equal("chat.completion", final.object)
+        assert.equal("whole", final.choices[1].message.content)
+        assert.equal(5, final.usage.total_tokens)
+      end)
+
+      it("the plain callback, on_text alone, chunks() and text() get it", function()
+        local got = {}
+        c:stream(req, function(ch) got[#got + 1] = ch end)
+        assert.equal(1, #got)
+        check_chunk(got[1])
+
+        srv:script { { json = WHOLE } }
+        local texts = {}
+        local final = c:stream(req, { on_text = function(t) texts[#texts + 1] = t end })
+        assert.same({ "whole" }, texts)
+        assert.equal("whole", final.choices[1].message.content)
+
+        srv:script { { json = WHOLE } }
+        local s = assert(c:open_stream(req))
+        local pulled = {}
+        for ch in s:chunks() do pulled[#pulled + 1] = ch end
+        assert.equal(1, #pulled)
+        check_chunk(pulled[1])
+        local f2, e2 = s:result()
+        assert.is_nil(e2)
+        assert.equal("whole", f2.choices[1].message.content)
+
+        srv:script { { json = WHOLE } }
+        s = assert(c:open_stream(req))
+        local pieces = {}
+        for t, i in s:text() do pieces[#pieces + 1] = t .. "@" .. i end
+        assert.same({ "whole@0" }, pieces)
+        assert.equal("whole", s:result().choices[1].message.content)
+      end)
+
+      it("the agent's streaming mode hands its text to on_text", function()
+        local texts = {}
+        local agent = luachat.agent { client = c, model = "m", stream = true,
+          on_text = function(t) texts[#texts + 1] = t end }
+        srv:script { { json = { id = "y", object = "chat.completion", created = 1, model = "m",
+          choices = { { index = 0, message = { role = "assistant", content = "answer" }, finish_reason = "stop" } } } } }
+        local result = assert(agent:run("hi"))
+        assert.equal("answer", result.content)
+        assert.same({ "answer" }, texts)
+      end)
+    end)
+
     it("a 200 HTML body is a clear error", function()
       srv:script { { body = "<html><body>proxy login</body></html>\n", content_type = "text/html" } }
       local _, err = c:stream(req)

@@ -139,7 +139,47 @@ function Stream:handle(ev)
   return chunk
 end
 
+-- A whole completion (a server that ignored stream=true) as the one chunk that
+-- would have carried it: every field kept, each choice's message as its delta
+-- (tool calls given their index, as deltas number them).
+function M.chunk_of_completion(doc)
+  local chunk = {}
+  for k, v in pairs(doc) do chunk[k] = v end
+  chunk.object = "chat.completion.chunk"
+  local choices = json.array {}
+  for i, c in ipairs(type(doc.choices) == "table" and doc.choices or {}) do
+    local choice = c
+    if type(c) == "table" then
+      choice = {}
+      for k, v in pairs(c) do
+        if k ~= "message" then choice[k] = v end
+      end
+      local msg = c.message
+      if type(msg) == "table" then
+        local delta = {}
+        for k, v in pairs(msg) do delta[k] = v end
+        if type(msg.tool_calls) == "table" then
+          delta.tool_calls = json.array {}
+          for j, tc in ipairs(msg.tool_calls) do
+            local call = tc
+            if type(tc) == "table" and tc.index == nil then
+              call = { index = j - 1 }
+              for k, v in pairs(tc) do call[k] = v end
+            end
+            delta.tool_calls[j] = call
+          end
+        end
+        choice.delta = delta
+      end
+    end
+    choices[i] = choice
+  end
+  chunk.choices = choices
+  return chunk
+end
+
 -- The transfer ended before [DONE]: a clean end completes the stream; a cut keeps what arrived.
+-- Returns the one chunk of a whole completion (a server that ignored stream=true), else nothing.
 function Stream:on_transfer_done()
   local r = self.transfer:result()
   if r.failure then
@@ -157,10 +197,13 @@ function Stream:on_transfer_done()
       return
     end
     -- A 2xx JSON body: the server ignored stream=true and sent the whole completion.
+    -- It is the final as sent, and the callbacks and iterators get it as one chunk.
     local doc, derr = decode(r.body)
     if type(doc) == "table" and doc.choices then
       self.full = doc
+      log.debug("%s: the server ignored stream=true (a whole completion): delivered as one chunk", self.what)
       self:finish(nil)
+      return M.chunk_of_completion(doc)
     elseif type(doc) == "table" and doc.error then
       local body = self:redact(r.body)
       self:fail("api", api_error_text(body), { status = r.status, body = body })
@@ -181,28 +224,14 @@ end
 -- Nothing is queued: finish the stream when the transfer is done, else wait for an event.
 -- The loops below take events themselves (t:take_one() per event, no other call between
 -- events: a stream is 100,000 of them), and come here only when the queue is empty.
+-- Returns the chunk of a whole completion when that is how the stream ended (see
+-- on_transfer_done): the loops hand it on like any chunk.
 function Stream:wait_or_finish()
   local t = self.transfer
   if t:done() then
-    self:on_transfer_done()
-  else
-    sched.wait_transfer(t)
+    return self:on_transfer_done()
   end
-end
-
--- The next queued event; or nil once it has waited for one (or, the transfer being done,
--- finished the stream).
-function Stream:take_or_wait()
-  local ev = self.transfer:take_one()
-  if ev then return ev end
-  self:wait_or_finish()
-  return nil
-end
-
--- One step of the Lua path: handle the next queued event (its chunk, if any), or wait for one.
-function Stream:step()
-  local ev = self:take_or_wait()
-  if ev then return self:handle(ev) end
+  sched.wait_transfer(t)
   return nil
 end
 
@@ -210,12 +239,13 @@ end
 function Stream:next()
   while not self.finished do
     local ev = self.transfer:take_one()
+    local chunk
     if ev then
-      local chunk = self:handle(ev)
-      if chunk then return chunk end
+      chunk = self:handle(ev)
     else
-      self:wait_or_finish()
+      chunk = self:wait_or_finish()
     end
+    if chunk then return chunk end
   end
   return nil
 end
@@ -224,16 +254,25 @@ function Stream:chunks()
   return function() return self:next() end
 end
 
--- One step of the text path: emit(text, index) for each choice's non-empty content in the next
--- event (a text-only chunk skips the decode), or wait for one. Returns the decoded chunk when
--- one was built (for on_chunk), else nil.
-function Stream:text_step(emit, want_chunk)
-  local ev = self:take_or_wait()
-  if not ev then return nil end
-  return self:text_event(ev, emit, want_chunk)
+-- emit(text, index) for each choice of chunk with non-empty content.
+local function emit_text(chunk, emit)
+  local choices = chunk.choices
+  if type(choices) == "table" then
+    for i = 1, #choices do
+      local c = choices[i]
+      local d = type(c) == "table" and c.delta
+      local text = type(d) == "table" and d.content
+      if type(text) == "string" and text ~= "" then
+        local index = c.index
+        emit(text, type(index) == "number" and index or 0)
+      end
+    end
+  end
 end
 
--- The text path's work on one event (see text_step).
+-- The text path's work on one event: emit(text, index) for each choice's non-empty content
+-- (a text-only chunk skips the decode). Returns the decoded chunk when one was built (for
+-- on_chunk), else nil.
 function Stream:text_event(ev, emit, want_chunk)
   if not want_chunk and type(ev) == "string" then
     local index, content, refusal, reasoning, tool_index, args, head, has_role, fingerprint, tier = scan_text(ev)
@@ -245,20 +284,7 @@ function Stream:text_event(ev, emit, want_chunk)
     end
   end
   local chunk = self:handle(ev)
-  if chunk then
-    local choices = chunk.choices
-    if type(choices) == "table" then
-      for i = 1, #choices do
-        local c = choices[i]
-        local d = type(c) == "table" and c.delta
-        local text = type(d) == "table" and d.content
-        if type(text) == "string" and text ~= "" then
-          local index = c.index
-          emit(text, type(index) == "number" and index or 0)
-        end
-      end
-    end
-  end
+  if chunk then emit_text(chunk, emit) end
   return chunk
 end
 
@@ -284,7 +310,8 @@ function Stream:text()
       if ev then
         self:text_event(ev, emit, false)
       else
-        self:wait_or_finish()
+        local whole = self:wait_or_finish()
+        if whole then emit_text(whole, emit) end
       end
     end
   end
@@ -308,7 +335,8 @@ function Stream:each(on_chunk, on_text)
   while not self.finished do
     local ev, chunk = t:take_one(), nil
     if not ev then
-      self:wait_or_finish()
+      chunk = self:wait_or_finish()
+      if chunk and on_text then emit_text(chunk, emit) end
     elseif on_text then
       chunk = self:text_event(ev, emit, want_chunk)
     else
