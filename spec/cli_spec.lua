@@ -294,8 +294,9 @@ describe("luachat -p (subprocess)", function()
   end)
   before_each(function() srv:reset() end)
 
-  -- Run the host; returns stdout, stderr, exit code. env: extra variables.
-  local function luachat_p(args, stdin, env)
+  -- Run the host; returns stdout, stderr, exit code. env: extra variables;
+  -- pre: shell commands run first in the same shell (descriptors it opens stay open).
+  local function luachat_p(args, stdin, env, pre)
     local vars = {
       OPENAI_BASE_URL = srv.base_url, OPENAI_API_KEY = "sk-dummy-test-key",
       HOME = home, XDG_CONFIG_HOME = home .. "/config", XDG_STATE_HOME = home .. "/state",
@@ -309,7 +310,7 @@ describe("luachat -p (subprocess)", function()
     for _, k in ipairs(names) do
       if vars[k] ~= false then parts[#parts + 1] = k .. "=" .. shell_quote(vars[k]) end
     end
-    return proc.run(string.format("%s %s %s", table.concat(parts, " "), HOST, args), stdin or "")
+    return proc.run(string.format("%s%s %s %s", pre or "", table.concat(parts, " "), HOST, args), stdin or "")
   end
 
   it("streams the answer to stdout and sends the prompt with piped stdin", function()
@@ -333,6 +334,29 @@ describe("luachat -p (subprocess)", function()
     assert.equal("", out)
     assert.equal(1, code)
     assert.matches("^luachat: cannot write the answer to stdout: ", err)
+  end)
+
+  -- stdout a pipe whose reader has already left, as `| head -2` leaves once it has its lines:
+  -- a FIFO opened by a reader (fd 3) and a writer (fd 4), then the reader closed. Every write to
+  -- fd 4 is EPIPE, with no race against a real reader's exit.
+  local function reader_gone(dir)
+    local fifo = shell_quote(dir .. "/fifo")
+    return string.format("mkfifo %s && exec 3<>%s 4>%s 3<&- && ", fifo, fifo, fifo)
+  end
+
+  it("a reader that left (| head) ends the answer quietly with 141, as cat and grep end", function()
+    local dir = tmpdir()
+    for _, case in ipairs { { "-p hi", hello_sse() }, { "-p hi --json", hello_sse() },
+        { "-p hi --no-stream", { json = COMPLETION } }, { "-p hi --no-stream --json", { json = COMPLETION } } } do
+      local args = case[1]
+      srv:script { case[2] }
+      os.remove(dir .. "/fifo")
+      local out, err, code = luachat_p(args .. " >&4", nil, nil, reader_gone(dir))
+      assert.equal("", out)
+      assert.equal("", err, args)
+      assert.equal(141, code, args)
+    end
+    os.execute("rm -rf " .. shell_quote(dir))
   end)
 
   it("-m and -s set the model and the system message", function()

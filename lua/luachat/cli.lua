@@ -12,7 +12,8 @@
 -- calls os.exit (main returns the exit code; the host exits with it).
 --
 -- Called by the host (src/main.c) as require("luachat.cli").main(args), args
--- being argv without argv[0]. Returns 0 done, 1 error, 2 usage, 130 interrupted.
+-- being argv without argv[0]. Returns 0 done, 1 error, 2 usage, 130 interrupted,
+-- 141 stdout's reader left (`| head`: quiet, as cat and grep).
 local options = require "luachat.cli_options"
 local term = require "luachat.cli_term"
 local cli_error = require "luachat.cli_error"

@@ -30,14 +30,18 @@ end
 
 local function print_json(ctx, v)
   -- redacted as text: an echoed key inside any string (JSON-escaped too) is gone
-  io.stdout:write(term.redact(ctx, json.encode(v, { sort_keys = true })), "\n")
-  io.stdout:flush()
+  local ok, why, errno = io.stdout:write(term.redact(ctx, json.encode(v, { sort_keys = true })), "\n")
+  if ok then ok, why, errno = io.stdout:flush() end
+  if not ok then term.stdout_failed(ctx, why, errno) end
 end
 
 -- The end both paths share once the spinner has stopped: close the answer's
 -- line, then an exit code if stdout went away or err is set; nil to go on.
+-- A reader that left (`luachat -p ... | head -2`) ends it quietly with 141,
+-- as cat and grep end; any other failed write is an error saying why.
 local function finish(ctx, err)
   end_line(ctx)
+  if ctx.stdout_pipe_closed then return EXIT.closed_pipe end
   if ctx.stdout_gone then
     io.stderr:write("luachat: cannot write the answer to stdout: ", tostring(ctx.stdout_gone), "\n")
     return EXIT.error
@@ -95,6 +99,8 @@ local function one_shot_direct(ctx, prompt)
   local msg = type(choice) == "table" and choice.message or nil
   if ctx.o.json then
     print_json(ctx, res)
+    code = finish(ctx)
+    if code then return code end
   else
     term.warn_finish(ctx, choice and choice.finish_reason)
   end
@@ -115,11 +121,14 @@ local function one_shot_agent(ctx, prompt)
       content = result.content, finish_reason = result.finish_reason,
       turns = result.turns, usage = result.usage, messages = result.messages,
     })
+    code = finish(ctx)
+    if code then return code end
   else
     -- Without streaming (or a silent on_text), the answer comes whole at the end.
     if #ctx.partial == 0 and type(result.content) == "string" then
       out(ctx, result.content)
-      end_line(ctx)
+      code = finish(ctx)
+      if code then return code end
     end
     term.warn_finish(ctx, result.finish_reason)
   end

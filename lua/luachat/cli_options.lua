@@ -7,7 +7,9 @@
 local M = {}
 
 -- What main returns; the host exits with it. The help text documents these.
-M.EXIT = { ok = 0, error = 1, usage = 2, interrupted = 130 }
+-- closed_pipe: stdout's reader left (`| head`): 128 + SIGPIPE, the status a
+-- shell shows for cat or grep killed by SIGPIPE, with no message as theirs.
+M.EXIT = { ok = 0, error = 1, usage = 2, interrupted = 130, closed_pipe = 141 }
 
 M.HELP = [[
 usage: luachat -p PROMPT [options]      one answer, streamed to stdout
@@ -71,7 +73,7 @@ History: $XDG_STATE_HOME/luachat/history (default ~/.local/state/luachat/history
 Cassette: LUACHAT_CASSETTE=FILE.jsonl records every request to FILE or replays it
   (LUACHAT_CASSETTE_MODE=auto (default), record or replay; docs/CASSETTES.md)
 Colour only on a terminal, and never when NO_COLOR is set.
-Exit status: 0 done, 1 error, 2 usage, 130 interrupted.
+Exit status: 0 done, 1 error, 2 usage, 130 interrupted, 141 stdout's reader left (| head).
 ]]
 
 -- The one-line reminder printed after a usage error.

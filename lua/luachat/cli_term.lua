@@ -132,6 +132,16 @@ local function redact_stream(ctx, text)
   return text
 end
 
+local EPIPE = 32 -- Linux's errno: the reader of the pipe on stdout left (`| head`)
+
+-- A write to stdout failed (io.stdout:write's why, errno): ctx.stdout_gone says
+-- why; ctx.stdout_pipe_closed when the reader left, which ends the answer
+-- quietly (as cat and grep end), unlike a closed or full stdout.
+function M.stdout_failed(ctx, why, errno)
+  ctx.stdout_gone = why or "write failed"
+  ctx.stdout_pipe_closed = errno == EPIPE
+end
+
 -- Write answer text to stdout; false when stdout is gone (a closed pipe).
 local function write_out(ctx, text)
   if text == nil or text == "" then return true end
@@ -146,10 +156,10 @@ local function write_out(ctx, text)
   end
   ctx.spinner.stop()
   -- flush too: with stdout closed, write only fills the buffer and flush reports it
-  local ok, why = io.stdout:write(text)
-  if ok then ok, why = io.stdout:flush() end
+  local ok, why, errno = io.stdout:write(text)
+  if ok then ok, why, errno = io.stdout:flush() end
   if not ok then
-    ctx.stdout_gone = why or "write failed"
+    M.stdout_failed(ctx, why, errno)
     return false
   end
   ctx.last_char = text:sub(-1)
