@@ -118,6 +118,7 @@ function M.setup(o)
     return nil, kind == "usage" and EXIT.usage or EXIT.error
   end
   local cassette_problem = require("luachat.cassette").check_env() -- a CLI-worded usage error
+    or require("luachat.log").check_env() -- LUACHAT_LOG=bogus is one too
   if cassette_problem then
     io.stderr:write("luachat: ", one_line(cassette_problem, 400), "\n")
     return nil, EXIT.usage

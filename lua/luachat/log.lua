@@ -21,11 +21,39 @@ function M.visible(s, keep_newline)
   return (s:gsub(keep_newline and "[%z\1-\8\11-\31\127]" or "[%z\1-\8\10-\31\127]", caret))
 end
 
-local level = os.getenv("LUACHAT_LOG")
-M.enabled = level == "debug" or level == "trace"
+-- LUACHAT_LOG's levels, any case (DEBUG, Debug): debug; trace is its old
+-- alias. Unset or empty: no log.
+local LEVELS = { debug = true, trace = true }
+
+-- The variable read as luachat reads every one (luachat.options.env_value):
+-- level | nil (unset) | nil, problem, worded as the other variables' problems
+-- ("environment variable LUACHAT_CASSETTE_MODE must be ..., got 'bogus'").
+local function env_level(v)
+  local value, why = require("luachat.options").env_value("LUACHAT_LOG", v)
+  if why then return nil, why end
+  if value ~= nil and not LEVELS[value:lower()] then
+    return nil, string.format("environment variable LUACHAT_LOG must be debug (any case) or unset, got '%s'", value)
+  end
+  return value and value:lower()
+end
+
+local level, problem = env_level(os.getenv("LUACHAT_LOG"))
+
+-- check_env() -> nil | problem: a LUACHAT_LOG value that is not a level. The
+-- command line checks it first and prints it as a usage error (exit 2).
+function M.check_env() return problem end
+
+-- A script that only uses the library is told once, at the first line that
+-- would have been logged, instead of the value being ignored in silence.
+M.enabled = level ~= nil or problem ~= nil
 
 function M.debug(fmt, ...)
   if not M.enabled then return end
+  if problem then
+    M.enabled = false
+    io.stderr:write("luachat: ", problem, "; no debug log\n")
+    return
+  end
   local ok, line = pcall(string.format, fmt, ...)
   io.stderr:write("luachat[debug] ", M.visible(ok and line or fmt), "\n")
 end
