@@ -11,7 +11,15 @@ local function evaluate(expr)
   local fn = load("return " .. expr, "expression", "t", {})
   if not fn then return nil, "not a valid expression: " .. expr end
   local ok, value = pcall(fn)
+  local why = not ok and tostring(value) or ""
+  if why:find("divide by zero", 1, true) or why:find("'n%0'", 1, true) then -- Lua's words for 1//0 and 1%0
+    return nil, "division by zero in " .. expr
+  end
   if not ok or type(value) ~= "number" then return nil, "cannot evaluate: " .. expr end
+  -- 1/0 is inf and 0/0 nan in Lua, which JSON cannot carry: say what went wrong instead.
+  if value ~= value or value == math.huge or value == -math.huge then
+    return nil, "division by zero (or a result too large for a number) in " .. expr
+  end
   return value
 end
 

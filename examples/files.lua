@@ -77,14 +77,25 @@ local write_file = luachat.tool {
   end,
 }
 
+local mid_line = false -- the streamed text has not ended its line yet
+
 local agent = luachat.agent {
   client = luachat.client(),
   model = os.getenv("LUACHAT_MODEL") or "gpt-4o-mini",
   system = "You manage files in one working directory. Use relative paths only.",
   tools = { list_files, read_file, write_file },
   stream = true,
-  on_text = function(text) io.write(text) io.stdout:flush() end,
-  on_tool_call = function(call) io.stderr:write("  -> ", call.name, " ", call.arguments, "\n") return true end,
+  on_text = function(text)
+    io.write(text)
+    io.stdout:flush()
+    mid_line = text:sub(-1) ~= "\n"
+  end,
+  on_tool_call = function(call)
+    -- the text before the calls ends its line: the next turn's text starts a new one
+    if mid_line then io.write("\n") io.stdout:flush() mid_line = false end
+    io.stderr:write("  -> ", call.name, " ", call.arguments, "\n")
+    return true
+  end,
   on_tool_result = function(_, result, err)
     io.stderr:write("  <- ", err and ("error: " .. err) or (#result > 120 and result:sub(1, 117) .. "..." or result), "\n")
   end,
@@ -92,7 +103,7 @@ local agent = luachat.agent {
 
 print("> " .. request)
 local result, err = agent:run(request)
-print()
+if mid_line then print() end
 if not result then
   io.stderr:write(tostring(err), "\n")
   os.exit(1)

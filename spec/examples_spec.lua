@@ -45,12 +45,19 @@ describe("examples", function()
   it("calculator.lua computes with its tools", function()
     srv:script {
       turn("Working. ", { { "calculate", '{"expression":"(2 + 3) * 4"}' }, { "convert_units", '{"value":212,"from":"f","to":"c"}' },
-        { "calculate", '{"expression":"os.exit(3)"}' } }),
-      turn("{{tool:1:value}} and {{tool:2:result}} C; third: {{tool:3}}"),
+        { "calculate", '{"expression":"os.exit(3)"}' }, { "calculate", '{"expression":"1/0"}' },
+        { "calculate", '{"expression":"1//0"}' }, { "calculate", '{"expression":"7 % 0"}' } }),
+      turn("{{tool:1:value}} and {{tool:2:result}} C; third: {{tool:3}}\nfourth: {{tool:4}}\nfifth: {{tool:5}}\nsixth: {{tool:6}}"),
     }
     local out, err, code = run_example(srv, "examples/calculator.lua 'sum?'")
     assert.equal(0, code, err)
     assert.matches("20 and 100 C; third: error: tool calculate failed: only numbers", out, 1, true)
+    -- a division by zero is a result the model can act on, not "cannot encode an infinite number"
+    assert.matches("\nfourth: error: tool calculate failed: division by zero (or a result too large for a number) in 1/0\n",
+      out, 1, true)
+    assert.matches("\nfifth: error: tool calculate failed: division by zero in 1//0\n", out, 1, true)
+    assert.matches("\nsixth: error: tool calculate failed: division by zero in 7 % 0\n", out, 1, true)
+    assert.matches("Working. \n20 and", out, 1, true) -- the turns' texts on their own lines
     assert.matches("-> calculate", err, 1, true)
     local reqs = srv:requests()
     assert.equal(2, #reqs)
@@ -65,7 +72,7 @@ describe("examples", function()
     f:write("buy milk")
     f:close()
     srv:script {
-      turn(nil, { { "list_files", "" }, { "read_file", '{"path":"sub/notes.txt"}' },
+      turn("Let me look.", { { "list_files", "" }, { "read_file", '{"path":"sub/notes.txt"}' },
         { "read_file", '{"path":"../../etc/passwd"}' }, { "read_file", '{"path":"/etc/passwd"}' },
         { "write_file", '{"path":"summary.txt","content":"milk"}' }, { "write_file", '{"path":"../escape.txt","content":"x"}' } }),
       turn("Files: {{tool:1}} | notes: {{tool:2}} | {{tool:3}} | {{tool:4}} | {{tool:6}}"),
@@ -73,6 +80,9 @@ describe("examples", function()
     local out, err, code = run_example(srv, "examples/files.lua " .. shell_quote(dir) .. " 'summarise'")
     assert.equal(0, code, err)
     assert.matches('{"files":["sub/notes.txt"]}', out, 1, true)
+    -- the two turns' texts on their own lines ("Let me look.Files: ..." before), one newline at the end
+    assert.matches("^> summarise\nLet me look.\nFiles: .*\n$", out)
+    assert.not_matches("\n\n$", out)
     assert.matches("notes: buy milk", out, 1, true)
     assert.matches("error: tool read_file failed: path is outside the allowed directory: ../../etc/passwd", out, 1, true)
     assert.matches("error: tool read_file failed: absolute paths are not allowed: /etc/passwd", out, 1, true)
