@@ -164,6 +164,14 @@ describe("client", function()
       assert.has_error(function() luachat.client { timeout = "x" } end)
       assert.has_error(function() luachat.client { base_url = "ftp://x" } end)
     end)
+
+    it("takes the URL scheme in any case (RFC 3986), sent in lower case", function()
+      srv:script { { json = { id = "x", object = "chat.completion", created = 1, model = "m",
+        choices = { { index = 0, message = { role = "assistant", content = "ok" }, finish_reason = "stop" } } } } }
+      local c = luachat.client { base_url = srv.base_url:gsub("^http", "HTTP"), api_key = "k", max_retries = 0 }
+      assert.equal(srv.base_url, c.base_url)
+      assert.equal("ok", assert(c:chat { model = "m", messages = {} }).choices[1].message.content)
+    end)
   end)
 
   describe("errors", function()

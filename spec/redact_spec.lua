@@ -106,6 +106,27 @@ describe("redaction outside requests", function()
     assert.is_nil(msg:find("PASS-arg-1414", 1, true))
   end)
 
+  it("a bad base_url shows no credential the client would send (a key pasted in the wrong place)", function()
+    for _, opts in ipairs {
+      { base_url = "sk-pasted-KEY-2020", api_key = "sk-pasted-KEY-2020" },
+      { base_url = "x-sk-pasted-KEY-2020/v1", headers = { ["api-key"] = "sk-pasted-KEY-2020" } },
+      { base_url = "h/sk-pasted-KEY-2020/v1", query = { key = "sk-pasted-KEY-2020" } },
+    } do
+      local ok, msg = pcall(luachat.client, opts)
+      assert.is_false(ok)
+      assert.matches("base_url must start with http:// or https://, got '", msg, 1, true)
+      assert.matches("[REDACTED]", msg, 1, true)
+      assert.is_nil(msg:find("pasted-KEY", 1, true), msg)
+    end
+    -- the environment's key too, as the command line's --base-url "$OPENAI_API_KEY" would hit it
+    local code = [[
+      local ok, msg = pcall(require("luachat").client, { base_url = os.getenv("OPENAI_API_KEY") })
+      io.write(msg)]]
+    local out = proc.run(string.format("OPENAI_API_KEY=sk-env-KEY-2121 %s -e %s", HOST, proc.shell_quote(code)))
+    assert.matches("got '[REDACTED]'", out, 1, true)
+    assert.is_nil(out:find("env-KEY", 1, true), out)
+  end)
+
   it("the command line's error line redacts what its settings send, before cutting to 240", function()
     local cli_error = require "luachat.cli_error"
     local s = { profile = "p", api_key = KEY, base_url = "http://u:PASS-line-1515@h/v1",

@@ -77,9 +77,18 @@ function M.new(opts)
   if type(opts) ~= "table" then argerror("client", "table expected, got " .. type(opts)) end
   options.check("client", opts, CLIENT_OPTIONS)
   local base_url = opts.base_url or getenv("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-  if not base_url:match("^https?://[^/]") then
-    argerror("client", "base_url must start with http:// or https://, got '" .. redact.url(base_url) .. "'")
+  if not base_url:lower():match("^https?://[^/]") then
+    -- Shown without any credential the client would send: a key pasted into
+    -- OPENAI_BASE_URL (or --base-url) must not be printed back.
+    local key = opts.api_key
+    local secrets = redact.secrets { key = type(key) == "string" and key or nil,
+      headers = { opts.headers or {} }, query = { opts.query or {} } }
+    local env_key = getenv("OPENAI_API_KEY")
+    for _, v in ipairs(redact.secrets { key = env_key }) do secrets[#secrets + 1] = v end
+    argerror("client", "base_url must start with http:// or https://, got '"
+      .. redact.text(redact.url(base_url), secrets) .. "'")
   end
+  base_url = base_url:gsub("^%a+", string.lower) -- the scheme is case-insensitive (RFC 3986)
   local c = setmetatable({
     base_url = base_url:gsub("/+$", ""),
     headers = opts.headers or {},
