@@ -20,6 +20,7 @@ local accumulate = require "luachat.accumulate"
 local request = require "luachat.request"
 local log = require "luachat.log"
 local util = require "luachat.util"
+local options = require "luachat.options"
 
 local M = {}
 
@@ -414,6 +415,12 @@ function M.open(client, req, opts, fname, up)
   }, Stream)
 end
 
+-- The handler table's fields (client:stream's second argument as a table).
+local HANDLERS = {
+  on_chunk = options.with(options.func, { must = "must be a function" }),
+  on_text = options.with(options.func, { must = "must be a function" }),
+}
+
 -- client:stream(req, fn) -> final, err. fn(chunk) per chunk; return false to stop.
 -- client:stream(req, { on_text = function(text, index) end, on_chunk = fn }): both optional;
 -- with on_text alone, text-only chunks are never built as tables.
@@ -422,20 +429,11 @@ function M.stream(client, req, handlers, opts)
   if type(handlers) == "function" then
     on_chunk = handlers
   elseif type(handlers) == "table" then
+    -- Level 2: client:stream tail-calls this, so its caller is the user's line.
+    options.check("stream", handlers, HANDLERS, 2, 2)
     on_chunk, on_text = handlers.on_chunk, handlers.on_text
-    for k in pairs(handlers) do
-      if k ~= "on_chunk" and k ~= "on_text" then
-        error("bad argument #2 to 'stream' (unknown key '" .. tostring(k) .. "': on_chunk, on_text)", 3)
-      end
-    end
-    if on_chunk ~= nil and type(on_chunk) ~= "function" then
-      error("bad argument #2 to 'stream' (on_chunk: function expected, got " .. type(on_chunk) .. ")", 3)
-    end
-    if on_text ~= nil and type(on_text) ~= "function" then
-      error("bad argument #2 to 'stream' (on_text: function expected, got " .. type(on_text) .. ")", 3)
-    end
   elseif handlers ~= nil then
-    error("bad argument #2 to 'stream' (function or table expected, got " .. type(handlers) .. ")", 3)
+    error("bad argument #2 to 'stream' (function or table expected, got " .. type(handlers) .. ")", 2)
   end
   -- <close>: an error out of here (an interrupt while waiting) closes the stream and its
   -- transfer at once; after s:result() the stream is finished and closing it does nothing.
