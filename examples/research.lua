@@ -1,6 +1,7 @@
 -- research.lua: a research fan-out. The lead agent has one tool, `research`,
--- whose handler runs a sub-agent; with parallel = true the sub-agents of
--- one turn run at the same time, each its own streamed conversation.
+-- whose handler runs a sub-agent; agents run the calls of a turn in parallel (the
+-- default, parallel = true), so the sub-agents run at the same time, each its own
+-- streamed conversation.
 --   luachat examples/research.lua "Compare Lua, Python and Go for embedding"
 local luachat = require "luachat"
 
@@ -29,7 +30,7 @@ local research = luachat.tool {
 }
 
 local lead = luachat.agent {
-  client = client, model = model, parallel = true, stream = true,
+  client = client, model = model, parallel = true, stream = true, -- parallel: the default, said here
   system = "Split the user's request into independent questions, research them all at once "
     .. "with the research tool (one call per question, in one turn), then write a short synthesis.",
   tools = { research },
