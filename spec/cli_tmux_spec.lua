@@ -370,3 +370,127 @@ describe("the Lua prompt in tmux", function()
     T.wait_for("EXITED:0")
   end)
 end)
+
+-- Ctrl-C on a ">>" continuation line drops the unfinished statement and shows
+-- a fresh "> " (as bash drops an unfinished loop); SIGTERM at the prompt stops
+-- a child the session started and the host dies of the signal (143).
+describe("the Lua prompt in tmux: Ctrl-C on a continuation line, SIGTERM", function()
+  if not have_tmux then
+    error("tmux is not installed (scripts/deps.sh installs it): the prompt specs cannot run")
+    return
+  end
+  local SESSION = "luachat_repl2_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
+  local T = tmux_session(SESSION)
+  local home
+
+  setup(function()
+    home = proc.tmpdir()
+    local cmd = string.format("env -u LUA_INIT -u LUA_INIT_5_4 HOME=%s %s; echo EXITED:$?; sleep 30",
+      shell_quote(home), shell_quote(HOST))
+    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
+  end)
+
+  teardown(function()
+    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
+    if home then sh("rm -rf " .. shell_quote(home)) end
+  end)
+
+  it("Ctrl-C at '>>' discards the pending lines; SIGTERM stops a child and exits 143", function()
+    T.wait_for("Ctrl-D to leave")
+    T.wait_prompts(1)
+    T.type_line("for i = 1, 2 do")
+    T.wait_for("do\n>>")
+    T.keys("C-c")
+    T.wait_prompts(2) -- a fresh "> " after the ^C, not ">> "
+    T.type_line("'after' .. 'cancel'")
+    local screen = T.wait_for("aftercancel\n")
+    assert.is_nil(screen:find("unexpected symbol", 1, true), screen)
+    T.type_line("p = require('luachat.process').spawn { argv = { 'sleep', '106' } }")
+    T.type_line("print('PIDS:' .. p:pid() .. ':' .. io.open('/proc/self/stat'):read('n') .. ':')")
+    screen = T.wait_for("PIDS:")
+    local child, host = screen:match("\nPIDS:(%d+):(%d+):")
+    assert.truthy(child, screen)
+    assert(sh("kill -TERM " .. host))
+    T.wait_for("EXITED:143")
+    local deadline = os.time() + 10
+    while proc.read_file("/proc/" .. child .. "/stat") and os.time() <= deadline do sh("sleep 0.05") end
+    local stat = proc.read_file("/proc/" .. child .. "/stat")
+    assert.is_true(stat == nil or stat:match("^%d+ %b() (%a)") == "Z", "the child is gone")
+  end)
+end)
+
+-- SIGTERM to `luachat -c`, at its prompt or during a streamed reply: the chat
+-- loop, which goes on after Ctrl-C, ends; a child started by a --tools file is
+-- stopped; the host dies of the signal (143).
+describe("luachat -c in tmux: SIGTERM", function()
+  if not have_tmux then
+    error("tmux is not installed (scripts/deps.sh installs it): the -c specs cannot run")
+    return
+  end
+  if not (have_server and have_core) then
+    error("needs the engine and spec/helpers/server.lua")
+    return
+  end
+  local SESSION = "luachat_term_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
+  local T = tmux_session(SESSION)
+  local srv, home
+
+  local function chunk(text)
+    return { json = { id = "chatcmpl-t", object = "chat.completion.chunk", created = 1, model = "gpt-test",
+      choices = { { index = 0, delta = { content = text }, finish_reason = nil } } } }
+  end
+
+  setup(function() srv = server.start() end)
+  teardown(function() if srv then srv:stop() end end)
+
+  before_each(function()
+    srv:reset()
+    home = proc.tmpdir()
+    proc.write_file(home .. "/tools.lua", string.format([[
+KEEP = require('luachat.process').spawn { argv = { 'sleep', '109' } }
+local f = io.open(%q, 'w') f:write(KEEP:pid(), ' ', io.open('/proc/self/stat'):read('n'), '\n') f:close()
+return {}
+]], home .. "/pids"))
+    local cmd = string.format(
+      "env HOME=%s XDG_CONFIG_HOME=%s XDG_STATE_HOME=%s OPENAI_BASE_URL=%s OPENAI_API_KEY=sk-test " ..
+      "LUACHAT_PROFILE= LUACHAT_MODEL= LUACHAT_BASE_URL= NO_COLOR=1 %s -c -m gpt-test --tools %s; echo EXITED:$?; sleep 30",
+      shell_quote(home), shell_quote(home .. "/config"), shell_quote(home .. "/state"), shell_quote(srv.base_url),
+      shell_quote(HOST), shell_quote(home .. "/tools.lua"))
+    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
+  end)
+
+  after_each(function()
+    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
+    if home then sh("rm -rf " .. shell_quote(home)) end
+  end)
+
+  -- Send SIGTERM to the host; it exits 143 and the --tools file's child is gone.
+  local function terminate()
+    local child, host = (proc.read_file(home .. "/pids") or ""):match("(%d+) (%d+)")
+    assert.truthy(child)
+    assert(sh("kill -TERM " .. host))
+    local screen = T.wait_for("EXITED:143")
+    local deadline = os.time() + 10
+    while proc.read_file("/proc/" .. child .. "/stat") and os.time() <= deadline do sh("sleep 0.05") end
+    local stat = proc.read_file("/proc/" .. child .. "/stat")
+    assert.is_true(stat == nil or stat:match("^%d+ %b() (%a)") == "Z", "the child is gone")
+    return screen
+  end
+
+  it("at the prompt: ends the session, stops the child, exits 143", function()
+    T.wait_prompts(1)
+    T.keys("-l", "half typed")
+    T.wait_for("> half typed")
+    terminate()
+  end)
+
+  it("during a streamed reply: the turn is not just cancelled, the session ends, exit 143", function()
+    T.wait_prompts(1)
+    local slow = { chunk("Counting: one") }
+    for i = 1, 40 do slow[#slow + 1] = { json = chunk(" more" .. i).json, delay = 0.5 } end
+    srv:script { { sse = slow, done = true } }
+    T.type_line("count slowly")
+    T.wait_for("Counting: one")
+    terminate()
+  end)
+end)

@@ -18,6 +18,9 @@
 /* Registry fields a host may set before opening the module (see main.c). */
 #define LCHAT_REG_INTERRUPT_FLAG "luachat.interrupt_flag" /* lightuserdata: volatile sig_atomic_t * */
 #define LCHAT_REG_WAKEUP_FD "luachat.wakeup_fd"           /* integer: read end of a self-pipe */
+/* The flag's values: 0 none, 1 SIGINT (take_interrupt clears it), LCHAT_INTERRUPT_TERMINATE
+ * (SIGTERM/SIGHUP: the host is ending; reported as an interrupt, never cleared). */
+#define LCHAT_INTERRUPT_TERMINATE 2
 
 /* The engine context: one per lua_State, an upvalue of every core function. */
 struct lchat_engine {
@@ -28,7 +31,7 @@ struct lchat_engine {
 /* User value of the engine userdata: the pin table of live transfers (lchat_transfer.c). */
 #define LCHAT_UV_PINS 1
 
-/* lchat_core.c: clear a host's SIGINT flag and drain its self-pipe; returns whether it was set. */
+/* lchat_core.c: clear a host's SIGINT flag (not a termination) and drain its self-pipe; returns whether it was set. */
 int lchat_take_interrupt(volatile sig_atomic_t *flag, int wakeup_fd);
 
 /* lchat_transfer.c */

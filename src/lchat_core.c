@@ -158,7 +158,8 @@ int lchat_take_interrupt(volatile sig_atomic_t *flag, int wakeup_fd)
 	char drain[64];
 	if (flag == NULL || !*flag)
 		return 0;
-	*flag = 0;
+	if (*flag == 1) /* SIGINT; a termination (LCHAT_INTERRUPT_TERMINATE) is never taken back */
+		*flag = 0;
 	/* Empty the self-pipe, or every later poll would wake at once on the stale byte. */
 	if (wakeup_fd >= 0)
 		while (read(wakeup_fd, drain, sizeof drain) > 0)

@@ -2,8 +2,11 @@
  * lchat_readline.c: luaopen_luachat_readline, line editing for `luachat -c`.
  *
  * Owns: the GNU readline binding (readline, history files), Ctrl-C at the
- * prompt (discard the line, print "^C", a fresh prompt, like bash), and
- * protect(), a pcall that clears a pending interrupt from C.
+ * prompt (discard the line, print "^C", a fresh prompt, like bash; on the
+ * host's continuation prompt, readline returns NULL instead so the host drops
+ * the unfinished statement), SIGTERM/SIGHUP at the prompt (readline returns
+ * NULL, as at end of input), and protect(), a pcall that clears a pending
+ * interrupt from C.
  * Never: calls the Lua API from a readline callback (the callbacks touch only
  * C statics), installs signal handlers (the host owns SIGINT), or is linked
  * into core.so (host only: stock lua5.4 has no `luachat.readline`, and
@@ -15,6 +18,7 @@
  * exactly one lua_State and one SIGINT flag, so one static copy is exact.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +34,33 @@ int luaopen_luachat_readline(lua_State *L);
 
 static volatile sig_atomic_t *rl_interrupt_flag; /* the host's SIGINT flag, or NULL */
 static int rl_wakeup_fd = -1;                    /* the host's self-pipe read end, or -1 */
+static int rl_cancel_on_interrupt;               /* Ctrl-C ends readline (NULL), not just the line */
+static int rl_cancel;                            /* readline is to return NULL: the line is emptied */
+static int rl_was_cancelled;                     /* the last readline returned NULL for Ctrl-C */
+
+/* Host: while on, Ctrl-C makes readline() return NULL (after "^C"); lchat_readline_cancelled says so. */
+void lchat_readline_cancel_on_interrupt(int on);
+/* Host: whether the last readline() returned NULL because of Ctrl-C (not end of input). */
+int lchat_readline_cancelled(void);
+
+void lchat_readline_cancel_on_interrupt(int on)
+{
+	rl_cancel_on_interrupt = on;
+	rl_cancel = 0;
+	if (on)
+		rl_was_cancelled = 0;
+}
+
+int lchat_readline_cancelled(void)
+{
+	return rl_was_cancelled;
+}
+
+/* Is the host ending (SIGTERM/SIGHUP)? */
+static int rl_terminating(void)
+{
+	return rl_interrupt_flag != NULL && *rl_interrupt_flag == LCHAT_INTERRUPT_TERMINATE;
+}
 
 /* Clear a pending SIGINT and empty the self-pipe; returns whether one was pending. */
 static int rl_take_interrupt(void)
@@ -44,15 +75,53 @@ static int rl_take_interrupt(void)
  */
 static int rl_on_signal_event(void)
 {
+	int ending = rl_terminating();
 	if (!rl_take_interrupt())
 		return 0; /* SIGWINCH or another signal: nothing to do */
 	rl_replace_line("", 0);
 	rl_point = rl_end = 0;
-	fputs("^C\n", rl_outstream ? rl_outstream : stdout);
+	fputs(ending ? "\n" : "^C\n", rl_outstream ? rl_outstream : stdout);
 	fflush(rl_outstream ? rl_outstream : stdout);
+	if (ending || rl_cancel_on_interrupt) { /* rl_getc_hook returns EOF on an empty line: NULL */
+		rl_cancel = 1;
+		rl_was_cancelled = !ending;
+		return 0;
+	}
 	rl_on_new_line();
 	rl_redisplay();
 	return 0;
+}
+
+/*
+ * rl_getc_function: readline's own rl_getc retries a read that a signal
+ * interrupted without ever returning, so the event hook could not end
+ * readline. This one does the same (pending signals such as SIGWINCH
+ * handled, then the hook), and returns EOF once the hook has emptied the line
+ * to end readline: readline() then returns NULL.
+ */
+static int rl_getc_hook(FILE *stream)
+{
+	for (;;) {
+		unsigned char c;
+		ssize_t r;
+		if (rl_cancel)
+			return EOF;
+		r = read(fileno(stream), &c, 1);
+		if (r == 1)
+			return c;
+		if (r == 0)
+			return EOF;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) { /* someone made the terminal non-blocking */
+			int fl = fcntl(fileno(stream), F_GETFL);
+			if (fl >= 0 && fcntl(fileno(stream), F_SETFL, fl & ~O_NONBLOCK) == 0)
+				continue;
+			return EOF;
+		}
+		if (errno != EINTR)
+			return EOF;
+		rl_check_signals();
+		rl_on_signal_event();
+	}
 }
 
 /* Trampoline: push the C string at lightuserdata 1 (may raise a memory error). */
@@ -68,8 +137,14 @@ static int l_readline_readline(lua_State *L)
 	const char *prompt = luaL_optstring(L, 1, "");
 	char *line;
 	int status;
+	if (rl_terminating()) { /* SIGTERM/SIGHUP came: no more input (the wake-up is spent) */
+		lua_pushliteral(L, "interrupted");
+		return lua_error(L);
+	}
 	/* The prompt string stays anchored at stack index 1 during the call. */
+	rl_cancel = 0;
 	line = readline(prompt);
+	rl_cancel = 0;
 	if (line == NULL) {
 		lua_pushnil(L);
 		return 1;
@@ -133,7 +208,9 @@ static int l_readline_write_history(lua_State *L)
  * A pcall that, once f returns or raises, takes a pending SIGINT from C. A Lua
  * caller could not do that safely: the host's count hook raises "interrupted"
  * at any Lua instruction while the flag is set, even between pcall and
- * take_interrupt. No message handler: errors come back as raised.
+ * take_interrupt. No message handler: errors come back as raised. A
+ * termination (SIGTERM/SIGHUP) is not taken: protect raises "interrupted"
+ * again, so the chat loop that keeps going after Ctrl-C ends.
  */
 static int l_readline_protect(lua_State *L)
 {
@@ -141,6 +218,10 @@ static int l_readline_protect(lua_State *L)
 	int status, intr;
 	luaL_checktype(L, 1, LUA_TFUNCTION);
 	status = lua_pcall(L, nargs, LUA_MULTRET, 0);
+	if (rl_terminating()) {
+		lua_pushliteral(L, "interrupted");
+		return lua_error(L);
+	}
 	intr = rl_take_interrupt();
 	luaL_checkstack(L, 2, "protect");
 	lua_pushboolean(L, status == LUA_OK);
@@ -178,6 +259,7 @@ int luaopen_luachat_readline(lua_State *L)
 	rl_readline_name = "luachat"; /* for $if luachat in ~/.inputrc */
 	rl_catch_signals = 0;         /* the host's SIGINT handler stays in charge */
 	rl_signal_event_hook = rl_on_signal_event;
+	rl_getc_function = rl_getc_hook;
 	rl_bind_key('\t', rl_insert); /* a chat has no file names to complete */
 	using_history();
 	/*

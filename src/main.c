@@ -5,7 +5,7 @@
  * of include/luachat.h (luachat_openlibsx: the preloaded engine and the
  * library search path, set up once, in src/lchat_api.c), LUA_INIT, running
  * a script, -e chunks, stdin or the interactive prompt, exit codes,
- * SIGINT, and the descriptor limit (raised to the hard one at start).
+ * SIGINT, SIGTERM and SIGHUP, and the descriptor limit (raised to the hard one at start).
  * Never: touches the engine's internals, keeps its own message handler or
  * path set-up; Lua-side work (the chat command line) lives in
  * lua/luachat/cli.lua. Every Lua call runs under luachat_pcall (the one
@@ -30,16 +30,20 @@
 #include "curl_dl.h"
 #include "lchat.h"
 #include "luachat.h"
+#include "proc.h"
 
 /* src/lchat_readline.c: line editing for the prompts (host only). */
 int luaopen_luachat_readline(lua_State *L);
+void lchat_readline_cancel_on_interrupt(int on);
+int lchat_readline_cancelled(void);
 
 #define PROGNAME "luachat"
 #define EXIT_USAGE 2
 #define EXIT_INTERRUPTED 130
 #define HOOK_COUNT 1000 /* instructions between interrupt checks */
 
-static volatile sig_atomic_t interrupted;
+static volatile sig_atomic_t interrupted;  /* 0, 1 (SIGINT) or LCHAT_INTERRUPT_TERMINATE */
+static volatile sig_atomic_t term_signal;  /* SIGTERM or SIGHUP once one came, else 0 */
 static int wakeup_pipe[2] = { -1, -1 };
 
 static const char usage_text[] =
@@ -71,7 +75,9 @@ static const char usage_text[] =
 	"\n"
 	"Environment: OPENAI_BASE_URL, OPENAI_API_KEY, LUACHAT_LOG=debug, LUA_PATH, LUA_CPATH,\n"
 	"LUA_INIT (run before -e, -l, the script and the prompt, as in lua5.4).\n"
-	"Exit status: 0 ok, 1 error, 2 usage, 130 interrupted.\n";
+	"Exit status: 0 ok, 1 error, 2 usage, 130 interrupted. SIGTERM or SIGHUP ends the\n"
+	"run as Ctrl-C does (children stopped), then kills luachat with that signal; a second\n"
+	"one kills the children and luachat at once.\n";
 
 static void print_usage_line(const char *why)
 {
@@ -83,7 +89,46 @@ static void print_usage_line(const char *why)
 static void on_sigint(int sig)
 {
 	(void)sig;
-	interrupted = 1;
+	if (interrupted != LCHAT_INTERRUPT_TERMINATE)
+		interrupted = 1;
+	if (wakeup_pipe[1] >= 0) {
+		ssize_t w = write(wakeup_pipe[1], "!", 1);
+		(void)w;
+	}
+}
+
+/* Die of sig as if it had not been caught (the parent sees "killed by signal"). Async-signal-safe. */
+static void die_of_signal(int sig)
+{
+	struct sigaction sa;
+	sigset_t set;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_DFL;
+	sigemptyset(&sa.sa_mask);
+	sigaction(sig, &sa, NULL);
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+	raise(sig);
+	_exit(128 + sig); /* not reached */
+}
+
+/*
+ * SIGTERM, SIGHUP: the first is an interrupt that is never taken back (the
+ * flag's LCHAT_INTERRUPT_TERMINATE): the count hook and the engine's poll
+ * raise "interrupted" until the stack has unwound, every <close> and
+ * finaliser runs (they stop the children), and main dies of the signal. A
+ * script that keeps catching the error cannot hold the host: a second
+ * SIGTERM or SIGHUP kills every child's process group and then the host, at once.
+ */
+static void on_sigterm(int sig)
+{
+	if (term_signal) {
+		proc_kill_all(SIGKILL);
+		die_of_signal(term_signal);
+	}
+	term_signal = sig;
+	interrupted = LCHAT_INTERRUPT_TERMINATE;
 	if (wakeup_pipe[1] >= 0) {
 		ssize_t w = write(wakeup_pipe[1], "!", 1);
 		(void)w;
@@ -285,6 +330,8 @@ static int host_execute(lua_State *L)
 	while (waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR)
 			return luaL_fileresult(L, 0, NULL);
+		if (term_signal) /* the command is in our process group, but `kill PID` reached only us */
+			kill(pid, term_signal);
 	}
 	errno = 0; /* luaL_execresult reads a non-zero errno as a failure to run */
 	return luaL_execresult(L, status);
@@ -297,12 +344,25 @@ static int host_execute(lua_State *L)
  * repl_print prints what the chunk returned.
  */
 
-/* [-0, +(0|1), m] Read a line (prompt "> " or ">> ") and push it; 0 at end of input. */
+/*
+ * [-0, +(0|1), m] Read a line (prompt "> " or ">> ") and push it; 0 at end
+ * of input or once SIGTERM/SIGHUP came, -1 when Ctrl-C discarded a
+ * continuation line (the statement is dropped, as bash drops an unfinished loop).
+ */
 static int repl_pushline(lua_State *L, int firstline)
 {
-	char *line = readline(firstline ? "> " : ">> ");
-	if (line == NULL)
+	char *line;
+	if (term_signal) /* came while a chunk ran: read nothing more */
 		return 0;
+	lchat_readline_cancel_on_interrupt(!firstline);
+	line = readline(firstline ? "> " : ">> ");
+	lchat_readline_cancel_on_interrupt(0);
+	if (term_signal) {
+		free(line);
+		return 0;
+	}
+	if (line == NULL)
+		return lchat_readline_cancelled() ? -1 : 0;
 	lua_pushstring(L, line);
 	free(line);
 	return 1;
@@ -353,7 +413,10 @@ static int repl_multiline(lua_State *L)
 			add_history(text);
 			return status;
 		}
-		if (!repl_pushline(L, 0)) {
+		switch (repl_pushline(L, 0)) {
+		case -1: /* Ctrl-C: drop the statement (not kept in history either, as in bash), a fresh "> " */
+			return -1;
+		case 0:
 			add_history(text);
 			lua_pushliteral(L, "unfinished statement at end of input");
 			return LUA_ERRSYNTAX;
@@ -364,15 +427,23 @@ static int repl_multiline(lua_State *L)
 	}
 }
 
-/* [-0, +1, m] Read and load one chunk: its function (or error) alone on the stack; -1 at end of input. */
+/*
+ * [-0, +1, m] Read and load one chunk: its function (or error) alone on the
+ * stack; -1 at end of input; -2 (nothing on the stack) when Ctrl-C dropped
+ * an unfinished statement.
+ */
 static int repl_loadline(lua_State *L)
 {
 	int status;
 	lua_settop(L, 0);
-	if (!repl_pushline(L, 1))
+	if (repl_pushline(L, 1) <= 0)
 		return -1;
 	if ((status = repl_addreturn(L)) != LUA_OK)
 		status = repl_multiline(L);
+	if (status == -1) {
+		lua_settop(L, 0);
+		return -2;
+	}
 	lua_remove(L, 1); /* the source text */
 	return status;
 }
@@ -400,6 +471,10 @@ static void repl(lua_State *L)
 	printf("luachat %s (%s, libcurl %s)  Ctrl-D to leave\n", LUACHAT_VERSION, LUA_RELEASE,
 	       curl_version_text(curl_ver, sizeof curl_ver));
 	while ((status = repl_loadline(L)) != -1) {
+		if (status == -2) {
+			clear_interrupt();
+			continue;
+		}
 		if (status == LUA_OK)
 			status = luachat_pcall(L, 0, LUA_MULTRET);
 		else
@@ -545,6 +620,7 @@ static int pmain(lua_State *L)
 static void setup_signals(void)
 {
 	struct sigaction sa;
+	int i;
 	if (pipe(wakeup_pipe) != 0) {
 		wakeup_pipe[0] = wakeup_pipe[1] = -1;
 	} else {
@@ -558,6 +634,17 @@ static void setup_signals(void)
 	sa.sa_handler = on_sigint;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_sigterm;
+	sigaddset(&sa.sa_mask, SIGTERM); /* one handler at a time: the second signal sees term_signal */
+	sigaddset(&sa.sa_mask, SIGHUP);
+	for (i = 0; i < 2; i++) {
+		int sig = i == 0 ? SIGTERM : SIGHUP;
+		struct sigaction old;
+		/* An ignored one stays ignored (nohup luachat ...). */
+		if (sigaction(sig, NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+			continue;
+		sigaction(sig, &sa, NULL);
+	}
 	signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error result, not a kill */
 }
 
@@ -768,10 +855,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: %s\n", PROGNAME, lua_tostring(L, -1));
 		h.exit_code = EXIT_FAILURE;
 	}
-	lua_close(L); /* frees every engine, so no curl handle outlives the cleanup */
+	/* Finalisers run whole: the hook would cut Lua ones short while an interrupt is pending. */
+	lua_sethook(L, NULL, 0, 0);
+	lua_close(L); /* frees every engine and child process, so no curl handle outlives the cleanup */
 	pool_free_all(&pool);
 	curl_dl_cleanup();
 	fflush(stdout);
+	if (term_signal) {
+		fflush(stderr);
+		die_of_signal(term_signal); /* 128 + signal for the shell, as if never caught */
+	}
 	if (interrupted)
 		return EXIT_INTERRUPTED;
 	return h.exit_code;

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -64,6 +65,49 @@ struct proc {
 	proc_watch_fn watch;
 	void *watch_ud;
 };
+
+/*
+ * The live children of this process (every engine's), for proc_kill_all: a
+ * host's last resort when it must exit at once (a second SIGTERM). Slots are
+ * lock-free atomics, so a signal handler can read them while the main flow
+ * or another thread edits them. A pid is entered at spawn and removed when
+ * it is reaped, before the pid can be used again. Past PROC_LIVE_MAX live
+ * children the rest are not entered (the polite close still reaches them).
+ */
+#define PROC_LIVE_MAX 4096
+static atomic_int proc_live[PROC_LIVE_MAX];
+
+static void live_add(pid_t pid)
+{
+	size_t i;
+	for (i = 0; i < PROC_LIVE_MAX; i++) {
+		int zero = 0;
+		if (atomic_load_explicit(&proc_live[i], memory_order_relaxed) == 0 &&
+		    atomic_compare_exchange_strong(&proc_live[i], &zero, (int)pid))
+			return;
+	}
+}
+
+static void live_remove(pid_t pid)
+{
+	size_t i;
+	for (i = 0; i < PROC_LIVE_MAX; i++) {
+		int want = (int)pid;
+		if (atomic_load_explicit(&proc_live[i], memory_order_relaxed) == want &&
+		    atomic_compare_exchange_strong(&proc_live[i], &want, 0))
+			return;
+	}
+}
+
+void proc_kill_all(int sig)
+{
+	size_t i;
+	for (i = 0; i < PROC_LIVE_MAX; i++) {
+		int pid = atomic_load(&proc_live[i]);
+		if (pid > 0 && kill(-pid, sig) != 0)
+			kill(pid, sig); /* the child left its group: the child at least */
+	}
+}
 
 static double now_ms(void)
 {
@@ -115,6 +159,7 @@ static int reap(struct proc *p, int options)
 	while (r < 0 && errno == EINTR);
 	if (r == 0)
 		return 0;
+	live_remove(p->pid); /* reaped (or gone): its pid may be anyone's from now on */
 	if (r < 0) {
 		/* ECHILD: reaped by someone else (SIGCHLD ignored, or an application's own handler). */
 		p->state = PROC_EXITED;
@@ -486,6 +531,7 @@ struct proc *proc_spawn(const struct proc_opts *o, char *err, size_t errlen)
 		goto fail;
 	}
 	p->pid = pid;
+	live_add(pid);
 	close(in[0]);
 	close(out[1]);
 	close(errp[1]);

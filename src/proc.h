@@ -109,6 +109,12 @@ const char *proc_error(const struct proc *p);
 
 /* Send sig to the child's process group (while the group may still exist). 0, or -1 with errno. */
 int proc_kill(struct proc *p, int sig);
+/*
+ * Send sig to the process group of every child started here and not reaped
+ * yet (each engine's; the first 4096). Async-signal-safe: only atomic loads
+ * and kill(2), for a host's signal handler that must exit at once.
+ */
+void proc_kill_all(int sig);
 
 /*
  * Polite close of n children at once: write what is queued if the pipe
