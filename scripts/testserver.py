@@ -50,12 +50,16 @@ class State:
         self.batch_polls = 1  # a batch reads "in_progress" for this many GETs before "completed"
         self.batch_end = {}  # {"status": final status, "limit": lines answered}: expired/cancelled batches
 
-    def rule_response(self, body):
+    def rule_response(self, body, path=None):
         """The first rule whose `contains` text is in the request body and has `times`
         left (no `times`: always), or None. Lets a spec answer each request by its
-        content whatever order concurrent requests arrive in."""
+        content whatever order concurrent requests arrive in. A rule with a `path`
+        answers only that path, and only when called with it: before the Files and
+        Batches API (a spec fails an upload); the others only when path is None."""
         with self.lock:
             for rule in self.rules:
+                if rule.get("path") != path:
+                    continue
                 if str(rule.get("contains", "")) in body and rule.get("times", 1) > 0:
                     if "times" in rule:
                         rule["times"] -= 1
@@ -352,6 +356,11 @@ class Handler(BaseHTTPRequestHandler):
             })
             STATE.arrived.notify_all()
         REQUEST.headers, REQUEST.query = headers, query
+        spec = None
+        if any("path" in r for r in STATE.rules):
+            spec = STATE.rule_response(body.decode("utf-8", "replace"), path)
+        if spec is not None:
+            return self.respond(spec, rid, request_json)
         if batch_api(self, path, body, request_json, headers):
             return
         spec = STATE.rule_response(body.decode("utf-8", "replace")) if STATE.rules else None

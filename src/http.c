@@ -2,7 +2,8 @@
  * http.c: transfers on libcurl multi handles (one, until a fan-out passes
  * HTTP_SHARD_TRANSFERS; see struct http_shard).
  *
- * Owns: the CURLMs, the easy handles, header lists and request bodies, the
+ * Owns: the CURLMs, the easy handles, header lists and request bodies (a
+ * body file's descriptor, dup'ed, read in curl's read callback), the
  * response buffers, each streaming transfer's SSE parser and event queue,
  * the idle-timeout bookkeeping, and the engine's one epoll set. curl is
  * driven event by event (curl_multi_socket_action): on_socket mirrors the
@@ -22,6 +23,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,6 +32,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,7 +41,10 @@ struct http_transfer {
 	struct http_shard *shard;         /* the multi handle it runs in, while it runs */
 	CURL *easy;                       /* NULL once finished or cancelled */
 	struct curl_slist *headers;
-	char *body;                       /* our copy of the request body */
+	char *body;                       /* our copy of the request body (a body file's: prefix, suffix) */
+	int body_fd;                      /* a body file (http_body_file): our dup, -1 none */
+	curl_off_t up_prefix, up_file;    /* a body file's request: bytes of prefix, of file (at start) */
+	curl_off_t up_total, up_pos;      /* its Content-Length; the next byte on_upload hands curl */
 	char errbuf[CURL_ERROR_SIZE];
 	enum http_state state;
 	struct http_result result;
@@ -546,6 +552,9 @@ static void release_curl(struct http_transfer *t)
 	t->headers = NULL;
 	free(t->body);
 	t->body = NULL;
+	if (t->body_fd >= 0) /* after easy_cleanup: curl calls on_upload no more */
+		close(t->body_fd);
+	t->body_fd = -1;
 	if (t->state == HTTP_RUNNING && t->engine)
 		t->engine->live--;
 	if (t->state == HTTP_RUNNING && t->shard)
@@ -678,6 +687,120 @@ static void idle_note(struct http_engine *e, const struct http_transfer *t)
 		e->idle_at = at;
 }
 
+/*
+ * CURLOPT_READFUNCTION of a body file's request: the next bytes from
+ * up_pos on, out of the prefix (t->body), the file (pread at its own
+ * offset: the caller's descriptor offset is never moved), then the suffix
+ * (t->body after the prefix). A file that ends before the size it had at
+ * the start, or a read error, aborts the transfer (HTTP_FAIL_BODY_FILE):
+ * the request never goes out with a body shorter than its Content-Length.
+ */
+static size_t on_upload(char *dst, size_t size, size_t nitems, void *ud)
+{
+	struct http_transfer *t = ud;
+	size_t room = size * nitems, n = 0;
+	curl_off_t file_end = t->up_prefix + t->up_file;
+	/* Sending is progress: a long upload is not idle while curl takes its bytes. */
+	t->last_rx = now_seconds();
+	while (n < room && t->up_pos < t->up_total) {
+		size_t want = room - n;
+		if (t->up_pos < t->up_prefix) {
+			if ((curl_off_t)want > t->up_prefix - t->up_pos)
+				want = (size_t)(t->up_prefix - t->up_pos);
+			memcpy(dst + n, t->body + t->up_pos, want);
+		} else if (t->up_pos < file_end) {
+			ssize_t got;
+			if ((curl_off_t)want > file_end - t->up_pos)
+				want = (size_t)(file_end - t->up_pos);
+			got = pread(t->body_fd, dst + n, want, (off_t)(t->up_pos - t->up_prefix));
+			if (got < 0 && errno == EINTR)
+				continue;
+			if (got <= 0) {
+				char msg[160];
+				if (got == 0)
+					snprintf(msg, sizeof msg, "the request body's file ended at byte %lld of %lld: "
+					         "it shrank during the upload", (long long)(t->up_pos - t->up_prefix),
+					         (long long)t->up_file);
+				else
+					snprintf(msg, sizeof msg, "cannot read the request body's file at byte %lld: %s",
+					         (long long)(t->up_pos - t->up_prefix), strerror(errno));
+				fail_in_callback(t, HTTP_FAIL_BODY_FILE, msg);
+				return CURL_READFUNC_ABORT;
+			}
+			want = (size_t)got;
+		} else {
+			if ((curl_off_t)want > t->up_total - t->up_pos)
+				want = (size_t)(t->up_total - t->up_pos);
+			memcpy(dst + n, t->body + t->up_prefix + (t->up_pos - file_end), want);
+		}
+		n += want;
+		t->up_pos += want;
+	}
+	return n;
+}
+
+/*
+ * CURLOPT_SEEKFUNCTION of a body file's request: curl sends the body again
+ * from offset (0: a reused connection died before any answer, and curl
+ * retries on a new one). Without it curl fails that retry ("necessary data
+ * rewind wasn't possible").
+ */
+static int on_upload_seek(void *ud, curl_off_t offset, int origin)
+{
+	struct http_transfer *t = ud;
+	if (origin != SEEK_SET || offset < 0 || offset > t->up_total)
+		return CURL_SEEKFUNC_CANTSEEK;
+	t->up_pos = offset;
+	return CURL_SEEKFUNC_OK;
+}
+
+/*
+ * A body file's request (http_body_file): dup the descriptor (the
+ * transfer's own, closed in release_curl), take the file's size once, and
+ * copy prefix and suffix into one block. 0, or -1 with a message in err.
+ */
+static int body_file_open(struct http_transfer *t, const struct http_request *req, char *err, size_t errlen)
+{
+	const struct http_body_file *bf = req->body_file;
+	size_t plen = req->body ? req->body_len : 0, slen = bf->suffix ? bf->suffix_len : 0;
+	struct stat st;
+	t->body_fd = fcntl(bf->fd, F_DUPFD_CLOEXEC, 0);
+	if (t->body_fd < 0) {
+		int no_fds = errno == EMFILE || errno == ENFILE;
+		snprintf(err, errlen, "%s: cannot use the request body's file: %s", no_fds ? HTTP_NO_FDS_MSG : "request body",
+		         strerror(errno));
+		return -1;
+	}
+	if (fstat(t->body_fd, &st) != 0) {
+		snprintf(err, errlen, "cannot use the request body's file: fstat: %s", strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "the request body's file is not a regular file");
+		return -1;
+	}
+	/* Content-Length is a curl_off_t: prefix + file + suffix must fit one. */
+	if (plen > (size_t)INT32_MAX || slen > (size_t)INT32_MAX ||
+	    (curl_off_t)st.st_size > INT64_MAX - (curl_off_t)plen - (curl_off_t)slen) {
+		snprintf(err, errlen, "request body too large");
+		return -1;
+	}
+	t->body = malloc(plen + slen ? plen + slen : 1);
+	if (t->body == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (plen)
+		memcpy(t->body, req->body, plen);
+	if (slen)
+		memcpy(t->body + plen, bf->suffix, slen);
+	t->up_prefix = (curl_off_t)plen;
+	t->up_file = (curl_off_t)st.st_size;
+	t->up_total = t->up_prefix + t->up_file + (curl_off_t)slen;
+	t->up_pos = 0;
+	return 0;
+}
+
 struct http_transfer *http_start(struct http_engine *e, const struct http_request *req,
                                  char *err, size_t errlen)
 {
@@ -692,6 +815,7 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 		return NULL;
 	}
 	t->engine = e;
+	t->body_fd = -1; /* before any failure: release_curl closes what is >= 0 */
 	t->want_stream = req->stream;
 	t->max_body = req->max_body ? req->max_body : HTTP_DEFAULT_MAX_BODY;
 	t->idle_timeout_ms = req->idle_timeout_ms;
@@ -710,7 +834,17 @@ struct http_transfer *http_start(struct http_engine *e, const struct http_reques
 	/* curl adds "Expect: 100-continue" to large POSTs: a wasted round trip here. */
 	if (add_header(t, "Expect:") != 0)
 		goto nomem;
-	if (req->body) {
+	if (req->body_file) {
+		/* Streamed by on_upload; POSTFIELDSIZE is the Content-Length, known up front. */
+		if (body_file_open(t, req, err, errlen) != 0)
+			goto fail;
+		curl_dl.easy_setopt(t->easy, CURLOPT_POST, 1L);
+		curl_dl.easy_setopt(t->easy, CURLOPT_READFUNCTION, on_upload);
+		curl_dl.easy_setopt(t->easy, CURLOPT_READDATA, t);
+		curl_dl.easy_setopt(t->easy, CURLOPT_SEEKFUNCTION, on_upload_seek);
+		curl_dl.easy_setopt(t->easy, CURLOPT_SEEKDATA, t);
+		curl_dl.easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, t->up_total);
+	} else if (req->body) {
 		t->body = malloc(req->body_len ? req->body_len : 1);
 		if (t->body == NULL)
 			goto nomem;
@@ -1187,6 +1321,7 @@ const char *http_failure_name(enum http_failure f)
 	case HTTP_FAIL_CANCELLED: return "cancelled";
 	case HTTP_FAIL_TLS: return "tls";
 	case HTTP_FAIL_NO_FDS: return "no_fds";
+	case HTTP_FAIL_BODY_FILE: return "body_file";
 	}
 	return "unknown";
 }

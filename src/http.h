@@ -1,7 +1,8 @@
 /*
  * http.h: transfers on one libcurl multi handle, with timeouts and limits.
  *
- * Owns: the CURLM, every easy handle and header list, the response buffers
+ * Owns: the CURLM, every easy handle and header list, a body file's
+ * descriptor (a dup, closed when the transfer ends), the response buffers
  * and, for streaming transfers, the SSE parser and the queue of parsed
  * events. Callbacks only append to C buffers and set flags.
  * Never: includes lua.h, calls back into a script, blocks without a bound,
@@ -35,19 +36,33 @@ enum http_failure {
 	HTTP_FAIL_NO_MEMORY,
 	HTTP_FAIL_CANCELLED,   /* http_cancel, or an interrupt */
 	HTTP_FAIL_TLS,         /* certificate verification */
-	HTTP_FAIL_NO_FDS       /* out of file descriptors (EMFILE/ENFILE), or of epoll room */
+	HTTP_FAIL_NO_FDS,      /* out of file descriptors (EMFILE/ENFILE), or of epoll room */
+	HTTP_FAIL_BODY_FILE    /* the request body's file could not be read whole (it shrank, EIO) */
 };
 
 /* How a message about running out of descriptors starts. */
 #define HTTP_NO_FDS_MSG "out of file descriptors (see ulimit -n)"
+
+/*
+ * A request body streamed from a file: prefix, then the file's bytes from
+ * offset 0 (as many as fstat says when the transfer starts), then suffix,
+ * with that total as Content-Length. The file is read in curl's read
+ * callback with pread, a buffer at a time, never whole in memory.
+ */
+struct http_body_file {
+	int fd;                      /* a regular file; http_start dups it (the caller keeps fd) */
+	const char *suffix;          /* may be NULL; copied by http_start */
+	size_t suffix_len;
+};
 
 struct http_request {
 	const char *method;          /* "GET", "POST", ... */
 	const char *url;
 	const char *const *headers;  /* "Name: value" lines */
 	size_t nheaders;
-	const char *body;            /* may be NULL; copied by http_start */
+	const char *body;            /* may be NULL; copied by http_start (with body_file: the prefix) */
 	size_t body_len;
+	const struct http_body_file *body_file; /* NULL: the body is `body` alone */
 	int stream;                  /* parse a 2xx non-JSON body as SSE into the event queue */
 	long timeout_ms;             /* total, 0 = none */
 	long connect_timeout_ms;     /* 0 = curl's default */

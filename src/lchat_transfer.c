@@ -10,7 +10,9 @@
  */
 #include <limits.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "lchat.h"
 
@@ -91,6 +93,51 @@ static const char *field_string(lua_State *L, int t, const char *name, int requi
 }
 
 /*
+ * The body file of a request table (its fields body_file, body_prefix,
+ * body_suffix) into bf; 0 when it has none. body_file is an open Lua file
+ * handle (io.open, io.tmpfile) of a regular file: its buffered writes are
+ * flushed, http_start dups its descriptor, and the handle may be closed
+ * while the transfer runs. The strings stay in the request table.
+ */
+static int body_file_field(lua_State *L, int t, struct http_request *req, struct http_body_file *bf)
+{
+	luaL_Stream *fs;
+	struct stat st;
+	if (lua_getfield(L, t, "body_file") == LUA_TNIL) {
+		lua_pop(L, 1);
+		if (field_string(L, t, "body_prefix", 0) || field_string(L, t, "body_suffix", 0))
+			return luaL_error(L, "fields 'body_prefix' and 'body_suffix' need 'body_file'");
+		return 0;
+	}
+	fs = luaL_testudata(L, -1, LUA_FILEHANDLE);
+	if (fs == NULL)
+		return luaL_error(L, "field 'body_file' must be a file handle (io.open)");
+	if (fs->closef == NULL)
+		return luaL_error(L, "field 'body_file' is a closed file");
+	lua_pop(L, 1); /* the request table keeps the handle alive */
+	if (req->body)
+		return luaL_error(L, "fields 'body' and 'body_file' cannot both be given (see 'body_prefix')");
+	fflush(fs->f); /* what the script wrote and stdio still holds */
+	bf->fd = fileno(fs->f);
+	if (bf->fd < 0 || fstat(bf->fd, &st) != 0 || !S_ISREG(st.st_mode))
+		return luaL_error(L, "field 'body_file' must be a regular file");
+	req->body = field_string(L, t, "body_prefix", 0);
+	if (req->body) {
+		lua_getfield(L, t, "body_prefix");
+		req->body_len = lua_rawlen(L, -1);
+		lua_pop(L, 1);
+	}
+	bf->suffix = field_string(L, t, "body_suffix", 0);
+	if (bf->suffix) {
+		lua_getfield(L, t, "body_suffix");
+		bf->suffix_len = lua_rawlen(L, -1);
+		lua_pop(L, 1);
+	}
+	req->body_file = bf;
+	return 1;
+}
+
+/*
  * core.start(req) -> transfer | nil, err.  Upvalue 1: the engine.
  * Headers are gathered in a Lua-owned array so nothing malloc'ed is live
  * while the table reads below can raise.
@@ -99,6 +146,7 @@ int lchat_transfer_start(lua_State *L)
 {
 	struct lchat_engine *eng = lua_touserdata(L, lua_upvalueindex(1));
 	struct http_request req;
+	struct http_body_file bf;
 	struct lchat_transfer *lt;
 	const char **headers = NULL;
 	char err[256];
@@ -108,6 +156,7 @@ int lchat_transfer_start(lua_State *L)
 	if (eng->http == NULL)
 		return luaL_error(L, "attempt to use a closed engine");
 	memset(&req, 0, sizeof req);
+	memset(&bf, 0, sizeof bf);
 	req.method = field_string(L, 1, "method", 0);
 	req.url = field_string(L, 1, "url", 1);
 	req.body = field_string(L, 1, "body", 0);
@@ -116,6 +165,7 @@ int lchat_transfer_start(lua_State *L)
 		req.body_len = lua_rawlen(L, -1);
 		lua_pop(L, 1);
 	}
+	body_file_field(L, 1, &req, &bf);
 	req.ca_file = field_string(L, 1, "ca_file", 0);
 	lua_getfield(L, 1, "stream");
 	req.stream = lua_toboolean(L, -1);

@@ -27,16 +27,28 @@ local M = {}
 local TERMINAL = { completed = true, failed = true, expired = true, cancelled = true }
 
 -- One request with a raw body and content type; returns the transfer result
--- (body as bytes) | nil, err. Retries as a local run does.
+-- (body as bytes) | nil, err. Retries as a local run does. body: a string, or
+-- { prefix, file, suffix }: prefix .. the bytes of file (an open handle of a
+-- regular file) .. suffix, streamed from the file by the engine (core.start's
+-- body_file), every attempt from its first byte.
 local function raw(client, method, path, body, content_type, max_retries)
   local idem = method == "POST" and ("luachat-batch-" .. string.format("%08x", math.random(0, 0x7fffffff))) or nil
   local attempt = 0
+  local streamed = type(body) == "table"
   while true do
-    local spec = client:transfer_spec(method, path, body, nil, false, idem)
+    local spec = client:transfer_spec(method, path, not streamed and body or nil, nil, false, idem)
+    if streamed then
+      spec.body_prefix, spec.body_file, spec.body_suffix = body[1], body[2], body[3]
+    end
     if content_type then
+      local set = false
       for i, h in ipairs(spec.headers) do
-        if h:lower():find("^content%-type:") then spec.headers[i] = "Content-Type: " .. content_type end
+        if h:lower():find("^content%-type:") then
+          spec.headers[i] = "Content-Type: " .. content_type
+          set = true
+        end
       end
+      if not set then spec.headers[#spec.headers + 1] = "Content-Type: " .. content_type end
     end
     local what = client_mod.describe(spec)
     local r, err
@@ -76,18 +88,32 @@ local function json_call(client, method, path, value, max_retries)
   return doc
 end
 
--- A multipart/form-data body: fields { {name, value [, filename, type]} }.
-function M.multipart(fields)
-  local boundary = "luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
-  local parts = {}
+-- A multipart/form-data body: fields { {name, value [, filename, type]} }
+-- -> body, content type. boundary: random unless given.
+-- A value `false` is a file's bytes the caller streams: then the answer is
+-- the text before them and the text after them (prefix, suffix, content
+-- type), and prefix .. bytes .. suffix is the body M.multipart makes with
+-- those bytes as the value, byte for byte.
+function M.multipart(fields, boundary)
+  boundary = boundary or ("luachat-" .. string.format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff)))
+  local pieces, parts = {}, {}
   for _, f in ipairs(fields) do
     local disp = 'form-data; name="' .. f[1] .. '"'
     if f[3] then disp = disp .. '; filename="' .. f[3]:gsub('["\r\n]', "_") .. '"' end
     parts[#parts + 1] = "--" .. boundary .. "\r\nContent-Disposition: " .. disp .. "\r\n"
-      .. (f[4] and ("Content-Type: " .. f[4] .. "\r\n") or "") .. "\r\n" .. f[2] .. "\r\n"
+      .. (f[4] and ("Content-Type: " .. f[4] .. "\r\n") or "") .. "\r\n"
+    if f[2] == false then
+      pieces[#pieces + 1] = table.concat(parts)
+      parts = {}
+    else
+      parts[#parts + 1] = f[2]
+    end
+    parts[#parts + 1] = "\r\n"
   end
   parts[#parts + 1] = "--" .. boundary .. "--\r\n"
-  return table.concat(parts), "multipart/form-data; boundary=" .. boundary
+  pieces[#pieces + 1] = table.concat(parts)
+  pieces[#pieces + 1] = "multipart/form-data; boundary=" .. boundary
+  return table.unpack(pieces)
 end
 
 -- The one endpoint every line of the input names (a provider batch has one):
@@ -151,13 +177,15 @@ function M.run_checked(o, src)
     if not endpoint then return nil, eerr end
     local f, ferr = src:open()
     if not f then return nil, core.error { kind = "input", message = "cannot read the input: " .. tostring(ferr) } end
-    local data = f:read("a")
-    src:release(f)
     local name = o.input == "-" and "stdin.jsonl" or o.input:match("([^/]*)$")
-    local body, ctype = M.multipart { { "purpose", "batch" }, { "file", data, name, "application/jsonl" } }
-    data = nil
-    local r, uerr = raw(client, "POST", "files", body, ctype, max_retries)
-    body = nil
+    local prefix, suffix, ctype = M.multipart { { "purpose", "batch" }, { "file", false, name, "application/jsonl" } }
+    -- The file is streamed from f (a regular file, or standard input's
+    -- unnamed copy): never read into memory. f is released however raw ends.
+    local r, uerr
+    do
+      local _ <close> = setmetatable({}, { __close = function() src:release(f) end })
+      r, uerr = raw(client, "POST", "files", { prefix, f, suffix }, ctype, max_retries)
+    end
     if not r then return nil, uerr end
     local file = json.decode(r.body)
     if type(file) ~= "table" or type(file.id) ~= "string" then

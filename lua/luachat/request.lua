@@ -275,7 +275,8 @@ function M.error_for(client, r, what, opts, url)
   local f = r.failure
   if f then
     local kind = ({ timeout = "timeout", idle = "timeout", cancelled = "cancelled",
-      too_large = "deserialise", no_memory = "environment", no_fds = "environment" })[f] or "network"
+      too_large = "deserialise", no_memory = "environment", no_fds = "environment",
+      body_file = "input" })[f] or "network"
     local msg = r.message or f
     if f == "tls" then
       msg = msg .. " (TLS verification failed: pass ca_file for a private CA)"
