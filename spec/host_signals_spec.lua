@@ -113,6 +113,25 @@ end
     assert.same({}, wait_gone(pids))
   end)
 
+  it("a termination cannot be taken back as Ctrl-C can: after core.take_interrupt the next poll raises again", function()
+    local script = dir .. "/s.lua"
+    proc.write_file(script, [[
+local core = require "luachat.core"
+local luachat = require "luachat"
+local p = assert(require("luachat.process").spawn { argv = { "sh", "-c", 'echo $$ >> "$PIDS"; exec sleep 111' } })
+local ok, e = pcall(p.read_line, p, 60)
+io.open(os.getenv("DIR") .. "/first", "w"):write(tostring(e), " ", tostring(core.take_interrupt())):close()
+luachat.sleep(30) -- a taken Ctrl-C would sleep here; a termination raises at once
+io.open(os.getenv("DIR") .. "/slept", "w"):close()
+]])
+    local pids, status, err = run_and_signal(dir, q(script), 1, { { sig = "TERM" } })
+    assert.equal(1, #pids, err)
+    assert.equal(143, status, err)
+    assert.matches("interrupted true$", proc.read_file(dir .. "/first") or "")
+    assert.is_nil(proc.read_file(dir .. "/slept"))
+    assert.same({}, wait_gone(pids))
+  end)
+
   it("the host dies of the signal itself: its parent sees \"killed by signal\", not exit 143", function()
     -- exec: the shell becomes the host, so os.execute reports how the host ended
     for _, sig in ipairs { { "TERM", 15 }, { "HUP", 1 } } do
