@@ -308,7 +308,8 @@ describe("a request body from a file", function()
     end)
 
     it("Ctrl-C mid-upload: exit 130 #once", function()
-      local data = jsonl(20000, 150)
+      -- 16 MB: more than the socket buffers hold past the server's first MB, so it is mid-upload
+      local data = jsonl(160, 100000)
       proc.write_file(dir .. "/in.jsonl", data)
       local d, url = upload_server("hold", dir .. "/in.jsonl")
       local env = "env -u LUACHAT_PROFILE -u OPENAI_BASE_URL XDG_CONFIG_HOME=" .. q(dir) .. " OPENAI_API_KEY=sk-upload "
