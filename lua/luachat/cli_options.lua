@@ -73,7 +73,8 @@ History: $XDG_STATE_HOME/luachat/history (default ~/.local/state/luachat/history
 Cassette: LUACHAT_CASSETTE=FILE.jsonl records every request to FILE or replays it
   (LUACHAT_CASSETTE_MODE=auto (default), record or replay; docs/CASSETTES.md)
 Colour only on a terminal, and never when NO_COLOR is set.
-Exit status: 0 done, 1 error, 2 usage, 130 interrupted, 141 stdout's reader left (| head).
+Exit status: 0 done, 1 error, 2 usage, 130 interrupted, 143/129 SIGTERM/SIGHUP (children
+  stopped first), 141 stdout's reader left (| head).
 ]]
 
 -- The one-line reminder printed after a usage error.
