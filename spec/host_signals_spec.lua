@@ -141,6 +141,19 @@ io.open(os.getenv("DIR") .. "/slept", "w"):close()
     end
   end)
 
+  it("started with SIGCHLD ignored, children are still waited for (their exit status, and no reaped pid kept)", function()
+    -- An ignored SIGCHLD is inherited across exec (python sets it, then execs the host);
+    -- the kernel would then reap children itself and process:wait would get no status.
+    local script = "local p = assert(require('luachat.process').spawn { argv = { 'sh', '-c', 'exit 3' } }) "
+      .. "require('luachat').sleep(0.3) print(p:wait(5))"
+    local out = io.popen(string.format("python3 -c %s %s -e %s", q(
+      "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"),
+      q(HOST), q(script)))
+    local s = out:read("a")
+    out:close()
+    assert.equal("exit\t3\n", s)
+  end)
+
   it("an ignored SIGHUP stays ignored (nohup)", function()
     local out = io.popen(string.format(
       "trap '' HUP; DIR=%s %s -e %s & pid=$!; n=0; while [ ! -e %s ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done; "

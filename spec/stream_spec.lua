@@ -289,7 +289,11 @@ describe("streaming", function()
       it("on_chunk and on_text get it; the final is the completion as sent", function()
         local chunks, texts = {}, {}
         local final, err = c:stream(req, {
-          on_chunk = function(ch) chunks[#chunks + 1] = ch end,
+          on_chunk = function(ch)
+            chunks[#chunks + 1] = luachat.json.decode(luachat.json.encode(ch))
+            ch.usage.total_tokens = -1 -- the chunk is the script's: the final is not changed through it
+            ch.choices[1].delta.content = "changed"
+          end,
           on_text = function(t, i) texts[#texts + 1] = { t, i } end,
         })
         assert.is_nil(err)

@@ -229,6 +229,10 @@ describe("a request body from a file", function()
     spec.body_file = p
     assert.error_matches(function() core.start(spec) end, "field 'body_file' must be a regular file")
     p:close()
+    f = assert(io.open(dir .. "/x", "wb")) -- open, regular, but not for reading
+    spec.body_file = f
+    assert.error_matches(function() core.start(spec) end, "field 'body_file' must be open for reading")
+    f:close()
     f = assert(io.open(dir .. "/x", "rb"))
     spec.body_file, spec.body = f, "x"
     assert.error_matches(function() core.start(spec) end, "fields 'body' and 'body_file' cannot both be given")

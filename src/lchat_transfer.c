@@ -8,6 +8,7 @@
  * Never: calls Lua from a curl callback (all curl work is in http.c), or
  * keeps malloc'ed memory live across a call that can raise.
  */
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -121,6 +122,9 @@ static int body_file_field(lua_State *L, int t, struct http_request *req, struct
 	bf->fd = fileno(fs->f);
 	if (bf->fd < 0 || fstat(bf->fd, &st) != 0 || !S_ISREG(st.st_mode))
 		return luaL_error(L, "field 'body_file' must be a regular file");
+	/* Checked here, not found out after the headers went (io.open(p, "wb")). */
+	if ((fcntl(bf->fd, F_GETFL) & O_ACCMODE) == O_WRONLY)
+		return luaL_error(L, "field 'body_file' must be open for reading");
 	req->body = field_string(L, t, "body_prefix", 0);
 	if (req->body) {
 		lua_getfield(L, t, "body_prefix");

@@ -631,12 +631,15 @@ static void setup_signals(void)
 		fcntl(wakeup_pipe[1], F_SETFD, FD_CLOEXEC);
 	}
 	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_sigint;
+	/* One handler at a time: a TERM inside the INT handler's check-then-write
+	 * would be overwritten with a plain interrupt; a second TERM sees term_signal. */
 	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, SIGINT);
+	sigaddset(&sa.sa_mask, SIGTERM);
+	sigaddset(&sa.sa_mask, SIGHUP);
+	sa.sa_handler = on_sigint;
 	sigaction(SIGINT, &sa, NULL);
 	sa.sa_handler = on_sigterm;
-	sigaddset(&sa.sa_mask, SIGTERM); /* one handler at a time: the second signal sees term_signal */
-	sigaddset(&sa.sa_mask, SIGHUP);
 	for (i = 0; i < 2; i++) {
 		int sig = i == 0 ? SIGTERM : SIGHUP;
 		struct sigaction old;
@@ -646,6 +649,10 @@ static void setup_signals(void)
 		sigaction(sig, &sa, NULL);
 	}
 	signal(SIGPIPE, SIG_IGN); /* a closed stdout is an error result, not a kill */
+	/* Inherited as ignored, children would be reaped by the kernel: no exit
+	 * status for process:wait or os.execute, and a reaped pid left in proc.c's
+	 * list for the last-resort kill. */
+	signal(SIGCHLD, SIG_DFL);
 }
 
 /*

@@ -104,8 +104,11 @@ void proc_kill_all(int sig)
 	size_t i;
 	for (i = 0; i < PROC_LIVE_MAX; i++) {
 		int pid = atomic_load(&proc_live[i]);
-		if (pid > 0 && kill(-pid, sig) != 0)
-			kill(pid, sig); /* the child left its group: the child at least */
+		/* The group only: a child that left it (setsid) still leads a group
+		 * of its pid, and a bare kill(pid) could hit a stranger if that pid
+		 * was reaped behind our back and reused. */
+		if (pid > 0)
+			kill(-pid, sig);
 	}
 }
 

@@ -140,10 +140,20 @@ function Stream:handle(ev)
   return chunk
 end
 
+-- A deep copy of decoded JSON (tables of tables, no cycles), metatables kept.
+local function deep_copy(v)
+  if type(v) ~= "table" then return v end
+  local c = {}
+  for k, x in pairs(v) do c[k] = deep_copy(x) end
+  return setmetatable(c, getmetatable(v))
+end
+
 -- A whole completion (a server that ignored stream=true) as the one chunk that
 -- would have carried it: every field kept, each choice's message as its delta
--- (tool calls given their index, as deltas number them).
+-- (tool calls given their index, as deltas number them). A copy: a callback
+-- that changes the chunk does not change the final.
 function M.chunk_of_completion(doc)
+  doc = deep_copy(doc)
   local chunk = {}
   for k, v in pairs(doc) do chunk[k] = v end
   chunk.object = "chat.completion.chunk"
