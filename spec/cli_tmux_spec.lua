@@ -314,6 +314,25 @@ describe("luachat -c in tmux: blocking tools and history", function()
   end)
 end)
 
+-- A tmux session running the host's Lua prompt (no LUA_INIT, a fresh HOME), for
+-- the describe block that calls this: started in its setup, killed in its
+-- teardown. Returns the screen helpers.
+local function lua_prompt_session(prefix)
+  local SESSION = prefix .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
+  local home
+  setup(function()
+    home = proc.tmpdir()
+    local cmd = string.format("env -u LUA_INIT -u LUA_INIT_5_4 HOME=%s %s; echo EXITED:$?; sleep 30",
+      shell_quote(home), shell_quote(HOST))
+    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
+  end)
+  teardown(function()
+    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
+    if home then sh("rm -rf " .. shell_quote(home)) end
+  end)
+  return tmux_session(SESSION)
+end
+
 -- Issue 15 item 8: the Lua prompt (`luachat` on a terminal) reads a line,
 -- tries `return line`, and continues an incomplete statement with ">> "; the
 -- whole statement is one history entry, as in lua5.4.
@@ -322,21 +341,7 @@ describe("the Lua prompt in tmux", function()
     error("tmux is not installed (scripts/deps.sh installs it): the prompt specs cannot run")
     return
   end
-  local SESSION = "luachat_repl_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
-  local T = tmux_session(SESSION)
-  local home
-
-  setup(function()
-    home = proc.tmpdir()
-    local cmd = string.format("env -u LUA_INIT -u LUA_INIT_5_4 HOME=%s %s; echo EXITED:$?; sleep 30",
-      shell_quote(home), shell_quote(HOST))
-    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
-  end)
-
-  teardown(function()
-    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
-    if home then sh("rm -rf " .. shell_quote(home)) end
-  end)
+  local T = lua_prompt_session("luachat_repl_")
 
   local function count(screen, text)
     local n, at = 0, 1
@@ -379,21 +384,7 @@ describe("the Lua prompt in tmux: Ctrl-C on a continuation line, SIGTERM", funct
     error("tmux is not installed (scripts/deps.sh installs it): the prompt specs cannot run")
     return
   end
-  local SESSION = "luachat_repl2_" .. tostring(os.time()) .. "_" .. tostring(math.random(1e6))
-  local T = tmux_session(SESSION)
-  local home
-
-  setup(function()
-    home = proc.tmpdir()
-    local cmd = string.format("env -u LUA_INIT -u LUA_INIT_5_4 HOME=%s %s; echo EXITED:$?; sleep 30",
-      shell_quote(home), shell_quote(HOST))
-    assert(sh(string.format("tmux new-session -d -s %s -x 120 -y 40 %s", SESSION, shell_quote(cmd))))
-  end)
-
-  teardown(function()
-    sh("tmux kill-session -t " .. SESSION .. " 2>/dev/null")
-    if home then sh("rm -rf " .. shell_quote(home)) end
-  end)
+  local T = lua_prompt_session("luachat_repl2_")
 
   it("Ctrl-C at '>>' discards the pending lines; SIGTERM stops a child and exits 143", function()
     T.wait_for("Ctrl-D to leave")

@@ -156,16 +156,27 @@ describe("a request body from a file", function()
     return require("luachat.json").decode(proc.read_file(d .. "/report"))
   end
 
-  it("a file that shrinks during the upload: failure body_file, err kind input, never retried", function()
+  -- An upload of a sparse file of n bytes (dir/big) to an upload server doing
+  -- `action`, with the extra transfer fields given: the started transfer, the
+  -- server's directory, the client and the file's path. The script's own handle
+  -- is closed once the transfer has started (the transfer holds a descriptor of its own).
+  local function start_upload(n, action, fields)
     local path = dir .. "/big"
-    sparse(path, 64 * MB)
-    local d, url = upload_server("truncate:" .. (32 * MB), path)
+    sparse(path, n)
+    local d, url = upload_server(action, path)
     local c = luachat.client { base_url = url, api_key = "sk-upload" }
     local f = assert(io.open(path, "rb"))
     local spec = c:transfer_spec("POST", "files", nil, nil, false, nil)
-    spec.body_prefix, spec.body_file, spec.body_suffix = "P", f, "S"
-    local r = request.wait_result(assert(core.start(spec)))
+    for k, v in pairs(fields or {}) do spec[k] = v end
+    spec.body_file = f
+    local t = assert(core.start(spec))
     f:close()
+    return t, d, c, path
+  end
+
+  it("a file that shrinks during the upload: failure body_file, err kind input, never retried", function()
+    local t, d, c, path = start_upload(64 * MB, "truncate:" .. (32 * MB), { body_prefix = "P", body_suffix = "S" })
+    local r = request.wait_result(t)
     assert.equal("body_file", r.failure)
     assert.equal("the request body's file ended at byte 33554432 of 67108864: it shrank during the upload", r.message)
     local err = c:error_for(r, "POST /v1/files")
@@ -180,15 +191,7 @@ describe("a request body from a file", function()
   end)
 
   it("a file whose name is removed during the upload is sent whole (the transfer holds it open)", function()
-    local path = dir .. "/big"
-    sparse(path, 8 * MB)
-    local d, url = upload_server("unlink", path)
-    local c = luachat.client { base_url = url, api_key = "sk-upload" }
-    local f = assert(io.open(path, "rb"))
-    local spec = c:transfer_spec("POST", "files", nil, nil, false, nil)
-    spec.body_file = f
-    local t = assert(core.start(spec))
-    f:close()
+    local t, d, _, path = start_upload(8 * MB, "unlink")
     local r = request.wait_result(t)
     assert.is_nil(r.failure, r.message)
     assert.equal(200, r.status)
@@ -199,15 +202,7 @@ describe("a request body from a file", function()
   end)
 
   it("cancelled mid-upload: the transfer's descriptor is closed at once", function()
-    local path = dir .. "/big"
-    sparse(path, 16 * MB)
-    local d, url = upload_server("hold", path)
-    local c = luachat.client { base_url = url, api_key = "sk-upload" }
-    local f = assert(io.open(path, "rb"))
-    local spec = c:transfer_spec("POST", "files", nil, nil, false, nil)
-    spec.body_file = f
-    local t = assert(core.start(spec))
-    f:close()
+    local t, d, _, path = start_upload(16 * MB, "hold")
     wait_for_file(d .. "/started", "the upload to start")
     assert.equal(1, fds_on(path)) -- the transfer's own
     t:close()

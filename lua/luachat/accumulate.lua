@@ -75,6 +75,8 @@ local function copy_value(v)
   return setmetatable(c, getmetatable(v))
 end
 
+M.copy_value = copy_value
+
 local function is_object(v)
   return type(v) == "table" and not is_array(v)
 end

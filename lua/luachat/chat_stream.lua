@@ -140,52 +140,28 @@ function Stream:handle(ev)
   return chunk
 end
 
--- A deep copy of decoded JSON (tables of tables, no cycles), metatables kept.
-local function deep_copy(v)
-  if type(v) ~= "table" then return v end
-  local c = {}
-  for k, x in pairs(v) do c[k] = deep_copy(x) end
-  return setmetatable(c, getmetatable(v))
-end
-
 -- A whole completion (a server that ignored stream=true) as the one chunk that
 -- would have carried it: every field kept, each choice's message as its delta
--- (tool calls given their index, as deltas number them). A copy: a callback
--- that changes the chunk does not change the final.
+-- (tool calls given their index, as deltas number them). Made from a deep copy
+-- (the accumulator's): a callback that changes the chunk does not change the final.
 function M.chunk_of_completion(doc)
-  doc = deep_copy(doc)
-  local chunk = {}
-  for k, v in pairs(doc) do chunk[k] = v end
+  local chunk = accumulate.copy_value(doc)
   chunk.object = "chat.completion.chunk"
-  local choices = json.array {}
-  for i, c in ipairs(type(doc.choices) == "table" and doc.choices or {}) do
-    local choice = c
-    if type(c) == "table" then
-      choice = {}
-      for k, v in pairs(c) do
-        if k ~= "message" then choice[k] = v end
-      end
-      local msg = c.message
+  if type(chunk.choices) ~= "table" then chunk.choices = json.array {} end
+  for _, choice in ipairs(chunk.choices) do
+    if type(choice) == "table" then
+      local msg = choice.message
+      choice.message = nil
       if type(msg) == "table" then
-        local delta = {}
-        for k, v in pairs(msg) do delta[k] = v end
-        if type(msg.tool_calls) == "table" then
-          delta.tool_calls = json.array {}
-          for j, tc in ipairs(msg.tool_calls) do
-            local call = tc
-            if type(tc) == "table" and tc.index == nil then
-              call = { index = j - 1 }
-              for k, v in pairs(tc) do call[k] = v end
-            end
-            delta.tool_calls[j] = call
+        choice.delta = msg
+        for j, tc in ipairs(type(msg.tool_calls) == "table" and msg.tool_calls or {}) do
+          if type(tc) == "table" and tc.index == nil then
+            tc.index = j - 1
           end
         end
-        choice.delta = delta
       end
     end
-    choices[i] = choice
   end
-  chunk.choices = choices
   return chunk
 end
 
